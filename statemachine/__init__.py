@@ -5,7 +5,7 @@ event (or a step result) into an ``Outcome``: the new record, its history entrie
 effects the worker must carry out.
 """
 
-from statemachine.apply import Outcome, apply
+from statemachine.apply import Outcome, apply, pending_step
 from statemachine.commands import (
     CallingTestTimedOut,
     Command,
@@ -135,6 +135,7 @@ __all__ = [
     "idempotency_key",
     "parse_event",
     "parse_time",
+    "pending_step",
     "record_id_of",
     "truncate",
     "violations",

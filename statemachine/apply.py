@@ -245,9 +245,23 @@ def _start_step(change: _Change, kind: StepKind) -> Tracking:
 
 def _run(change: _Change, kind: StepKind) -> None:
     """Queue the calls of the step the record just entered (tracking says which version)."""
-    record = change.record
-    assert record is not None and record.tracking.step_version is not None
-    version = record.tracking.step_version
+    assert change.record is not None
+    step = pending_step(change.record)
+    assert step is not None and step.kind is kind
+    change.effects.append(step)
+
+
+def pending_step(record: ProvisioningState) -> RunStep | None:
+    """The step in flight on ``record`` (started, no result applied yet), or None.
+
+    The worker runs it after the change that started it is stored, and again after a
+    crash: the calls carry the same Idempotency-Keys both times.
+    """
+    tracking = record.tracking
+    if tracking.step is None or tracking.step_version is None:
+        return None
+    kind = StepKind(tracking.step)
+    version = tracking.step_version
     calls = []
     for step in kind.calls:
         if step is BackendStep.DEPROVISION_CHANNEL and record.channel_id is None:
@@ -260,7 +274,7 @@ def _run(change: _Change, kind: StepKind) -> None:
                    if value is not None and column != _channel_column(record)},
             phone_number_id=record.links.get(PHONE_NUMBER),
         ))
-    change.effects.append(RunStep(kind, record.id, change.event_id, version, tuple(calls)))
+    return RunStep(kind, record.id, tracking.step_event_id or "", version, tuple(calls))
 
 
 def _channel_column(record: ProvisioningState) -> str | None:
@@ -553,7 +567,7 @@ def _step_failed(change: _Change, result: StepResult) -> Outcome:
         changes.update(_fire_gate(record, Trigger.REPORT_ERROR))
     if result.response is not None:
         changes["provisioning_response"] = truncate(result.response, PROVISIONING_RESPONSE_MAX)
-    change.apply(Trigger.FAIL, f"{failed} failed: {changes['error_message']}", **changes)
+    change.apply(Trigger.FAIL, changes["error_message"], **changes)
     change.effects.append(ScheduleRetry(record.id, attempt))
     return change.done()
 

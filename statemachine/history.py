@@ -71,10 +71,10 @@ class Snapshot:
         )
 
     def describe(self) -> str:
-        gate = "unset" if self.gatekeeper_status is None else (
-            f"{self.gatekeeper_status.label}/"
-            f"{self.gatekeeper_reason.label if self.gatekeeper_reason else '?'}"
-        )
+        from statemachine.machines import GateKeeper
+
+        state = GateKeeper.from_pair(self.gatekeeper_status, self.gatekeeper_reason)
+        gate = state.value if state is not None else "invalid"
         return f"{self.status.label} gate={gate} calling={self.calling_status.label}"
 
 

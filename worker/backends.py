@@ -73,7 +73,7 @@ class BackendError(Exception):
     """Root of this module's exceptions."""
 
 
-class BackendNotConfigured(BackendError):  # noqa: N818 - name agreed with the callers
+class BackendNotConfigured(BackendError):
     """The base URL of the backend a step needs is not configured."""
 
 
@@ -241,10 +241,9 @@ class Backends:
         except BackendNotConfigured as exc:
             log.warning("backend.not_configured", step=call.step.value,
                         idempotency_key=call.idempotency_key)
-            failure = CallFailure(call.step, transient=False, status=None,
-                                  error_class="NotConfigured", body_start="", attempts=0,
-                                  reason=str(exc))
-            return CallResult(call.step, ok=False, failure=failure, attempts=0)
+            return _failed(CallFailure(call.step, transient=False, status=None,
+                                       error_class="NotConfigured", body_start="", attempts=0,
+                                       reason=str(exc)))
 
         attempt = 0
         while True:
@@ -254,7 +253,7 @@ class Backends:
                 return outcome.result
             assert outcome.failure is not None
             if attempt >= self._settings.max_tries:
-                return CallResult(call.step, ok=False, failure=outcome.failure, attempts=attempt)
+                return _failed(outcome.failure)
             self._sleep(self._delay(attempt, outcome.retry_after))
 
     def _try(self, call: BackendCall, request: _Request, attempt: int) -> _Try:
@@ -280,8 +279,10 @@ class Backends:
             failure = CallFailure(call.step, transient=False, status=None,
                                   error_class=type(exc).__name__, body_start="",
                                   attempts=attempt, reason=str(exc))
-            return _Try(CallResult(call.step, ok=False, failure=failure, attempts=attempt))
+            return _Try(_failed(failure))
         except httpx.TransportError as exc:
+            # Connect errors, timeouts, a dropped connection. Trying again is safe even if
+            # the backend acted on the request: the Idempotency-Key makes it replay.
             bound.warning("backend.try", status=None, error_class=type(exc).__name__,
                           error=str(exc), transient=True)
             failure = CallFailure(call.step, transient=True, status=None,
@@ -301,7 +302,7 @@ class Backends:
                                       error_class="InvalidResponse",
                                       body_start=_body_start(response), attempts=attempt,
                                       reason=str(exc))
-                return _Try(CallResult(call.step, ok=False, failure=failure, attempts=attempt))
+                return _Try(_failed(failure))
             bound.info("backend.try")
             return _Try(CallResult(call.step, ok=True, response=payload.response,
                                    test_id=payload.test_id, attempts=attempt))
@@ -312,7 +313,7 @@ class Backends:
                               error_class=f"HTTP {status}", body_start=_body_start(response),
                               attempts=attempt)
         if not transient:
-            return _Try(CallResult(call.step, ok=False, failure=failure, attempts=attempt))
+            return _Try(_failed(failure))
         return _Try(None, failure, _retry_after(response.headers, self._settings.retry_after_cap))
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
@@ -357,6 +358,10 @@ class Backends:
             body = {"record_id": call.record_id, "phone_number_id": call.phone_number_id}
             return _Request("POST", url, body, frozenset({202}), _calling_test_id)
         raise InvalidCallError(f"unknown step {step!r}")  # pragma: no cover - exhaustive
+
+
+def _failed(failure: CallFailure) -> CallResult:
+    return CallResult(failure.step, ok=False, failure=failure, attempts=failure.attempts)
 
 
 def _join(base_url: str | None, backend: str, *segments: str) -> str:

@@ -87,8 +87,9 @@ class Answer:
     """One scripted answer.
 
     ``body`` is a JSON value, or a ``str`` sent as is (to emulate a non-JSON body), or None
-    for the default. A 2xx answer without a body means "behave normally, with this status";
-    any other answer is sent as given and changes no state.
+    for the default. A 2xx answer without a body means "behave normally" (the normal status
+    and body, so ``[503, 503, 200]`` is two failures, then success); any other answer is
+    sent as given and changes no state.
     """
 
     status: int
@@ -141,7 +142,7 @@ class Reply:
     headers: tuple[tuple[str, str], ...] = ()
 
     @classmethod
-    def json(cls, status: int, body: object, headers: Mapping[str, str] | None = None) -> Reply:
+    def of(cls, status: int, body: object, headers: Mapping[str, str] | None = None) -> Reply:
         extra = tuple((headers or {}).items())
         if status == 204:  # RFC 9110: a 204 has no content
             return cls(status, b"", extra)
@@ -149,9 +150,6 @@ class Reply:
             return cls(status, body.encode(), (("Content-Type", "text/plain"), *extra))
         return cls(status, json.dumps(body).encode(), (("Content-Type", "application/json"),
                                                        *extra))
-
-    def json_body(self) -> object:
-        return json.loads(self.content) if self.content else None
 
 
 @dataclass(frozen=True)
@@ -192,10 +190,12 @@ class _Route:
     record_id: str = ""
 
 
-class _BadRequest(Exception):  # noqa: N818 - internal control flow, carries a Reply
+class _BadRequest(Exception):
+    """Ends the handling of a malformed request with the Reply it gets."""
+
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
-        self.reply = Reply.json(status, {"error": message})
+        self.reply = Reply.of(status, {"error": message})
 
 
 @dataclass
@@ -224,6 +224,7 @@ class Emulator:
             raise ValueError(f"latency_ms must not be negative, not {latency_ms}")
         self.failure_rate = failure_rate
         self.latency_ms = latency_ms
+        self.seed = seed
         self._rng = random.Random(seed)
         self._sleep = sleep
         self._lock = threading.Lock()
@@ -236,11 +237,19 @@ class Emulator:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Emulator:
-        """An emulator configured by EMULATOR_FAILURE_RATE, _LATENCY_MS and _SEED."""
-        seed = environ.get("EMULATOR_SEED")
-        return cls(failure_rate=float(environ.get("EMULATOR_FAILURE_RATE") or 0.0),
-                   latency_ms=float(environ.get("EMULATOR_LATENCY_MS") or 0.0),
-                   seed=int(seed) if seed else None)
+        """An emulator configured by EMULATOR_FAILURE_RATE, _LATENCY_MS and _SEED (all
+        optional); ValueError names the variable whose value is wrong."""
+        values: dict[str, Any] = {}
+        for name, option, parse in (("EMULATOR_FAILURE_RATE", "failure_rate", float),
+                                    ("EMULATOR_LATENCY_MS", "latency_ms", float),
+                                    ("EMULATOR_SEED", "seed", int)):
+            raw = environ.get(name, "").strip()
+            if raw:
+                try:
+                    values[option] = parse(raw)
+                except ValueError as exc:
+                    raise ValueError(f"{name}={raw!r} is not a number") from exc
+        return cls(**values)
 
     # -- scripting ---------------------------------------------------------------------
 
@@ -337,7 +346,7 @@ class Emulator:
         url = urlsplit(raw_path)
         segments = tuple(unquote(s) for s in url.path.strip("/").split("/"))
         if segments == ("healthz",):
-            return Reply.json(200, {"status": "ok"})
+            return Reply.of(200, {"status": "ok"})
         if segments[0] == "_emulator":
             return self._admin(method, segments[1:], parse_qs(url.query), body)
         try:
@@ -359,7 +368,7 @@ class Emulator:
             first_fingerprint, reply = self._answered[key]
             replayed = True
             if first_fingerprint != fingerprint:
-                reply = Reply.json(422, {"error": "Idempotency-Key reused for another request"})
+                reply = Reply.of(422, {"error": "Idempotency-Key reused for another request"})
         else:
             reply = self._scripted(route) or self._random_failure() or self._normal(route)
             if key is not None and 200 <= reply.status < 300:
@@ -368,8 +377,17 @@ class Emulator:
                                               route.targets[0], route.payload, replayed))
         return reply
 
+    def _script_targets(self, route: _Route) -> tuple[str, ...]:
+        """What a script for this request may be keyed by, most specific first."""
+        if route.step is BackendStep.DEPROVISION_CHANNEL:
+            # The DELETE names no record; the channel's provisioning did.
+            channel = self._channels.get((route.kind, route.channel_id))
+            if channel is not None:
+                return (*route.targets, channel["record_id"], ANY_TARGET)
+        return (*route.targets, ANY_TARGET)
+
     def _scripted(self, route: _Route) -> Reply | None:
-        for target in (*route.targets, ANY_TARGET):
+        for target in self._script_targets(route):
             script = self._scripts.get((route.step, target))
             if script is None:
                 continue
@@ -380,17 +398,19 @@ class Emulator:
             else:
                 continue
             if 200 <= answer.status < 300 and answer.body is None:
+                # "Succeed now": the normal answer, so that the state stays consistent
+                # with what the client is told (a DELETE of an unknown channel stays a 404).
                 normal = self._normal(route)
-                return Reply(answer.status, normal.content,
+                return Reply(normal.status, normal.content,
                              (*normal.headers, *answer.headers.items()))
             body = answer.body if answer.body is not None else {
                 "error": f"scripted {answer.status}"}
-            return Reply.json(answer.status, body, answer.headers)
+            return Reply.of(answer.status, body, answer.headers)
         return None
 
     def _random_failure(self) -> Reply | None:
         if self.failure_rate and self._rng.random() < self.failure_rate:
-            return Reply.json(503, {"error": "emulated transient failure"})
+            return Reply.of(503, {"error": "emulated transient failure"})
         return None
 
     def _normal(self, route: _Route) -> Reply:
@@ -403,24 +423,24 @@ class Emulator:
             self._channels[channel_key] = {**route.payload, "revision": revision}
             text = (f"Provisioned {route.kind} channel {route.channel_id} for record "
                     f"{route.record_id} (revision {revision})")
-            return Reply.json(200 if previous else 201, {"response": text})
+            return Reply.of(200 if previous else 201, {"response": text})
         if route.step is BackendStep.DEPROVISION_CHANNEL:
             if self._channels.pop((route.kind, route.channel_id), None) is None:
-                return Reply.json(404, {"error": "channel not found"})
-            return Reply.json(204, None)
+                return Reply.of(404, {"error": "channel not found"})
+            return Reply.of(204, None)
         if route.step is BackendStep.ACTIVATE_GATE:
             self._gates[route.record_id] = GateState("Active", "Running")
-            return Reply.json(200, {"status": "Active", "reason": "Running"})
+            return Reply.of(200, {"status": "Active", "reason": "Running"})
         if route.step is BackendStep.DEACTIVATE_GATE:
             if route.record_id not in self._gates:
-                return Reply.json(404, {"error": "gate not found"})
+                return Reply.of(404, {"error": "gate not found"})
             self._gates[route.record_id] = GateState("Inactive", "Deprovisioned")
-            return Reply.json(200, {"status": "Inactive", "reason": "Deprovisioned"})
+            return Reply.of(200, {"status": "Inactive", "reason": "Deprovisioned"})
         assert route.payload is not None
         test_id = str(uuid.uuid4())
         self._calling_tests[test_id] = {"record_id": route.record_id,
                                         "phone_number_id": route.payload["phone_number_id"]}
-        return Reply.json(202, {"test_id": test_id})
+        return Reply.of(202, {"test_id": test_id})
 
     def _record(self, request: RecordedRequest) -> None:
         with self._lock:
@@ -436,26 +456,26 @@ class Emulator:
                 try:
                     self._script_from_json(_loads_or_none(body))
                 except ValueError as exc:
-                    return Reply.json(400, {"error": str(exc)})
-                return Reply.json(200, {"ok": True})
+                    return Reply.of(400, {"error": str(exc)})
+                return Reply.of(200, {"ok": True})
             case ("DELETE", ("script",)):
                 targets = query.get("target")
                 self.clear_scripts(targets[0] if targets else None)
-                return Reply.json(200, {"ok": True})
+                return Reply.of(200, {"ok": True})
             case ("POST", ("reset",)):
                 self.reset()
-                return Reply.json(200, {"ok": True})
+                return Reply.of(200, {"ok": True})
             case ("GET", ("requests",)):
-                return Reply.json(200, [r.as_json() for r in self.requests])
+                return Reply.of(200, [r.as_json() for r in self.requests])
             case ("GET", ("state",)):
-                return Reply.json(200, {
+                return Reply.of(200, {
                     "channels": [{"kind": k, "channel_id": c, **v}
                                  for (k, c), v in self.channels.items()],
                     "gates": {r: {"status": g.status, "reason": g.reason}
                               for r, g in self.gates.items()},
                     "calling_tests": self.calling_tests,
                 })
-        return Reply.json(404, {"error": f"no admin endpoint {method} /_emulator/"
+        return Reply.of(404, {"error": f"no admin endpoint {method} /_emulator/"
                                          f"{'/'.join(segments)}"})
 
     def _script_from_json(self, body: object) -> None:
@@ -553,6 +573,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self) -> None:
         assert isinstance(self.server, EmulatorServer)
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            # The body's end would be unknown to this simple reader; refuse rather than
+            # leave it in the kept-alive connection.
+            self.close_connection = True
+            self.send_error(411, "send a Content-Length")
+            return
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         reply = self.server.emulator.handle(self.command, self.path, body,
@@ -567,7 +593,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     do_GET = do_PUT = do_POST = do_DELETE = _dispatch  # noqa: N815 - http.server's names
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         # http.server writes to stderr; route it through structlog instead.
         log.debug("emulator.http", message=format % args)
 
@@ -614,28 +640,35 @@ def serve(
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
-    """``python -m worker.emulator``: serve until SIGINT or SIGTERM."""
+    """``python -m worker.emulator``: serve until SIGINT or SIGTERM.
+
+    Options not given on the command line come from EMULATOR_FAILURE_RATE,
+    EMULATOR_LATENCY_MS and EMULATOR_SEED; a bad value is a usage error (exit 2).
+    """
     env = os.environ if environ is None else environ
     parser = argparse.ArgumentParser(prog="python -m worker.emulator",
                                      description="Emulate the provisioner, GateKeeper and "
                                                  "calling-test backends over HTTP.")
     parser.add_argument("--host", default=DEFAULT_HOST,
                         help="address to bind (default: %(default)s, loopback only)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
+                        help="port to bind (default: %(default)s)")
     parser.add_argument("--failure-rate", type=float,
-                        default=float(env.get("EMULATOR_FAILURE_RATE") or 0.0),
                         help="share of requests answered 503 (env EMULATOR_FAILURE_RATE)")
     parser.add_argument("--latency-ms", type=float,
-                        default=float(env.get("EMULATOR_LATENCY_MS") or 0.0),
                         help="delay before every answer (env EMULATOR_LATENCY_MS)")
-    parser.add_argument("--seed", type=int,
-                        default=int(env["EMULATOR_SEED"]) if env.get("EMULATOR_SEED") else None,
-                        help="seed of the failure draws (env EMULATOR_SEED)")
+    parser.add_argument("--seed", type=int, help="seed of the failure draws (env EMULATOR_SEED)")
     args = parser.parse_args(argv)
     try:
-        emulator = Emulator(failure_rate=args.failure_rate, latency_ms=args.latency_ms,
-                            seed=args.seed)
-    except ValueError as exc:
+        defaults = Emulator.from_env(env)
+        emulator = Emulator(
+            failure_rate=defaults.failure_rate if args.failure_rate is None
+            else args.failure_rate,
+            latency_ms=defaults.latency_ms if args.latency_ms is None else args.latency_ms,
+            seed=defaults.seed if args.seed is None else args.seed,
+        )
+        server = EmulatorServer((args.host, args.port), emulator)
+    except (ValueError, OSError) as exc:
         parser.error(str(exc))
 
     def stop(signum: int, frame: FrameType | None) -> None:
@@ -643,9 +676,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
     # As PID 1 in a container SIGTERM has no default action; make `docker stop` prompt.
     signal.signal(signal.SIGTERM, stop)
-    server = EmulatorServer((args.host, args.port), emulator)
     log.info("emulator.listening", url=server.url, failure_rate=emulator.failure_rate,
-             latency_ms=emulator.latency_ms, seed=args.seed)
+             latency_ms=emulator.latency_ms, seed=emulator.seed)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

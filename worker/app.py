@@ -1,0 +1,104 @@
+"""The Celery application: ``celery -A worker.app worker`` and ``celery -A worker.app beat``.
+
+Configuration is read from the environment lazily, the first time Celery needs it, so
+importing this module opens no connection and reads no variable.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery, bootsteps
+from celery.signals import worker_process_init
+
+from worker import bootstrap
+from worker.service import DRAIN_RECORD
+from worker.settings import Settings
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Celery settings for at-least-once, JSON-only, one-message-at-a-time processing."""
+    return {
+        "broker_url": settings.broker,
+        "broker_connection_retry_on_startup": True,
+        # A message not acknowledged within this time is delivered again; it must be
+        # longer than the longest task (task_time_limit below).
+        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout},
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "task_ignore_result": True,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "task_soft_time_limit": max(60, int(settings.visibility_timeout * 0.5)),
+        "task_time_limit": max(90, int(settings.visibility_timeout * 0.6)),
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "worker_hijack_root_logger": False,
+        "beat_schedule": {
+            "recover-orphaned-inboxes": {
+                "task": "provisioning.recover", "schedule": settings.recovery_interval,
+            },
+            "retry-sweep": {
+                "task": "provisioning.sweep_retries", "schedule": settings.retry_sweep_interval,
+            },
+            "calling-test-timeouts": {
+                "task": "provisioning.sweep_calling_tests",
+                "schedule": settings.retry_sweep_interval,
+            },
+        },
+    }
+
+
+app = Celery("provisioning", include=["worker.tasks"])
+app.add_defaults(lambda: celery_config(bootstrap.current_settings()))
+
+
+def kick(record_id: str) -> None:
+    """Ask some worker to drain ``record_id``'s inbox."""
+    app.send_task(DRAIN_RECORD, args=[record_id])
+
+
+class Recovery(bootsteps.StartStopStep):
+    """Every worker sweeps for orphaned inboxes on a timer, so a killed worker's events are
+    applied within lease + interval seconds even when beat is not running."""
+
+    requires = ("celery.worker.components:Timer",)
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.tref: Any = None
+
+    def start(self, parent: Any) -> None:
+        interval = bootstrap.current_settings().recovery_interval
+        self.tref = parent.timer.call_repeatedly(interval, _recover, priority=10)
+
+    def stop(self, parent: Any) -> None:
+        if self.tref is not None:
+            self.tref.cancel()
+
+
+def _recover() -> None:
+    from worker.logs import configure
+
+    configure(bootstrap.current_settings())
+    try:
+        bootstrap.process_service(kick).recover()
+    except Exception as exc:  # noqa: BLE001 - a timer callback must never kill the worker
+        import structlog
+
+        structlog.get_logger("worker").warning("recovery_failed", error=str(exc))
+
+
+app.steps["worker"].add(Recovery)
+
+
+@worker_process_init.connect
+def _fresh_process(**_: Any) -> None:
+    """A prefork child must not reuse the parent's connections."""
+    from worker.logs import configure
+
+    bootstrap.reset()
+    configure(bootstrap.current_settings())

@@ -1,0 +1,326 @@
+"""``provisioning``: the console script (SPEC §5).
+
+Exit codes: 0 success; 1 the command ran but something was refused or not found; 2 a
+usage error (including an argument of the wrong form). Errors print one line each on
+stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from statemachine import (
+    ChannelKind,
+    GateKeeper,
+    HistoryEntry,
+    ProvisioningError,
+    ProvisioningState,
+    StatusReason,
+)
+from worker.errors import WorkerError
+
+OK, FAILED, USAGE = 0, 1, 2
+
+
+class CommandFailed(Exception):
+    """The command ran but something was refused or not found (exit 1)."""
+
+
+def _uuid(text: str) -> str:
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a UUID: {text!r}") from None
+
+
+def _input_file(text: str) -> str:
+    if text != "-" and not Path(text).is_file():
+        raise argparse.ArgumentTypeError(f"no such file: {text!r}")
+    return text
+
+
+def _status(text: str) -> StatusReason:
+    for status in StatusReason:
+        if status.label.lower() == text.lower():
+            return status
+    labels = ", ".join(s.label for s in StatusReason)
+    raise argparse.ArgumentTypeError(f"not a status reason: {text!r} (one of {labels})")
+
+
+def _kind(text: str) -> ChannelKind:
+    try:
+        return ChannelKind(text.lower())
+    except ValueError:
+        kinds = ", ".join(k.value for k in ChannelKind)
+        raise argparse.ArgumentTypeError(f"not a channel kind: {text!r} (one of {kinds})") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="provisioning",
+        description="Operate the Provisioning State worker (msdyn_ocprovisioningstate).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    submit = commands.add_parser("submit", help="validate and enqueue events (JSON Lines)")
+    submit.add_argument("file", type=_input_file, metavar="FILE", help="JSON Lines; - for stdin")
+    submit.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    show = commands.add_parser("show", help="one record")
+    show.add_argument("record_id", type=_uuid, metavar="ID")
+    show.add_argument("--json", action="store_true",
+                      help="print it in Dataverse Web API shape")
+
+    listing = commands.add_parser("list", help="records, filtered")
+    listing.add_argument("--status", type=_status, metavar="LABEL")
+    listing.add_argument("--kind", type=_kind, metavar="KIND")
+    listing.add_argument("--json", action="store_true")
+
+    history = commands.add_parser("history", help="a record's changes and rejections")
+    history.add_argument("record_id", type=_uuid, metavar="ID")
+    history.add_argument("--json", action="store_true")
+
+    failed = commands.add_parser("failed", help="the failed-task store")
+    failed_commands = failed.add_subparsers(dest="failed_command", required=True,
+                                            metavar="ACTION")
+    failed_list = failed_commands.add_parser("list", help="failed-task entries")
+    failed_list.add_argument("--event-type", metavar="TYPE")
+    failed_list.add_argument("--record", type=_uuid, metavar="ID")
+    failed_list.add_argument("--exception", metavar="CLASS")
+    failed_list.add_argument("--task", metavar="NAME")
+    failed_list.add_argument("--json", action="store_true")
+    failed_show = failed_commands.add_parser("show", help="one entry, in full")
+    failed_show.add_argument("entry", metavar="ENTRY")
+    failed_show.add_argument("--json", action="store_true")
+
+    demo = commands.add_parser("demo", help="run the bundled example end to end")
+    demo.add_argument("--json", action="store_true", help="print the final records as JSON")
+    demo.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+
+    commands.add_parser("diagram", help="print the three state machines as Mermaid")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = HANDLERS[args.command]
+    try:
+        return handler(args)
+    except CommandFailed as exc:
+        print(f"provisioning: {exc}", file=sys.stderr)
+        return FAILED
+    except (WorkerError, ProvisioningError) as exc:
+        print(f"provisioning: {exc}", file=sys.stderr)
+        return FAILED
+    except KeyboardInterrupt:
+        print("provisioning: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the contract: no error prints a traceback
+        print(f"provisioning: unexpected {type(exc).__name__}: {exc}", file=sys.stderr)
+        return FAILED
+
+
+# -- commands ------------------------------------------------------------------------------
+
+def _service() -> Any:
+    from worker import bootstrap
+    from worker.app import kick
+
+    return bootstrap.process_service(kick)
+
+
+def _lines(path: str) -> Iterator[tuple[int, str]]:
+    stream: TextIO
+    if path == "-":
+        stream = sys.stdin
+        yield from enumerate(stream, start=1)
+        return
+    with open(path, encoding="utf-8") as stream:
+        yield from enumerate(stream, start=1)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from statemachine import Problem
+    from worker.api import Refusal, submit_events
+
+    items: list[tuple[int, Any]] = []
+    bad_json: list[Refusal] = []
+    for number, line in _lines(args.file):
+        if not line.strip():
+            continue
+        try:
+            items.append((number, json.loads(line)))
+        except json.JSONDecodeError as exc:
+            bad_json.append(Refusal(number, (Problem("", f"not valid JSON ({exc.msg} at "
+                                                         f"column {exc.colno})"),)))
+    report = submit_events(_service(), items)
+    report.refused = sorted(bad_json + report.refused, key=lambda r: r.line)
+    for refusal in report.refused:
+        for text in refusal.lines():
+            print(text, file=sys.stderr)
+    if args.json:
+        print(json.dumps({
+            "accepted": report.accepted, "duplicates": report.duplicates,
+            "refused": len(report.refused), "records": report.record_ids,
+            "problems": [text for r in report.refused for text in r.lines()],
+        }, indent=2))
+    else:
+        print(f"accepted {report.accepted}, refused {len(report.refused)}"
+              + (f", already accepted {report.duplicates}" if report.duplicates else ""))
+    return OK if report.ok else FAILED
+
+
+def _load(record_id: str) -> ProvisioningState:
+    record: ProvisioningState | None = _service().store.load(record_id)
+    if record is None:
+        raise CommandFailed(f"record {record_id} not found")
+    return record
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    record = _load(args.record_id)
+    if args.json:
+        print(json.dumps(record.to_dataverse(), indent=2, ensure_ascii=False))
+        return OK
+    print(describe_record(record))
+    return OK
+
+
+def describe_record(record: ProvisioningState) -> str:
+    gate = _gate(record)
+    rows = [
+        ("id", record.id),
+        ("name", record.name),
+        ("kind", record.tracking.channel_kind.value if record.tracking.channel_kind else "-"),
+        ("status", f"{record.status.label} ({int(record.status)}), "
+                   f"statecode {record.statecode.label} ({int(record.statecode)})"),
+        ("gatekeeper", gate),
+        ("calling test", record.calling_status.label),
+        ("version", str(record.version)),
+        ("modified", record.modified_on.isoformat()),
+    ]
+    if record.provisioning_response:
+        rows.append(("response", record.provisioning_response))
+    if record.error_message:
+        rows.append(("error", record.error_message))
+    if record.exception_details:
+        rows.append(("details", record.exception_details.replace("\n", "\n" + " " * 14)))
+    rows.extend((column, value) for column, value in record.links.items() if value)
+    return "\n".join(f"{label:<13} {value}" for label, value in rows)
+
+
+def _gate(record: ProvisioningState) -> str:
+    state = GateKeeper.from_pair(*record.gatekeeper)
+    return state.value if state is not None else "invalid"
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    records = _service().store.list_records(
+        status=args.status, kind=args.kind.value if args.kind else None)
+    if args.json:
+        print(json.dumps([r.to_dataverse() for r in records], indent=2, ensure_ascii=False))
+        return OK
+    if not records:
+        print("no records")
+        return OK
+    print(f"{'ID':<36}  {'KIND':<11}  {'STATUS':<14}  {'GATEKEEPER':<22}  {'CALLING':<10}  "
+          f"{'VER':>3}  NAME")
+    for r in records:
+        gate = _gate(r)
+        kind = r.tracking.channel_kind.value if r.tracking.channel_kind else "-"
+        print(f"{r.id:<36}  {kind:<11}  {r.status.label:<14}  {gate:<22}  "
+              f"{r.calling_status.label:<10}  {r.version:>3}  {r.name}")
+    return OK
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    entries: list[HistoryEntry] = _service().store.history(args.record_id)
+    if not entries:
+        raise CommandFailed(f"record {args.record_id} has no history (unknown id)")
+    if args.json:
+        print(json.dumps([e.to_json() for e in entries], indent=2, ensure_ascii=False))
+        return OK
+    print(format_history(entries))
+    return OK
+
+
+def format_history(entries: Sequence[HistoryEntry]) -> str:
+    lines = []
+    for e in entries:
+        version = f"v{e.version}" if e.version is not None else "-"
+        before = e.before.status.label if e.before else "∅"
+        after = e.after.status.label if e.after else "∅"
+        lines.append(f"{version:>4}  {e.at.strftime('%H:%M:%S')}  {e.trigger:<14} "
+                     f"{e.outcome.value:<9} {before} → {after}  [{e.event_type} {e.event_id}]"
+                     f"  {e.reason}")
+    return "\n".join(lines)
+
+
+def cmd_failed(args: argparse.Namespace) -> int:
+    failed = _service().failed
+    if args.failed_command == "show":
+        entry = failed.get(args.entry)
+        if entry is None:
+            raise CommandFailed(f"failed-task entry {args.entry} not found")
+        if args.json:
+            print(json.dumps(entry.to_json(), indent=2, ensure_ascii=False))
+            return OK
+        for key, value in entry.to_json().items():
+            if key in ("traceback", "body", "reasons"):
+                continue
+            print(f"{key:<16} {value}")
+        for reason in entry.reasons:
+            print(f"{'reason':<16} {reason}")
+        print(f"{'message body':<16} {json.dumps(entry.body, ensure_ascii=False)}")
+        print("traceback:\n" + entry.traceback.rstrip())
+        return OK
+    entries = [
+        e for e in failed.all()
+        if (args.event_type is None or e.event_type == args.event_type)
+        and (args.record is None or e.record_id == args.record)
+        and (args.exception is None or e.exception == args.exception)
+        and (args.task is None or e.task == args.task)
+    ]
+    if args.json:
+        print(json.dumps([e.summary_json() for e in entries], indent=2, ensure_ascii=False))
+        return OK
+    if not entries:
+        print("no failed tasks")
+        return OK
+    print(f"{'ENTRY':<12}  {'LAST FAILED':<20}  {'TRIES':>5}  {'EXCEPTION':<16}  "
+          f"{'EVENT TYPE':<24}  MESSAGE")
+    for e in entries:
+        print(f"{e.id:<12}  {e.last_failed_at[:19]:<20}  {e.attempts:>5}  {e.exception:<16}  "
+              f"{(e.event_type or '-'):<24}  {e.message.splitlines()[0] if e.message else ''}")
+    return OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from worker.demo import run_demo
+
+    return run_demo(workers=args.workers, as_json=args.json)
+
+
+def cmd_diagram(args: argparse.Namespace) -> int:
+    from statemachine.diagram import mermaid
+
+    print(mermaid())
+    return OK
+
+
+HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "submit": cmd_submit,
+    "show": cmd_show,
+    "list": cmd_list,
+    "history": cmd_history,
+    "failed": cmd_failed,
+    "demo": cmd_demo,
+    "diagram": cmd_diagram,
+}

@@ -1,0 +1,189 @@
+"""``provisioning demo``: the bundled example, end to end, on an embedded default.
+
+Starts (unless PROVISIONING_REDIS_URL is set) an embedded Redis on a free loopback port,
+the backend emulator in this process on another, real ``celery worker`` and ``celery
+beat`` processes, then submits the example in two phases (onboarding, then operations)
+and prints the final records, one record's history and the failed-task entries.
+Everything it started is stopped by pid before it returns.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from statemachine import AutomatedCallingStatus, BackendStep, StatusReason
+from worker import embedded
+from worker.emulator import Emulator, serve
+
+# The example's records and channels (worker/examples/*.jsonl).
+WHATSAPP = "6f1c0000-0000-4000-8000-000000000001"
+FACEBOOK = "6f1c0000-0000-4000-8000-000000000002"
+VOICE = "6f1c0000-0000-4000-8000-000000000003"
+TEAMS = "6f1c0000-0000-4000-8000-000000000004"
+LINE = "6f1c0000-0000-4000-8000-000000000005"
+FABRIKAM = "6f1c0000-0000-4000-8000-000000000006"
+TEAMS_CHANNEL = "00000000-0000-4000-8000-000000000107"
+LINE_CHANNEL = "00000000-0000-4000-8000-000000000108"
+
+DEMO_SETTINGS = {
+    # Short delays so the demo's retry lands within seconds.
+    "PROVISIONING_RETRY_BASE_SECONDS": "1",
+    "PROVISIONING_RETRY_SWEEP_INTERVAL": "1",
+    "PROVISIONING_MAX_RETRIES": "2",
+    "PROVISIONING_BACKOFF_BASE": "0.05",
+    "PROVISIONING_BACKOFF_CAP": "0.2",
+    "PROVISIONING_RECOVERY_INTERVAL": "2",
+}
+
+
+def _example(name: str) -> Path:
+    return Path(__file__).parent / "examples" / name
+
+
+def run_demo(*, workers: int = 2, as_json: bool = False, timeout: float = 90.0) -> int:
+    out = sys.stdout
+    say: Callable[[str], None] = (lambda text: print(text, file=sys.stderr)) if as_json \
+        else (lambda text: print(text, file=out, flush=True))
+    redis_server: embedded.EmbeddedRedis | None = None
+    url = os.environ.get("PROVISIONING_REDIS_URL")
+    if not url:
+        redis_server = embedded.start()
+        url = redis_server.url
+        say(f"embedded Redis ({redis_server.engine}) on {url}")
+    else:
+        from worker.settings import redact_url
+
+        say(f"using Redis at {redact_url(url)}")
+    emulator = Emulator()
+    # A flaky provisioner for the Teams channel: every in-task try fails, so the record
+    # goes to Error and beat's retry brings it to Running.
+    emulator.script(TEAMS_CHANNEL, BackendStep.PROVISION_CHANNEL, [503] * 8)
+    emulator.fail_permanently(LINE_CHANNEL, BackendStep.PROVISION_CHANNEL, 400,
+                              {"error": "LINE channel secret was rejected"})
+    server = serve("127.0.0.1", 0, emulator)
+    say(f"backend emulator on {server.url}")
+    env = {
+        **os.environ, **DEMO_SETTINGS,
+        "PROVISIONING_REDIS_URL": url,
+        "PROVISIONING_BROKER_URL": os.environ.get("PROVISIONING_BROKER_URL") or url,
+        "PROVISIONING_PROVISIONER_URL": server.url,
+        "PROVISIONING_GATEKEEPER_URL": server.url,
+        "PROVISIONING_CALLING_TEST_URL": server.url,
+        "PROVISIONING_LOG_FORMAT": "json",
+    }
+    os.environ.update({k: v for k, v in env.items() if k.startswith("PROVISIONING_")})
+    from worker import bootstrap
+
+    bootstrap.reset()
+    logdir = tempfile.mkdtemp(prefix="provisioning-demo-")
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        processes.append(_start(
+            ["worker", "--pool", "prefork", "--concurrency", str(workers), "--loglevel",
+             "WARNING", "--without-gossip", "--without-mingle", "-n", f"demo-{os.getpid()}@%h"],
+            env, Path(logdir, "worker.log")))
+        processes.append(_start(
+            ["beat", "--loglevel", "WARNING", "-s", str(Path(logdir, "beat-schedule"))],
+            env, Path(logdir, "beat.log")))
+        say(f"celery worker ({workers} processes) and beat started; logs in {logdir}")
+        return _play(say, as_json, timeout, processes)
+    finally:
+        for process in processes:
+            _stop(process)
+        server.shutdown()
+        if redis_server is not None:
+            redis_server.stop()
+
+
+def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as stream:
+        return subprocess.Popen(  # noqa: S603 - our own argument list, no shell
+            [sys.executable, "-m", "celery", "-A", "worker.app", *args],
+            env=env, stdout=stream, stderr=subprocess.STDOUT,
+        )
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _play(say: Callable[[str], None], as_json: bool, timeout: float,
+          processes: list[subprocess.Popen[bytes]]) -> int:
+    from worker import bootstrap
+    from worker.api import submit_events
+    from worker.app import kick
+    from worker.cli import describe_record, format_history
+
+    service = bootstrap.process_service(kick)
+
+    def submit(name: str) -> None:
+        lines = _example(name).read_text(encoding="utf-8").splitlines()
+        report = submit_events(service, [(n, json.loads(t)) for n, t in enumerate(lines, 1)
+                                         if t.strip()])
+        say(f"submitted {name}: accepted {report.accepted}, refused {len(report.refused)}, "
+            f"already accepted {report.duplicates}")
+
+    def settled(check: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not check():
+            for process in processes:
+                if process.poll() is not None:
+                    raise RuntimeError(f"a celery process exited with {process.returncode}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"timed out waiting for {what}")
+            time.sleep(0.2)
+        say(f"settled: {what}")
+
+    def status(record_id: str) -> StatusReason | None:
+        record = service.store.load(record_id)
+        return None if record is None else record.status
+
+    submit("demo-onboard.jsonl")
+    settled(lambda: all(status(r) is StatusReason.RUNNING
+                        for r in (WHATSAPP, FACEBOOK, VOICE, FABRIKAM, TEAMS))
+            and status(LINE) is StatusReason.ERROR,
+            "onboarding (Teams recovered by a beat retry, LINE in Error)")
+    submit("demo-operate.jsonl")
+
+    def operated() -> bool:
+        voice = service.store.load(VOICE)
+        whatsapp = service.store.load(WHATSAPP)
+        return (voice is not None and voice.calling_status is AutomatedCallingStatus.SUCCESS
+                and status(FACEBOOK) is StatusReason.DEPROVISIONED
+                and service.store.load(FABRIKAM) is None
+                and whatsapp is not None
+                and whatsapp.links["msdyn_communicationprovidersettingid"] is None
+                and service.failed.count() >= 1)
+
+    settled(operated, "calling test, deprovision, parent deletions")
+    records = service.store.list_records()
+    if as_json:
+        print(json.dumps([r.to_dataverse() for r in records], indent=2, ensure_ascii=False))
+        return 0
+    say("\n== records ==")
+    for record in records:
+        say(describe_record(record) + "\n")
+    say(f"== history of {TEAMS} (Teams: transient failures, beat retry) ==")
+    say(format_history(service.store.history(TEAMS)))
+    say(f"\n== history of {FABRIKAM} (Fabrikam: deleted by a Cascade) ==")
+    say(format_history(service.store.history(FABRIKAM)))
+    say("\n== failed tasks ==")
+    for entry in service.failed.all():
+        say(f"{entry.id}  {entry.task}  {entry.exception}: {entry.message}")
+    return 0
+
+

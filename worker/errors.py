@@ -1,0 +1,33 @@
+"""Exceptions of the worker. The tree::
+
+    WorkerError
+    ├── ConfigurationError    a setting is missing or malformed
+    ├── StoreError            the record store failed (Redis unreachable, a script error)
+    │   └── ConflictError     a compare-and-set lost: the record changed underneath
+    └── LeaseLost             another worker took over the record's lease
+
+Errors of the core (invalid events, unknown records) come from ``statemachine``;
+backend HTTP failures are values (``worker.backends.CallResult``), not exceptions.
+"""
+
+from __future__ import annotations
+
+
+class WorkerError(Exception):
+    """Root of every error the worker raises."""
+
+
+class ConfigurationError(WorkerError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+class StoreError(WorkerError):
+    """The record store failed."""
+
+
+class ConflictError(StoreError):
+    """A compare-and-set lost: the record or its inbox changed underneath."""
+
+
+class LeaseLost(WorkerError):
+    """This worker no longer holds the record's lease."""

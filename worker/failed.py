@@ -1,0 +1,186 @@
+"""The failed-task store: every task that failed for good, kept for an operator.
+
+An entry holds the whole original message, so it can be replayed through the normal
+path. The same event failing again updates its entry (``attempts`` + 1) instead of
+adding another. Redis: ``<p>:failed:<id>`` hashes and the ``<p>:failed`` zset by last
+failure time; ``MemoryFailedStore`` is the twin.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Protocol, cast
+
+import redis
+
+from statemachine import parse_time
+from worker.errors import StoreError
+from worker.keys import Keys, dumps
+
+
+@dataclass(frozen=True, slots=True)
+class FailedTask:
+    """One failed-task entry (the JSON of ``provisioning failed list --json``)."""
+
+    id: str
+    task: str
+    event_id: str | None
+    event_type: str | None
+    record_id: str | None
+    exception: str
+    message: str
+    traceback: str = ""
+    attempts: int = 1
+    first_failed_at: str = ""
+    last_failed_at: str = ""
+    hostname: str = ""
+    reasons: tuple[str, ...] = ()
+    body: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["reasons"] = list(self.reasons)
+        data["body"] = dict(self.body)
+        return data
+
+    def summary_json(self) -> dict[str, Any]:
+        """The fields of ``failed list --json`` (SPEC §5), plus the reasons."""
+        data = self.to_json()
+        for key in ("traceback", "body"):
+            data.pop(key)
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> FailedTask:
+        values = dict(data)
+        values["reasons"] = tuple(values.get("reasons") or ())
+        values["body"] = dict(values.get("body") or {})
+        return cls(**values)
+
+
+def entry_id(task: str, event_id: str | None, body: Mapping[str, Any]) -> str:
+    """A short stable id: the same event failing in the same task keeps one entry."""
+    basis = f"{task}\0{event_id}" if event_id else f"{task}\0{dumps(body)}"
+    return hashlib.sha256(basis.encode()).hexdigest()[:12]
+
+
+class FailedStore(Protocol):
+    def record(self, entry: FailedTask) -> FailedTask:
+        """Add ``entry``, or update the entry with its id (attempts + 1, last failure)."""
+        ...
+
+    def get(self, entry_id: str) -> FailedTask | None: ...
+
+    def all(self) -> list[FailedTask]:
+        """Every entry, oldest last failure first."""
+        ...
+
+    def remove(self, entry_id: str) -> bool: ...
+
+    def count(self) -> int: ...
+
+
+def _merge(old: FailedTask | None, new: FailedTask) -> FailedTask:
+    if old is None:
+        return new
+    return replace(new, attempts=old.attempts + new.attempts,
+                   first_failed_at=old.first_failed_at or new.first_failed_at)
+
+
+class MemoryFailedStore:
+    def __init__(self) -> None:
+        self._entries: dict[str, FailedTask] = {}
+        self._lock = threading.Lock()
+
+    def record(self, entry: FailedTask) -> FailedTask:
+        with self._lock:
+            merged = _merge(self._entries.get(entry.id), entry)
+            self._entries[entry.id] = merged
+            return merged
+
+    def get(self, entry_id: str) -> FailedTask | None:
+        with self._lock:
+            return self._entries.get(entry_id)
+
+    def all(self) -> list[FailedTask]:
+        with self._lock:
+            return sorted(self._entries.values(), key=lambda e: (e.last_failed_at, e.id))
+
+    def remove(self, entry_id: str) -> bool:
+        with self._lock:
+            return self._entries.pop(entry_id, None) is not None
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+
+class RedisFailedStore:
+    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+        self.client = client
+        self.keys = keys
+
+    def record(self, entry: FailedTask) -> FailedTask:
+        key = self.keys.failed_entry(entry.id)
+        try:
+            # WATCH/MULTI with a bounded retry: two workers failing the same event at
+            # once both count their attempt.
+            for _ in range(10):
+                with self.client.pipeline(transaction=True) as pipe:
+                    try:
+                        pipe.watch(key)  # type: ignore[no-untyped-call]
+                        raw = cast(str | None, pipe.get(key))
+                        old = FailedTask.from_json(json.loads(raw)) if raw else None
+                        merged = _merge(old, entry)
+                        pipe.multi()
+                        pipe.set(key, dumps(merged.to_json()))
+                        pipe.zadd(self.keys.failed, {entry.id: _score(merged.last_failed_at)})
+                        pipe.execute()
+                        return merged
+                    except redis.WatchError:
+                        continue
+        except redis.RedisError as exc:
+            raise StoreError(f"{type(exc).__name__}: {exc}") from exc
+        raise StoreError(f"failed-task entry {entry.id} kept changing; not recorded")
+
+    def get(self, entry_id: str) -> FailedTask | None:
+        try:
+            raw = cast(str | None, self.client.get(self.keys.failed_entry(entry_id)))
+        except redis.RedisError as exc:
+            raise StoreError(f"{type(exc).__name__}: {exc}") from exc
+        return FailedTask.from_json(json.loads(raw)) if raw else None
+
+    def all(self) -> list[FailedTask]:
+        try:
+            ids = cast(list[str], self.client.zrange(self.keys.failed, 0, -1))
+            if not ids:
+                return []
+            rows = cast(list[str | None], self.client.mget(
+                [self.keys.failed_entry(i) for i in ids]))
+        except redis.RedisError as exc:
+            raise StoreError(f"{type(exc).__name__}: {exc}") from exc
+        return [FailedTask.from_json(json.loads(row)) for row in rows if row]
+
+    def remove(self, entry_id: str) -> bool:
+        try:
+            pipe = self.client.pipeline(transaction=True)
+            pipe.delete(self.keys.failed_entry(entry_id))
+            pipe.zrem(self.keys.failed, entry_id)
+            deleted, _ = pipe.execute()
+        except redis.RedisError as exc:
+            raise StoreError(f"{type(exc).__name__}: {exc}") from exc
+        return bool(deleted)
+
+    def count(self) -> int:
+        try:
+            return int(self.client.zcard(self.keys.failed))
+        except redis.RedisError as exc:
+            raise StoreError(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _score(timestamp: str) -> float:
+    return parse_time(timestamp).timestamp() if timestamp else 0.0

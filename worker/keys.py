@@ -1,0 +1,113 @@
+"""Every Redis key the worker uses, and the codecs of what they hold (one place, as arq does).
+
+Per record ``<id>``:
+  ``<p>:record:<id>``      hash {v: versionnumber, json: the record's stored JSON}
+  ``<p>:history:<id>``     list of history entries (JSON), oldest first
+  ``<p>:inbox:<id>``       list of accepted events not yet applied (JSON envelopes), in order
+  ``<p>:accepted:<id>``    set of event ids accepted into the inbox (accept dedupe)
+  ``<p>:applied:<id>``     set of dedupe keys already applied (invariant 8)
+  ``<p>:lease:<id>``       string: the owner draining the inbox; expires (PX)
+Global:
+  ``<p>:pending``          zset record id -> time it got work; left when drained
+  ``<p>:retries``          zset record id -> when its retry is due (beat's sweep)
+  ``<p>:idx:status:<code>`` / ``<p>:idx:kind:<kind>`` / ``<p>:idx:link:<column>:<uuid>``
+                           sets of record ids, for ``list`` and ``parent.deleted``
+  ``<p>:idx:all``          set of every live record id
+  ``<p>:failed:<entry>``   failed-task entry (JSON); ``<p>:failed`` zset entry -> last failure
+  ``<p>:deliveries:<task id>``  counter of deliveries of one Celery message (expires)
+  ``<p>:audit``            list of operator actions (JSON)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from statemachine import ProvisioningState
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Key names under one prefix (PROVISIONING_KEY_PREFIX)."""
+
+    prefix: str = "provisioning"
+
+    def record(self, record_id: str) -> str:
+        return f"{self.prefix}:record:{record_id}"
+
+    def history(self, record_id: str) -> str:
+        return f"{self.prefix}:history:{record_id}"
+
+    def inbox(self, record_id: str) -> str:
+        return f"{self.prefix}:inbox:{record_id}"
+
+    def accepted(self, record_id: str) -> str:
+        return f"{self.prefix}:accepted:{record_id}"
+
+    def applied(self, record_id: str) -> str:
+        return f"{self.prefix}:applied:{record_id}"
+
+    def lease(self, record_id: str) -> str:
+        return f"{self.prefix}:lease:{record_id}"
+
+    @property
+    def pending(self) -> str:
+        return f"{self.prefix}:pending"
+
+    @property
+    def retries(self) -> str:
+        return f"{self.prefix}:retries"
+
+    @property
+    def all_records(self) -> str:
+        return f"{self.prefix}:idx:all"
+
+    def by_status(self, statuscode: int) -> str:
+        return f"{self.prefix}:idx:status:{statuscode}"
+
+    def by_kind(self, kind: str) -> str:
+        return f"{self.prefix}:idx:kind:{kind}"
+
+    def by_link(self, column: str, value: str) -> str:
+        return f"{self.prefix}:idx:link:{column}:{value}"
+
+    def failed_entry(self, entry_id: str) -> str:
+        return f"{self.prefix}:failed:{entry_id}"
+
+    @property
+    def failed(self) -> str:
+        return f"{self.prefix}:failed"
+
+    def deliveries(self, task_id: str) -> str:
+        return f"{self.prefix}:deliveries:{task_id}"
+
+    @property
+    def audit(self) -> str:
+        return f"{self.prefix}:audit"
+
+    def index_keys(self, record: ProvisioningState | None) -> set[str]:
+        """The index sets a record belongs to (none for a missing record)."""
+        if record is None:
+            return set()
+        keys = {self.all_records, self.by_status(int(record.status))}
+        if record.tracking.channel_kind is not None:
+            keys.add(self.by_kind(record.tracking.channel_kind.value))
+        keys.update(
+            self.by_link(column, value) for column, value in record.links.items()
+            if value is not None
+        )
+        return keys
+
+
+def dumps(value: Any) -> str:
+    """Compact, stable JSON for everything stored."""
+    return json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+
+
+def encode_record(record: ProvisioningState) -> str:
+    return dumps(record.to_json())
+
+
+def decode_record(text: str | bytes) -> ProvisioningState:
+    return ProvisioningState.from_json(json.loads(text))

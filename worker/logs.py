@@ -1,0 +1,38 @@
+"""structlog set-up: JSON lines off a terminal, readable console output on one (SPEC §6).
+
+Every line a task writes carries task_id, event_id, record_id and trigger, bound with
+``structlog.contextvars``; secrets never reach a log line (URLs are redacted where logged).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+
+from worker.settings import Settings
+
+
+def configure(settings: Settings) -> None:
+    """Configure structlog and the stdlib root logger once per process."""
+    level = logging.getLevelName(settings.log_level.upper())
+    if not isinstance(level, int):
+        level = logging.INFO
+    renderer: structlog.types.Processor = (
+        structlog.processors.JSONRenderer() if settings.json_logs
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.StackInfoRenderer(),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )

@@ -1,0 +1,218 @@
+"""``MemoryStateStore``: the in-memory twin of RedisStateStore, for unit tests and tools.
+
+Same contract (tests/unit/test_store_contract.py runs against both); one lock makes each
+method atomic, as each Lua script is on Redis. Time for leases comes from ``clock``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from statemachine import HistoryEntry, ProvisioningState, StatusReason
+from worker.keys import Keys, decode_record, encode_record
+from worker.store import Commit, CommitStatus, InboxItem
+
+
+@dataclass
+class _Lease:
+    owner: str
+    expires: float
+
+
+@dataclass
+class _Data:
+    records: dict[str, str] = field(default_factory=dict)  # id -> encoded record
+    versions: dict[str, int] = field(default_factory=dict)
+    history: dict[str, list[HistoryEntry]] = field(default_factory=lambda: defaultdict(list))
+    inbox: dict[str, deque[InboxItem]] = field(default_factory=lambda: defaultdict(deque))
+    accepted: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    applied: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    leases: dict[str, _Lease] = field(default_factory=dict)
+    pending: dict[str, float] = field(default_factory=dict)
+    retries: dict[str, float] = field(default_factory=dict)
+    index: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    deliveries: dict[str, int] = field(default_factory=dict)
+
+
+class MemoryStateStore:
+    """The StateStore in one process's memory."""
+
+    def __init__(self, *, history_limit: int = 1000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.keys = Keys("memory")
+        self.history_limit = history_limit
+        self.clock = clock
+        self._lock = threading.RLock()
+        self._data = _Data()
+
+    # -- inbox ---------------------------------------------------------------------------
+
+    def accept(self, record_id: str, event_id: str, payload: str, *, now: float) -> bool:
+        with self._lock:
+            if event_id in self._data.accepted[record_id]:
+                return False
+            self._data.accepted[record_id].add(event_id)
+            self._data.inbox[record_id].append(InboxItem(event_id, payload))
+            self._data.pending.setdefault(record_id, now)
+            return True
+
+    def accept_many(self, items: Sequence[tuple[str, str, str]], *, now: float) -> list[bool]:
+        return [self.accept(r, e, p, now=now) for r, e, p in items]
+
+    def forget_accepted(self, record_id: str, event_id: str) -> None:
+        with self._lock:
+            self._data.accepted[record_id].discard(event_id)
+
+    def head(self, record_id: str) -> InboxItem | None:
+        with self._lock:
+            inbox = self._data.inbox.get(record_id)
+            return inbox[0] if inbox else None
+
+    def inbox_size(self, record_id: str) -> int:
+        with self._lock:
+            return len(self._data.inbox.get(record_id, ()))
+
+    def drop_head(self, record_id: str, event_id: str, owner: str) -> bool:
+        with self._lock:
+            inbox = self._data.inbox.get(record_id)
+            if not self._holds(record_id, owner) or not inbox or inbox[0].event_id != event_id:
+                return False
+            inbox.popleft()
+            self._data.accepted[record_id].discard(event_id)
+            return True
+
+    # -- records ---------------------------------------------------------------------------
+
+    def load(self, record_id: str) -> ProvisioningState | None:
+        with self._lock:
+            raw = self._data.records.get(record_id)
+        # Decoding a copy keeps callers from sharing state with the store, as on Redis.
+        return None if raw is None else decode_record(raw)
+
+    def is_applied(self, record_id: str, key: str) -> bool:
+        with self._lock:
+            return key in self._data.applied[record_id]
+
+    def commit(self, commit: Commit) -> CommitStatus:
+        rid = commit.record_id
+        data = self._data
+        with self._lock:
+            if data.versions.get(rid, 0) != commit.expected_version:
+                return CommitStatus.CONFLICT
+            if commit.lease_owner and not self._holds(rid, commit.lease_owner):
+                return CommitStatus.CONFLICT
+            if commit.dedupe_key and commit.dedupe_key in data.applied[rid]:
+                return CommitStatus.DUPLICATE
+            if commit.pop_event_id:
+                inbox = data.inbox.get(rid)
+                if not inbox or inbox[0].event_id != commit.pop_event_id:
+                    return CommitStatus.CONFLICT
+                inbox.popleft()
+            if commit.after is None:
+                data.records.pop(rid, None)
+                data.versions.pop(rid, None)
+            else:
+                data.records[rid] = encode_record(commit.after)
+                data.versions[rid] = commit.after.version
+            old, new = self.keys.index_keys(commit.before), self.keys.index_keys(commit.after)
+            for key in old - new:
+                data.index[key].discard(rid)
+            for key in new - old:
+                data.index[key].add(rid)
+            self._append(rid, commit.entries)
+            if commit.dedupe_key:
+                data.applied[rid].add(commit.dedupe_key)
+            if commit.cancel_retry or commit.deleted:
+                data.retries.pop(rid, None)
+            if commit.retry_at is not None:
+                data.retries[rid] = commit.retry_at
+            return CommitStatus.OK
+
+    def _append(self, record_id: str, entries: Iterable[HistoryEntry]) -> None:
+        history = self._data.history[record_id]
+        history.extend(entries)
+        if self.history_limit > 0 and len(history) > self.history_limit:
+            del history[: len(history) - self.history_limit]
+
+    def history(self, record_id: str) -> list[HistoryEntry]:
+        with self._lock:
+            return list(self._data.history.get(record_id, ()))
+
+    def append_history(self, record_id: str, entries: Iterable[HistoryEntry]) -> None:
+        with self._lock:
+            self._append(record_id, entries)
+
+    def list_records(
+        self, *, status: StatusReason | None = None, kind: str | None = None
+    ) -> list[ProvisioningState]:
+        with self._lock:
+            ids = set(self._data.index[self.keys.all_records])
+            if status is not None:
+                ids &= self._data.index[self.keys.by_status(int(status))]
+            if kind is not None:
+                ids &= self._data.index[self.keys.by_kind(kind)]
+            rows = [self._data.records[i] for i in sorted(ids) if i in self._data.records]
+        return [decode_record(row) for row in rows]
+
+    def records_linking(self, column: str, value: str) -> list[str]:
+        with self._lock:
+            return sorted(self._data.index[self.keys.by_link(column, value)])
+
+    # -- leases ----------------------------------------------------------------------------
+
+    def _holds(self, record_id: str, owner: str) -> bool:
+        lease = self._data.leases.get(record_id)
+        return lease is not None and lease.owner == owner and lease.expires > self.clock()
+
+    def acquire_lease(self, record_id: str, owner: str, seconds: float) -> bool:
+        with self._lock:
+            lease = self._data.leases.get(record_id)
+            if lease is not None and lease.expires > self.clock():
+                return False
+            self._data.leases[record_id] = _Lease(owner, self.clock() + seconds)
+            return True
+
+    def renew_lease(self, record_id: str, owner: str, seconds: float) -> bool:
+        with self._lock:
+            if not self._holds(record_id, owner):
+                return False
+            self._data.leases[record_id] = _Lease(owner, self.clock() + seconds)
+            return True
+
+    def release_lease(self, record_id: str, owner: str) -> bool:
+        with self._lock:
+            if not self._holds(record_id, owner) or self._data.inbox.get(record_id):
+                return False
+            del self._data.leases[record_id]
+            self._data.pending.pop(record_id, None)
+            return True
+
+    def lease_ttl(self, record_id: str) -> float | None:
+        with self._lock:
+            lease = self._data.leases.get(record_id)
+            if lease is None or lease.expires <= self.clock():
+                return None
+            return lease.expires - self.clock()
+
+    def pending(self) -> list[str]:
+        with self._lock:
+            return sorted(self._data.pending, key=self._data.pending.__getitem__)
+
+    def due_retries(self, now: float) -> list[tuple[str, float]]:
+        with self._lock:
+            return sorted(
+                ((rid, due) for rid, due in self._data.retries.items() if due <= now),
+                key=lambda item: item[1],
+            )
+
+    def count_deliveries(self, task_id: str, ttl_seconds: int) -> int:
+        with self._lock:
+            self._data.deliveries[task_id] = self._data.deliveries.get(task_id, 0) + 1
+            return self._data.deliveries[task_id]
+
+    def ping(self) -> bool:
+        return True

@@ -1,0 +1,228 @@
+"""``RedisStateStore``: the record store on Redis, atomic through the Lua scripts in lua/."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, cast
+
+import redis
+
+from statemachine import HistoryEntry, ProvisioningState, StatusReason
+from worker.errors import StoreError
+from worker.keys import Keys, decode_record, dumps, encode_record
+from worker.store import Commit, CommitStatus, InboxItem
+
+
+def _script(name: str) -> str:
+    return (Path(__file__).parent / "lua" / f"{name}.lua").read_text(encoding="utf-8")
+
+
+def inbox_item(event_id: str, payload: str) -> str:
+    """How an inbox entry is stored: ``[event id, payload]`` (the scripts read the id)."""
+    return dumps([event_id, payload])
+
+
+class RedisStateStore:
+    """The StateStore on one Redis server (or a fakeredis server in tests)."""
+
+    def __init__(self, client: redis.Redis, *, keys: Keys | None = None,
+                 history_limit: int = 1000) -> None:
+        self.client = client
+        self.keys = keys or Keys()
+        self.history_limit = history_limit
+        self._accept = client.register_script(_script("accept"))
+        self._commit = client.register_script(_script("commit"))
+        self._release = client.register_script(_script("release"))
+        self._renew = client.register_script(_script("renew"))
+        self._drop_head = client.register_script(_script("drop_head"))
+
+    @classmethod
+    def from_url(cls, url: str, *, prefix: str = "provisioning",
+                 history_limit: int = 1000) -> RedisStateStore:
+        client = redis.Redis.from_url(
+            url, decode_responses=True, socket_connect_timeout=5, socket_timeout=30,
+            health_check_interval=30, retry_on_timeout=True,
+        )
+        return cls(client, keys=Keys(prefix), history_limit=history_limit)
+
+    # -- inbox ---------------------------------------------------------------------------
+
+    def accept(self, record_id: str, event_id: str, payload: str, *, now: float) -> bool:
+        k = self.keys
+        with _translated():
+            added = self._accept(
+                keys=[k.accepted(record_id), k.inbox(record_id), k.pending],
+                args=[event_id, inbox_item(event_id, payload), now, record_id],
+            )
+        return bool(added)
+
+    def accept_many(self, items: Sequence[tuple[str, str, str]], *, now: float) -> list[bool]:
+        k = self.keys
+        with _translated():
+            pipe = self.client.pipeline(transaction=False)
+            for record_id, event_id, payload in items:
+                self._accept(
+                    keys=[k.accepted(record_id), k.inbox(record_id), k.pending],
+                    args=[event_id, inbox_item(event_id, payload), now, record_id],
+                    client=pipe,
+                )
+            return [bool(added) for added in pipe.execute()]
+
+    def forget_accepted(self, record_id: str, event_id: str) -> None:
+        with _translated():
+            self.client.srem(self.keys.accepted(record_id), event_id)
+
+    def head(self, record_id: str) -> InboxItem | None:
+        with _translated():
+            raw = cast(str | None, self.client.lindex(self.keys.inbox(record_id), 0))
+        if raw is None:
+            return None
+        event_id, payload = json.loads(raw)
+        return InboxItem(event_id, payload)
+
+    def inbox_size(self, record_id: str) -> int:
+        with _translated():
+            return int(self.client.llen(self.keys.inbox(record_id)))
+
+    def drop_head(self, record_id: str, event_id: str, owner: str) -> bool:
+        k = self.keys
+        with _translated():
+            return bool(self._drop_head(
+                keys=[k.inbox(record_id), k.lease(record_id), k.accepted(record_id)],
+                args=[event_id, owner],
+            ))
+
+    # -- records ---------------------------------------------------------------------------
+
+    def load(self, record_id: str) -> ProvisioningState | None:
+        with _translated():
+            raw = cast(str | None, self.client.hget(self.keys.record(record_id), "json"))
+        return None if raw is None else decode_record(raw)
+
+    def is_applied(self, record_id: str, key: str) -> bool:
+        with _translated():
+            return bool(self.client.sismember(self.keys.applied(record_id), key))
+
+    def commit(self, commit: Commit) -> CommitStatus:
+        k = self.keys
+        rid = commit.record_id
+        old, new = k.index_keys(commit.before), k.index_keys(commit.after)
+        remove, add = sorted(old - new), sorted(new - old)
+        after = commit.after
+        args: list[Any] = [
+            commit.expected_version,
+            "" if after is None else encode_record(after),
+            0 if after is None else after.version,
+            commit.dedupe_key or "",
+            commit.pop_event_id or "",
+            commit.lease_owner or "",
+            "" if commit.retry_at is None else repr(commit.retry_at),
+            "1" if commit.cancel_retry or commit.deleted else "0",
+            self.history_limit,
+            len(remove),
+            len(add),
+            rid,
+            *(dumps(entry.to_json()) for entry in commit.entries),
+        ]
+        with _translated():
+            status = self._commit(
+                keys=[k.record(rid), k.history(rid), k.inbox(rid), k.applied(rid), k.lease(rid),
+                      k.retries, *remove, *add],
+                args=args,
+            )
+        return CommitStatus(status)
+
+    def history(self, record_id: str) -> list[HistoryEntry]:
+        with _translated():
+            rows = cast(list[str], self.client.lrange(self.keys.history(record_id), 0, -1))
+        return [HistoryEntry.from_json(json.loads(row)) for row in rows]
+
+    def append_history(self, record_id: str, entries: Iterable[HistoryEntry]) -> None:
+        rows = [dumps(entry.to_json()) for entry in entries]
+        if not rows:
+            return
+        with _translated():
+            pipe = self.client.pipeline(transaction=True)
+            pipe.rpush(self.keys.history(record_id), *rows)
+            if self.history_limit > 0:
+                pipe.ltrim(self.keys.history(record_id), -self.history_limit, -1)
+            pipe.execute()
+
+    def list_records(
+        self, *, status: StatusReason | None = None, kind: str | None = None
+    ) -> list[ProvisioningState]:
+        k = self.keys
+        sets = [k.all_records]
+        if status is not None:
+            sets.append(k.by_status(int(status)))
+        if kind is not None:
+            sets.append(k.by_kind(kind))
+        with _translated():
+            ids = sorted(cast(set[str], self.client.sinter(sets)))
+            pipe = self.client.pipeline(transaction=False)
+            for record_id in ids:
+                pipe.hget(k.record(record_id), "json")
+            rows = pipe.execute()
+        return [decode_record(row) for row in rows if row is not None]
+
+    def records_linking(self, column: str, value: str) -> list[str]:
+        with _translated():
+            return sorted(cast(set[str], self.client.smembers(self.keys.by_link(column, value))))
+
+    # -- leases ----------------------------------------------------------------------------
+
+    def acquire_lease(self, record_id: str, owner: str, seconds: float) -> bool:
+        with _translated():
+            return bool(self.client.set(self.keys.lease(record_id), owner, nx=True,
+                                        px=int(seconds * 1000)))
+
+    def renew_lease(self, record_id: str, owner: str, seconds: float) -> bool:
+        with _translated():
+            return bool(self._renew(keys=[self.keys.lease(record_id)],
+                                    args=[owner, int(seconds * 1000)]))
+
+    def release_lease(self, record_id: str, owner: str) -> bool:
+        k = self.keys
+        with _translated():
+            result = self._release(keys=[k.lease(record_id), k.inbox(record_id), k.pending],
+                                   args=[owner, record_id])
+        return int(result) == 1
+
+    def lease_ttl(self, record_id: str) -> float | None:
+        with _translated():
+            ttl = int(self.client.pttl(self.keys.lease(record_id)))
+        return None if ttl < 0 else ttl / 1000
+
+    def pending(self) -> list[str]:
+        with _translated():
+            return list(cast(list[str], self.client.zrange(self.keys.pending, 0, -1)))
+
+    def due_retries(self, now: float) -> list[tuple[str, float]]:
+        with _translated():
+            rows = self.client.zrangebyscore(self.keys.retries, "-inf", now, withscores=True)
+        return [(str(member), float(score)) for member, score in cast(list[Any], rows)]
+
+    def count_deliveries(self, task_id: str, ttl_seconds: int) -> int:
+        key = self.keys.deliveries(task_id)
+        with _translated():
+            pipe = self.client.pipeline(transaction=True)
+            pipe.incr(key)
+            pipe.expire(key, ttl_seconds)
+            count, _ = pipe.execute()
+        return int(count)
+
+    def ping(self) -> bool:
+        with _translated():
+            return bool(self.client.ping())
+
+
+@contextmanager
+def _translated() -> Iterator[None]:
+    """Translate redis-py errors into StoreError (``raise … from exc``)."""
+    try:
+        yield
+    except redis.RedisError as exc:
+        raise StoreError(f"{type(exc).__name__}: {exc}") from exc

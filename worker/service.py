@@ -1,0 +1,439 @@
+"""The service functions every entry point calls: accept, drain, recover, sweep.
+
+Celery tasks stay thin and call these; tests drive them directly with the in-memory
+store and the emulator transport.
+
+Ordering (SPEC §3): an accepted event is appended to its record's inbox. One worker at a
+time drains a record's inbox, holding the record's lease; it applies the head event,
+commits (which pops it), runs the step the change started, commits its result, and only
+then takes the next event. A killed worker's lease expires after ``lease_seconds``; the
+recovery sweep then hands the record to another worker.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from statemachine import (
+    LOOKUP_BY_PARENT,
+    AutomatedCallingStatus,
+    CancelRetry,
+    Command,
+    DeleteRecord,
+    Event,
+    EventType,
+    InvalidEvent,
+    Outcome,
+    ParentDeleted,
+    ProvisioningState,
+    Result,
+    RunStep,
+    ScheduleRetry,
+    StatusReason,
+    StepResult,
+    UnknownRecord,
+    apply,
+    dedupe_key,
+    format_time,
+    parse_event,
+    pending_step,
+)
+from worker.backends import Backends
+from worker.envelope import CALLING_TIMEOUT, EVENT, RETRY, Envelope
+from worker.errors import LeaseLost, StoreError
+from worker.failed import FailedStore, FailedTask, entry_id
+from worker.settings import Settings
+from worker.store import Commit, CommitStatus, StateStore
+
+log = structlog.get_logger("worker")
+
+HANDLE_EVENT = "provisioning.handle_event"
+DRAIN_RECORD = "provisioning.drain_record"
+RETRY_TASK = "provisioning.retry"
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """What accepting one event did: the records it was queued for, and the new ones."""
+
+    event: Event
+    record_ids: tuple[str, ...]
+    new: bool
+
+
+@dataclass
+class DrainReport:
+    record_id: str
+    applied: int = 0
+    unchanged: int = 0
+    failed: int = 0
+    steps: int = 0
+    handed_over: bool = False
+    outcomes: list[Result] = field(default_factory=list)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Service:
+    """Wires the store, the failed-task store and the backends into the worker's behaviour."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: StateStore,
+        failed: FailedStore,
+        backends: Backends,
+        *,
+        kick: Callable[[str], None] | None = None,
+        now: Callable[[], datetime] = utcnow,
+        rng: random.Random | None = None,
+        hostname: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.failed = failed
+        self.backends = backends
+        self.kick = kick or (lambda record_id: None)
+        self.now = now
+        self.rng = rng or random.Random()
+        self.hostname = hostname or socket.gethostname()
+
+    # -- accepting ---------------------------------------------------------------------
+
+    def accept(
+        self, event: Event, *, context: Mapping[str, Any] | None = None,
+        message: Mapping[str, Any] | None = None,
+    ) -> Accepted:
+        """Queue a validated event in its record's inbox (each linking record's, for
+        ``parent.deleted``). Accepting the same event id again queues nothing."""
+        record_ids = self._targets(event)
+        accepted_at = format_time(self.now())
+        items = [
+            (record_id, event.id, Envelope(
+                kind=EVENT, record_id=record_id, event_id=event.id,
+                event=event.to_cloudevent(), accepted_at=accepted_at,
+                context=dict(context or {}), message=dict(message) if message else None,
+            ).encode())
+            for record_id in record_ids
+        ]
+        added = self.store.accept_many(items, now=time.time()) if items else []
+        return Accepted(event, tuple(record_ids), any(added))
+
+    def _targets(self, event: Event) -> list[str]:
+        if event.type is EventType.PARENT_DELETED:
+            assert isinstance(event.data, ParentDeleted)
+            lookup = LOOKUP_BY_PARENT[event.data.table]
+            return self.store.records_linking(lookup.column, event.data.parent_id)
+        assert event.subject is not None
+        return [event.subject]
+
+    def refuse(
+        self, raw: Any, error: BaseException, *, task: str, reasons: list[str],
+        body: Mapping[str, Any] | None = None, task_id: str | None = None,
+    ) -> FailedTask:
+        """Put what could not be processed in the failed-task store; nothing is lost."""
+        event = raw if isinstance(raw, Mapping) else {}
+        event_id = event.get("id") if isinstance(event.get("id"), str) else None
+        event_type = event.get("type") if isinstance(event.get("type"), str) else None
+        subject = event.get("subject") if isinstance(event.get("subject"), str) else None
+        message_body = dict(body) if body is not None else {"args": [raw], "kwargs": {}}
+        stamp = format_time(self.now())
+        entry = FailedTask(
+            id=entry_id(task, event_id, message_body),
+            task=task, event_id=event_id, event_type=event_type, record_id=subject,
+            exception=type(error).__name__, message=str(error),
+            traceback="".join(traceback.format_exception(error)),
+            attempts=1, first_failed_at=stamp, last_failed_at=stamp, hostname=self.hostname,
+            reasons=tuple(reasons), body=message_body,
+        )
+        stored = self.failed.record(entry)
+        log.warning("task_failed", entry=stored.id, task=task, exception=stored.exception,
+                    event_id=event_id, record_id=subject, reason=stored.message,
+                    task_id=task_id)
+        return stored
+
+    def handle_message(
+        self, raw: Any, *, task_id: str | None = None, body: Mapping[str, Any] | None = None,
+        drain: bool = True,
+    ) -> Accepted | FailedTask:
+        """The Celery entry: validate, accept, then drain the record(s) right here."""
+        try:
+            event = parse_event(raw)
+        except InvalidEvent as exc:
+            return self.refuse(raw, exc, task=HANDLE_EVENT, task_id=task_id, body=body,
+                               reasons=[str(problem) for problem in exc.problems])
+        accepted = self.accept(event, context={"task_id": task_id}, message=body)
+        log.info("event_accepted", event_id=event.id, event_type=event.type.value,
+                 records=len(accepted.record_ids), new=accepted.new, task_id=task_id)
+        if drain:
+            for record_id in accepted.record_ids:
+                report = self.drain(record_id, task_id=task_id)
+                if report.handed_over:
+                    self.kick(record_id)
+        return accepted
+
+    # -- draining ----------------------------------------------------------------------
+
+    def drain(self, record_id: str, *, task_id: str | None = None) -> DrainReport:
+        """Apply the record's inbox in order while holding its lease. Returns at once when
+        another worker holds the lease (it will drain what was queued)."""
+        report = DrainReport(record_id)
+        owner = f"{self.hostname}:{uuid.uuid4().hex[:12]}"
+        seconds = self.settings.lease_seconds
+        if not self.store.acquire_lease(record_id, owner, seconds):
+            return report
+        deadline = time.monotonic() + self.settings.drain_budget_seconds
+        released = False
+        with structlog.contextvars.bound_contextvars(record_id=record_id, task_id=task_id), \
+                self._keep_lease(record_id, owner):
+            try:
+                while True:
+                    record = self.store.load(record_id)
+                    step = pending_step(record) if record is not None else None
+                    if record is not None and step is not None:
+                        self._run_step(record, step, owner, task_id, report)
+                        continue
+                    item = self.store.head(record_id)
+                    if item is None:
+                        if self.store.release_lease(record_id, owner):
+                            released = True
+                            return report
+                        continue
+                    if time.monotonic() > deadline:
+                        # Bounded task time: hand the rest to a fresh task.
+                        report.handed_over = True
+                        return report
+                    self._apply_item(record, Envelope.decode(item.payload), owner,
+                                     task_id, report)
+            finally:
+                if not released:
+                    self._hand_over(record_id, owner)
+
+    def _hand_over(self, record_id: str, owner: str) -> None:
+        """Let the lease go now rather than at expiry (renewed to a millisecond); the record
+        stays pending, so a kick or the recovery sweep drains the rest."""
+        try:
+            self.store.renew_lease(record_id, owner, 0.001)
+        except StoreError:
+            log.warning("lease_hand_over_failed", record_id=record_id)
+
+    @contextmanager
+    def _keep_lease(self, record_id: str, owner: str) -> Iterator[None]:
+        """Renew the lease in the background while this worker drains (long backend
+        calls included); a killed process stops renewing and the lease expires."""
+        stop = threading.Event()
+        seconds = self.settings.lease_seconds
+
+        def renew() -> None:
+            while not stop.wait(seconds / 3):
+                try:
+                    if not self.store.renew_lease(record_id, owner, seconds):
+                        return
+                except StoreError:
+                    log.warning("lease_renew_failed", record_id=record_id)
+
+        keeper = threading.Thread(target=renew, name=f"lease-{record_id[:8]}", daemon=True)
+        keeper.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            keeper.join()
+
+    def _apply_item(
+        self, record: ProvisioningState | None, envelope: Envelope, owner: str,
+        task_id: str | None, report: DrainReport,
+    ) -> None:
+        with structlog.contextvars.bound_contextvars(event_id=envelope.event_id):
+            try:
+                command = envelope.command()
+            except InvalidEvent as exc:  # stored before a stricter validation: keep it
+                self._fail_head(envelope, exc, owner, task_id, [str(p) for p in exc.problems])
+                report.failed += 1
+                return
+            try:
+                outcome = self._apply(record, command)
+            except UnknownRecord as exc:
+                self._fail_head(envelope, exc, owner, task_id, [str(exc)])
+                report.failed += 1
+                return
+            self._commit(record, command, outcome, owner, task_id, report,
+                         pop_event_id=envelope.event_id)
+
+    def _apply(self, record: ProvisioningState | None, command: Command) -> Outcome:
+        duplicate = record is not None and self.store.is_applied(
+            record.id, dedupe_key(command))
+        return apply(record, command, now=self.now(), duplicate=duplicate)
+
+    def _fail_head(self, envelope: Envelope, error: BaseException, owner: str,
+                   task_id: str | None, reasons: list[str]) -> None:
+        raw = envelope.event if envelope.event is not None else envelope.encode()
+        body = envelope.message or {"args": [envelope.event], "kwargs": {}}
+        self.refuse(raw, error, task=HANDLE_EVENT, reasons=reasons, body=body, task_id=task_id)
+        if not self.store.drop_head(envelope.record_id, envelope.event_id, owner):
+            raise LeaseLost(f"lost the lease of record {envelope.record_id}")
+
+    def _commit(
+        self, record: ProvisioningState | None, command: Command, outcome: Outcome,
+        owner: str, task_id: str | None, report: DrainReport, *,
+        pop_event_id: str | None = None,
+    ) -> None:
+        retry_at, cancel = None, False
+        exhausted: ScheduleRetry | None = None
+        for effect in outcome.effects:
+            if isinstance(effect, ScheduleRetry):
+                if effect.attempt > self.settings.max_retries:
+                    exhausted = effect
+                    cancel = True
+                else:
+                    retry_at = time.time() + self.retry_delay(effect.attempt)
+            elif isinstance(effect, CancelRetry | DeleteRecord):
+                cancel = True
+        entries = tuple(entry.with_task(task_id) for entry in outcome.entries)
+        commit = Commit(
+            record_id=entries[0].record_id,
+            expected_version=record.version if record is not None else 0,
+            before=record, after=outcome.record, entries=entries,
+            dedupe_key=dedupe_key(command) if outcome.applied else None,
+            pop_event_id=pop_event_id, lease_owner=owner, deleted=outcome.deleted,
+            retry_at=retry_at, cancel_retry=cancel and retry_at is None,
+        )
+        status = self.store.commit(commit)
+        if status is CommitStatus.DUPLICATE:
+            # Applied by an earlier delivery that died before it popped: record the
+            # duplicate and pop, changing nothing else.
+            outcome = apply(record, command, now=self.now(), duplicate=True)
+            entries = tuple(entry.with_task(task_id) for entry in outcome.entries)
+            status = self.store.commit(Commit(
+                record_id=commit.record_id, expected_version=commit.expected_version,
+                before=record, after=record, entries=entries, pop_event_id=pop_event_id,
+                lease_owner=owner,
+            ))
+        if status is CommitStatus.CONFLICT:
+            raise LeaseLost(f"record {commit.record_id} changed underneath (lease lost?)")
+        for entry in entries:
+            report.outcomes.append(entry.outcome)
+            if entry.outcome is Result.APPLIED:
+                report.applied += 1
+            else:
+                report.unchanged += 1
+            log.info("history", event_id=entry.event_id, event_type=entry.event_type,
+                     trigger=entry.trigger, outcome=entry.outcome.value, version=entry.version,
+                     reason=entry.reason, record_id=entry.record_id, task_id=task_id)
+        if exhausted is not None:
+            self._retries_exhausted(outcome.record, exhausted, task_id)
+
+    def retry_delay(self, attempt: int) -> float:
+        """Exponential with a cap and jitter: base·2^(attempt-1), capped, then 50-100%."""
+        delay = min(self.settings.retry_cap_seconds,
+                    self.settings.retry_base_seconds * 2.0 ** (attempt - 1))
+        return delay * (0.5 + self.rng.random() / 2)
+
+    def _retries_exhausted(self, record: ProvisioningState | None, effect: ScheduleRetry,
+                           task_id: str | None) -> None:
+        if record is None:
+            return
+        error = RuntimeError(
+            f"retries exhausted after {effect.attempt - 1} retries: "
+            f"{record.error_message or record.exception_details[:200]}")
+        raw = {"id": record.tracking.step_event_id, "subject": record.id,
+               "type": f"step.{record.tracking.failed_call or 'unknown'}"}
+        self.refuse(raw, error, task=RETRY_TASK, task_id=task_id,
+                    reasons=[record.exception_details],
+                    body={"args": [record.id], "kwargs": {"version": record.version}})
+
+    def _run_step(self, record: ProvisioningState, step: RunStep, owner: str,
+                  task_id: str | None, report: DrainReport) -> None:
+        """Carry out a started step's backend calls, then apply and commit its result."""
+        report.steps += 1
+        response: str | None = None
+        test_id: str | None = None
+        result: StepResult | None = None
+        for call in step.calls:
+            outcome = self.backends.call(call)
+            if outcome.response is not None:
+                response = outcome.response
+            if outcome.test_id is not None:
+                test_id = outcome.test_id
+            if not outcome.ok:
+                failure = outcome.failure
+                assert failure is not None
+                result = StepResult(
+                    record.id, step.event_id, step.kind, step.started_version, ok=False,
+                    failed_call=call.step, details=failure.details(),
+                    summary=failure.summary(), response=response,
+                )
+                break
+        if result is None:
+            result = StepResult(record.id, step.event_id, step.kind, step.started_version,
+                                ok=True, response=response, test_id=test_id)
+        with structlog.contextvars.bound_contextvars(event_id=step.event_id):
+            self._commit(record, result, self._apply(record, result), owner, task_id, report)
+
+    # -- sweeps (beat) -----------------------------------------------------------------
+
+    def recover(self) -> list[str]:
+        """Kick a drain for every record with queued work and no live lease."""
+        kicked = []
+        for record_id in self.store.pending():
+            if self.store.lease_ttl(record_id) is None:
+                self.kick(record_id)
+                kicked.append(record_id)
+        if kicked:
+            log.info("recovered", records=len(kicked))
+        return kicked
+
+    def sweep_retries(self) -> list[str]:
+        """Queue a retry for every record whose retry is due (two sweeps queue it once)."""
+        queued = []
+        for record_id, _due in self.store.due_retries(time.time()):
+            record = self.store.load(record_id)
+            if record is None:
+                continue
+            envelope = Envelope(
+                kind=RETRY, record_id=record_id,
+                event_id=f"retry:{record_id}:{record.version}", version=record.version,
+                accepted_at=format_time(self.now()),
+            )
+            if self.store.accept(record_id, envelope.event_id, envelope.encode(),
+                                 now=time.time()):
+                queued.append(record_id)
+                self.kick(record_id)
+        return queued
+
+    def sweep_calling_tests(self) -> list[str]:
+        """Queue a timeout for every calling test InProgress past its limit."""
+        queued = []
+        limit = self.settings.calling_test_timeout
+        now = self.now()
+        for record in self.store.list_records(status=StatusReason.RUNNING):
+            started = record.tracking.calling_test_started_at
+            version = record.tracking.calling_test_version
+            if (record.calling_status is not AutomatedCallingStatus.IN_PROGRESS
+                    or started is None or version is None
+                    or (now - started).total_seconds() < limit):
+                continue
+            envelope = Envelope(
+                kind=CALLING_TIMEOUT, record_id=record.id,
+                event_id=f"calling-timeout:{record.id}:{version}", version=version,
+                accepted_at=format_time(now),
+            )
+            if self.store.accept(record.id, envelope.event_id, envelope.encode(),
+                                 now=time.time()):
+                queued.append(record.id)
+                self.kick(record.id)
+        return queued

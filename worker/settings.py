@@ -1,0 +1,145 @@
+"""Settings: one frozen object built once from the environment (SPEC §6).
+
+Nothing else in the project reads ``os.environ``. Secrets (passwords in URLs, the
+Dataverse client secret) are kept out of ``repr`` and logs: ``redact_url`` strips them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from worker.backends import BackendSettings
+from worker.errors import ConfigurationError
+
+PREFIX = "PROVISIONING_"
+DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+
+
+def redact_url(url: str | None) -> str | None:
+    """``url`` with any password replaced by ``***`` (safe for logs and errors)."""
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of the worker. Build it with ``Settings.from_env()``.
+
+    Field ``foo_bar`` is read from ``PROVISIONING_FOO_BAR``; the README lists them all.
+    """
+
+    redis_url: str = field(default=DEFAULT_REDIS_URL, repr=False)
+    broker_url: str | None = field(default=None, repr=False)
+    provisioner_url: str | None = field(default=None, repr=False)
+    gatekeeper_url: str | None = field(default=None, repr=False)
+    calling_test_url: str | None = field(default=None, repr=False)
+    log_format: str | None = None  # "json" or "console"; None: console on a terminal
+    log_level: str = "INFO"
+    key_prefix: str = "provisioning"
+    # Backend calls (SPEC §4).
+    connect_timeout: float = 3.0
+    read_timeout: float = 10.0
+    max_tries: int = 4
+    backoff_base: float = 0.2
+    backoff_cap: float = 5.0
+    retry_after_cap: float = 10.0
+    # Ordering and recovery (SPEC §3, §7).
+    lease_seconds: float = 30.0
+    recovery_interval: float = 10.0
+    drain_budget_seconds: float = 20.0
+    visibility_timeout: int = 600
+    max_deliveries: int = 5
+    # Retries scheduled by beat (SPEC §2.1, §4).
+    retry_sweep_interval: float = 5.0
+    retry_base_seconds: float = 30.0
+    retry_cap_seconds: float = 3600.0
+    max_retries: int = 5
+    calling_test_timeout: float = 900.0
+    # History kept per record (0: unbounded).
+    history_limit: int = 1000
+    # Dataverse mirror (SPEC §6); off unless the URL is set.
+    dataverse_url: str | None = None
+    dataverse_tenant_id: str | None = None
+    dataverse_client_id: str | None = None
+    dataverse_client_secret: str | None = field(default=None, repr=False)
+    dataverse_authority_url: str = "https://login.microsoftonline.com"
+
+    @property
+    def broker(self) -> str:
+        """The Celery broker URL: PROVISIONING_BROKER_URL, else the store's URL."""
+        return self.broker_url or self.redis_url
+
+    @property
+    def backends(self) -> BackendSettings:
+        return BackendSettings(
+            provisioner_url=self.provisioner_url,
+            gatekeeper_url=self.gatekeeper_url,
+            calling_test_url=self.calling_test_url,
+            connect_timeout=self.connect_timeout,
+            read_timeout=self.read_timeout,
+            max_tries=self.max_tries,
+            backoff_base=self.backoff_base,
+            backoff_cap=self.backoff_cap,
+            retry_after_cap=self.retry_after_cap,
+        )
+
+    @property
+    def json_logs(self) -> bool:
+        if self.log_format is None:
+            return not sys.stderr.isatty()
+        return self.log_format == "json"
+
+    def describe(self) -> dict[str, Any]:
+        """Every setting, secrets redacted: for logs and ``provisioning config``."""
+        shown: dict[str, Any] = {}
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if item.name.endswith("_url"):
+                value = redact_url(value)
+            elif item.name.endswith("_secret"):
+                value = None if value is None else "***"
+            shown[item.name] = value
+        return shown
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read every ``PROVISIONING_*`` variable; raise ConfigurationError naming bad ones."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        problems: list[str] = []
+        for item in fields(cls):
+            name = PREFIX + item.name.upper()
+            raw = env.get(name)
+            if raw is None or raw == "":
+                continue
+            kind = item.type if isinstance(item.type, str) else str(item.type)
+            try:
+                if kind.startswith("float"):
+                    values[item.name] = float(raw)
+                elif kind.startswith("int"):
+                    values[item.name] = int(raw)
+                else:
+                    values[item.name] = raw
+            except ValueError:
+                problems.append(f"{name}: must be a number, not {raw!r}")
+        if values.get("max_tries", 3) < 3:
+            problems.append(f"{PREFIX}MAX_TRIES: must be at least 3 (SPEC §4)")
+        log_format = values.get("log_format")
+        if log_format not in (None, "json", "console"):
+            problems.append(f"{PREFIX}LOG_FORMAT: must be json or console, not {log_format!r}")
+        if problems:
+            raise ConfigurationError("; ".join(problems))
+        return cls(**values)

@@ -1,0 +1,125 @@
+"""The record store port: a Protocol with a Redis implementation and an in-memory twin.
+
+Both run the same contract tests (tests/unit/test_store_contract.py). The guarantees:
+
+* ``accept`` appends an event to its record's inbox once per event id, in call order.
+* ``commit`` is one atomic step: compare the version, write (or delete) the record, append
+  its history entries, mark the dedupe key applied, pop the inbox head it applied, update
+  the indexes and the retry schedule. It fails as a whole (CONFLICT/DUPLICATE) or not at all.
+* A lease names the one worker that drains a record's inbox; it expires, so a killed
+  worker blocks its records for at most ``lease_seconds``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+from statemachine import HistoryEntry, ProvisioningState, StatusReason
+
+
+@dataclass(frozen=True, slots=True)
+class InboxItem:
+    """An accepted event waiting in its record's inbox. ``payload`` is the envelope JSON."""
+
+    event_id: str
+    payload: str
+
+
+class CommitStatus(StrEnum):
+    OK = "ok"
+    CONFLICT = "conflict"  # the version, the inbox head or the lease was not as expected
+    DUPLICATE = "duplicate"  # the dedupe key was already applied
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    """One atomic change of a record, as ``StateStore.commit`` carries it out.
+
+    ``expected_version`` is the stored version the change was computed from (0: no record).
+    ``after`` None with ``deleted`` removes the record (its history stays).
+    ``pop_event_id`` pops the inbox head, which must be that event.
+    ``retry_at`` schedules the record's retry (epoch seconds); ``cancel_retry`` drops it.
+    """
+
+    record_id: str
+    expected_version: int
+    before: ProvisioningState | None
+    after: ProvisioningState | None
+    entries: tuple[HistoryEntry, ...]
+    dedupe_key: str | None = None
+    pop_event_id: str | None = None
+    lease_owner: str | None = None
+    deleted: bool = False
+    retry_at: float | None = None
+    cancel_retry: bool = False
+
+
+class StateStore(Protocol):
+    """Where records, their history and their inboxes live."""
+
+    def accept(self, record_id: str, event_id: str, payload: str, *, now: float) -> bool:
+        """Append to the inbox unless ``event_id`` was accepted before; True when appended."""
+        ...
+
+    def accept_many(self, items: Sequence[tuple[str, str, str]], *, now: float) -> list[bool]:
+        """``accept`` for many (record id, event id, payload) at once, pipelined."""
+        ...
+
+    def forget_accepted(self, record_id: str, event_id: str) -> None:
+        """Let ``event_id`` be accepted again (a replay of an event that failed)."""
+        ...
+
+    def head(self, record_id: str) -> InboxItem | None:
+        """The oldest event of the inbox, or None."""
+        ...
+
+    def inbox_size(self, record_id: str) -> int: ...
+
+    def drop_head(self, record_id: str, event_id: str, owner: str) -> bool:
+        """Pop the inbox head when it is ``event_id`` and ``owner`` holds the lease."""
+        ...
+
+    def load(self, record_id: str) -> ProvisioningState | None: ...
+
+    def is_applied(self, record_id: str, key: str) -> bool: ...
+
+    def commit(self, commit: Commit) -> CommitStatus: ...
+
+    def history(self, record_id: str) -> list[HistoryEntry]: ...
+
+    def append_history(self, record_id: str, entries: Iterable[HistoryEntry]) -> None:
+        """Add entries that changed nothing (no version check needed)."""
+        ...
+
+    def list_records(
+        self, *, status: StatusReason | None = None, kind: str | None = None
+    ) -> list[ProvisioningState]: ...
+
+    def records_linking(self, column: str, value: str) -> list[str]: ...
+
+    def acquire_lease(self, record_id: str, owner: str, seconds: float) -> bool: ...
+
+    def renew_lease(self, record_id: str, owner: str, seconds: float) -> bool: ...
+
+    def release_lease(self, record_id: str, owner: str) -> bool:
+        """Release when the inbox is empty and no step is in flight; False leaves it held."""
+        ...
+
+    def lease_ttl(self, record_id: str) -> float | None:
+        """Seconds left on the lease, None when nobody holds it."""
+        ...
+
+    def pending(self) -> list[str]:
+        """Records with accepted work not yet drained (a non-empty inbox or a step in flight)."""
+        ...
+
+    def due_retries(self, now: float) -> list[tuple[str, float]]: ...
+
+    def count_deliveries(self, task_id: str, ttl_seconds: int) -> int:
+        """Count one more delivery of a Celery message; returns the count so far."""
+        ...
+
+    def ping(self) -> bool: ...

@@ -1,0 +1,94 @@
+"""The Celery tasks. Each decodes its message, calls one service function, and maps
+errors to a retry or a final failure; the behaviour lives in ``worker.service``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from celery import Task
+
+from worker import bootstrap
+from worker.app import app, kick
+from worker.errors import LeaseLost, StoreError
+from worker.service import DRAIN_RECORD, HANDLE_EVENT, Service
+
+log = structlog.get_logger("worker")
+
+
+class PoisonMessage(Exception):
+    """A message was delivered more often than PROVISIONING_MAX_DELIVERIES allows."""
+
+
+def _service() -> Service:
+    return bootstrap.process_service(kick)
+
+
+def _message_body(task: Task[Any, Any]) -> dict[str, Any]:
+    """The whole original message, kept in a failed-task entry so it can be replayed."""
+    request = task.request
+    return {
+        "task": task.name,
+        "id": request.id,
+        "args": list(request.args or ()),
+        "kwargs": dict(request.kwargs or {}),
+        "headers": {
+            "origin": getattr(request, "origin", None),
+            "retries": request.retries,
+            "delivery_info": dict(request.delivery_info or {}),
+        },
+    }
+
+
+@app.task(name=HANDLE_EVENT, bind=True, acks_late=True, max_retries=10)
+def handle_event(self: Task[Any, Any], event: Any) -> dict[str, Any]:
+    """Validate one event, accept it into its record's inbox, and drain that inbox."""
+    service = _service()
+    body = _message_body(self)
+    with structlog.contextvars.bound_contextvars(task_id=self.request.id):
+        try:
+            deliveries = service.store.count_deliveries(
+                str(self.request.id), service.settings.visibility_timeout * 4)
+            if deliveries > service.settings.max_deliveries:
+                entry = service.refuse(
+                    event, PoisonMessage(f"delivered {deliveries} times"), task=HANDLE_EVENT,
+                    reasons=[f"delivered {deliveries} times; the limit is "
+                             f"{service.settings.max_deliveries}"],
+                    body=body, task_id=self.request.id)
+                return {"failed": entry.id}
+            result = service.handle_message(event, task_id=self.request.id, body=body)
+        except (StoreError, LeaseLost) as exc:
+            log.warning("task_retry", error=str(exc))
+            raise self.retry(exc=exc, countdown=2) from exc
+    if hasattr(result, "record_ids"):
+        return {"accepted": list(result.record_ids)}
+    return {"failed": result.id}
+
+
+@app.task(name=DRAIN_RECORD, bind=True, acks_late=True, max_retries=10)
+def drain_record(self: Task[Any, Any], record_id: str) -> dict[str, Any]:
+    """Apply a record's queued events in order (no-op when another worker holds it)."""
+    service = _service()
+    try:
+        report = service.drain(str(record_id), task_id=self.request.id)
+    except (StoreError, LeaseLost) as exc:
+        log.warning("task_retry", error=str(exc), record_id=record_id)
+        raise self.retry(exc=exc, countdown=2) from exc
+    if report.handed_over:
+        kick(record_id)
+    return {"applied": report.applied, "unchanged": report.unchanged, "steps": report.steps}
+
+
+@app.task(name="provisioning.recover")
+def recover() -> int:
+    return len(_service().recover())
+
+
+@app.task(name="provisioning.sweep_retries")
+def sweep_retries() -> int:
+    return len(_service().sweep_retries())
+
+
+@app.task(name="provisioning.sweep_calling_tests")
+def sweep_calling_tests() -> int:
+    return len(_service().sweep_calling_tests())
