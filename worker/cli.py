@@ -112,6 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = HANDLERS[args.command]
     try:
+        _quiet_logs()
         return handler(args)
     except CommandFailed as exc:
         print(f"provisioning: {exc}", file=sys.stderr)
@@ -125,6 +126,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the contract: no error prints a traceback
         print(f"provisioning: unexpected {type(exc).__name__}: {exc}", file=sys.stderr)
         return FAILED
+
+
+def _quiet_logs() -> None:
+    """The CLI logs warnings and errors only, on stderr (stdout is the command's output)."""
+    from dataclasses import replace
+
+    from worker import bootstrap
+    from worker.logs import configure
+
+    settings = bootstrap.current_settings()
+    if settings.log_level.upper() != "DEBUG":
+        settings = replace(settings, log_level="WARNING")
+    configure(settings)
 
 
 # -- commands ------------------------------------------------------------------------------

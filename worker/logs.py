@@ -33,6 +33,20 @@ def configure(settings: Settings) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=True,
+        logger_factory=_stderr_logger,
+        # Not cached: a later configure() (the CLI's quieter level, tests) takes effect.
+        cache_logger_on_first_use=False,
     )
+
+
+class _StderrLogger:
+    """Writes each rendered line to whatever ``sys.stderr`` is at the time of writing."""
+
+    def msg(self, message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    log = debug = info = warning = warn = error = critical = exception = fatal = msg
+
+
+def _stderr_logger(*_: object) -> _StderrLogger:
+    return _StderrLogger()

@@ -183,9 +183,14 @@ class MemoryStateStore:
             self._data.leases[record_id] = _Lease(owner, self.clock() + seconds)
             return True
 
-    def release_lease(self, record_id: str, owner: str) -> bool:
+    def release_lease(self, record_id: str, owner: str, *, hand_over: bool = False) -> bool:
         with self._lock:
-            if not self._holds(record_id, owner) or self._data.inbox.get(record_id):
+            if not self._holds(record_id, owner):
+                return False
+            if hand_over:
+                del self._data.leases[record_id]
+                return True
+            if self._data.inbox.get(record_id):
                 return False
             del self._data.leases[record_id]
             self._data.pending.pop(record_id, None)

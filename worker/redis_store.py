@@ -184,11 +184,11 @@ class RedisStateStore:
             return bool(self._renew(keys=[self.keys.lease(record_id)],
                                     args=[owner, int(seconds * 1000)]))
 
-    def release_lease(self, record_id: str, owner: str) -> bool:
+    def release_lease(self, record_id: str, owner: str, *, hand_over: bool = False) -> bool:
         k = self.keys
         with _translated():
             result = self._release(keys=[k.lease(record_id), k.inbox(record_id), k.pending],
-                                   args=[owner, record_id])
+                                   args=[owner, record_id, "1" if hand_over else "0"])
         return int(result) == 1
 
     def lease_ttl(self, record_id: str) -> float | None:

@@ -212,6 +212,10 @@ class Service:
                         if self.store.release_lease(record_id, owner):
                             released = True
                             return report
+                        if self.store.head(record_id) is None:
+                            # Refused with an empty inbox: the lease is no longer ours.
+                            released = True
+                            raise LeaseLost(f"lost the lease of record {record_id}")
                         continue
                     if time.monotonic() > deadline:
                         # Bounded task time: hand the rest to a fresh task.
@@ -224,10 +228,10 @@ class Service:
                     self._hand_over(record_id, owner)
 
     def _hand_over(self, record_id: str, owner: str) -> None:
-        """Let the lease go now rather than at expiry (renewed to a millisecond); the record
-        stays pending, so a kick or the recovery sweep drains the rest."""
+        """Let the lease go now rather than at expiry; the record stays pending, so a kick
+        or the recovery sweep drains the rest."""
         try:
-            self.store.renew_lease(record_id, owner, 0.001)
+            self.store.release_lease(record_id, owner, hand_over=True)
         except StoreError:
             log.warning("lease_hand_over_failed", record_id=record_id)
 

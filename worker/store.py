@@ -104,8 +104,9 @@ class StateStore(Protocol):
 
     def renew_lease(self, record_id: str, owner: str, seconds: float) -> bool: ...
 
-    def release_lease(self, record_id: str, owner: str) -> bool:
-        """Release when the inbox is empty and no step is in flight; False leaves it held."""
+    def release_lease(self, record_id: str, owner: str, *, hand_over: bool = False) -> bool:
+        """Release when the inbox is empty; False leaves it held. ``hand_over`` releases
+        whatever the inbox holds and keeps the record pending, for another worker."""
         ...
 
     def lease_ttl(self, record_id: str) -> float | None:

@@ -1,0 +1,151 @@
+"""The console script: outputs, JSON shapes and exit codes of SPEC §5."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from worker import cli
+from worker.service import Service
+
+FORMATTED = "@OData.Community.Display.V1.FormattedValue"
+
+
+@pytest.fixture
+def run(memory_service: Service, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> Any:
+    monkeypatch.setattr(cli, "_service", lambda: memory_service)
+
+    def invoke(*argv: str) -> tuple[int, str, str]:
+        try:
+            code = cli.main(list(argv))
+        except SystemExit as exc:  # argparse usage errors
+            code = int(exc.code or 0)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return invoke
+
+
+def write_events(path: Path, *events: Any) -> str:
+    path.write_text("".join((e if isinstance(e, str) else json.dumps(e)) + "\n"
+                            for e in events), encoding="utf-8")
+    return str(path)
+
+
+def provision(record_id: str, **data: Any) -> dict[str, Any]:
+    body = {"name": "Contoso", "channel": {"kind": "voice", "id": str(uuid.uuid4())},
+            "links": {"msdyn_phonenumberid": str(uuid.uuid4())}}
+    body.update(data)
+    return {"specversion": "1.0", "id": str(uuid.uuid4()), "source": "cli-test",
+            "type": "provision.requested", "subject": record_id, "data": body}
+
+
+def test_submit_accepts_good_lines_and_names_each_bad_one(run: Any, tmp_path: Path,
+                                                          memory_service: Service) -> None:
+    good = str(uuid.uuid4())
+    bad = provision(str(uuid.uuid4()))
+    bad["data"]["channel"]["kind"] = "fax"
+    del bad["source"]
+    path = write_events(tmp_path / "events.jsonl", provision(good), bad, "{not json", "")
+    code, out, err = run("submit", path)
+    assert code == 1
+    assert out.strip() == "accepted 1, refused 2"
+    assert err.splitlines() == [
+        "line 2: source: is required",
+        "line 2: data.channel.kind: must be one of facebook, line, teams, whatsapp, voice, "
+        "phonenumber",
+        "line 3: not valid JSON (Expecting property name enclosed in double quotes at "
+        "column 2)",
+    ]
+    assert memory_service.store.inbox_size(good) == 1
+
+
+def test_submit_of_a_missing_file_is_a_usage_error(run: Any, tmp_path: Path) -> None:
+    code, _, err = run("submit", str(tmp_path / "nope.jsonl"))
+    assert code == 2
+    assert "no such file" in err
+
+
+def test_show_rejects_an_id_that_is_not_a_uuid(run: Any) -> None:
+    code, _, err = run("show", "42")
+    assert code == 2
+    assert "not a UUID" in err
+
+
+def test_show_of_an_unknown_record_exits_1_with_one_line(run: Any) -> None:
+    record_id = str(uuid.uuid4())
+    code, out, err = run("show", record_id)
+    assert code == 1
+    assert out == ""
+    assert err == f"provisioning: record {record_id} not found\n"
+
+
+def test_show_json_is_the_dataverse_shape(run: Any, memory_service: Service) -> None:
+    record_id = str(uuid.uuid4())
+    memory_service.handle_message(provision(record_id))
+    code, out, _ = run("show", record_id, "--json")
+    assert code == 0
+    row = json.loads(out)
+    assert row["@odata.etag"] == 'W/"3"'
+    assert row["msdyn_ocprovisioningstateid"] == record_id
+    assert row["statuscode"] == 192350003
+    assert row[f"statuscode{FORMATTED}"] == "Running"
+    assert row["statecode"] == 0
+    assert row["msdyn_gatekeeperstatus"] == 715240000
+    assert row[f"msdyn_gatekeeperstatusreason{FORMATTED}"] == "Running"
+    assert row["versionnumber"] == 3
+    assert sum(1 for key in row if key.startswith("_") and key.endswith("_value")) == 8
+
+
+def test_list_filters_by_status_and_kind(run: Any, memory_service: Service) -> None:
+    running = str(uuid.uuid4())
+    memory_service.handle_message(provision(running))
+    code, out, _ = run("list", "--status", "running", "--kind", "voice", "--json")
+    assert code == 0
+    assert [r["msdyn_ocprovisioningstateid"] for r in json.loads(out)] == [running]
+    code, out, _ = run("list", "--status", "Error", "--json")
+    assert json.loads(out) == []
+    code, _, err = run("list", "--status", "Sleeping")
+    assert code == 2
+    assert "not a status reason" in err
+
+
+def test_history_json_lists_entries_oldest_first(run: Any, memory_service: Service) -> None:
+    record_id = str(uuid.uuid4())
+    memory_service.handle_message(provision(record_id))
+    code, out, _ = run("history", record_id, "--json")
+    assert code == 0
+    entries = json.loads(out)
+    assert [e["trigger"] for e in entries] == ["create", "provision", "provisioned"]
+    assert set(entries[0]) >= {"version", "event_id", "event_type", "trigger", "outcome",
+                               "reason", "from", "to", "at", "task_id"}
+    assert entries[0]["from"] is None
+    assert entries[2]["to"]["statuscode"] == 192350003
+    code, out, _ = run("history", record_id)
+    assert "provisioned" in out
+
+
+def test_failed_list_json_has_the_spec_fields(run: Any, memory_service: Service) -> None:
+    memory_service.handle_message({"specversion": "1.0", "id": "bad-1", "type": "nope"})
+    code, out, _ = run("failed", "list", "--json")
+    assert code == 0
+    [entry] = json.loads(out)
+    assert set(entry) >= {"id", "task", "event_id", "event_type", "record_id", "exception",
+                          "message", "attempts", "first_failed_at", "last_failed_at"}
+    code, out, _ = run("failed", "show", entry["id"])
+    assert code == 0
+    assert "traceback:" in out
+    code, _, err = run("failed", "show", "doesnotexist")
+    assert code == 1
+    assert err.count("\n") == 1
+
+
+def test_diagram_prints_mermaid(run: Any) -> None:
+    code, out, _ = run("diagram")
+    assert code == 0
+    assert "mermaid" in out
