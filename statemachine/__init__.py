@@ -5,7 +5,7 @@ event (or a step result) into an ``Outcome``: the new record, its history entrie
 effects the worker must carry out.
 """
 
-from statemachine.apply import Outcome, apply, pending_step
+from statemachine.apply import Outcome, apply, pending_step, trigger_of
 from statemachine.commands import (
     CallingTestTimedOut,
     Command,
@@ -137,6 +137,7 @@ __all__ = [
     "parse_time",
     "pending_step",
     "record_id_of",
+    "trigger_of",
     "truncate",
     "violations",
 ]

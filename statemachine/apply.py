@@ -184,8 +184,14 @@ def apply(
     ):
         raise UnknownRecord(str(record_id_of(command)))
     if duplicate:
-        return change.nothing(Result.DUPLICATE, _trigger_name(command),
+        return change.nothing(Result.DUPLICATE, trigger_of(command),
                               f"event {change.event_id} was already processed")
+    if (
+        record is not None and record.status is StatusReason.DEPROVISIONED
+        and not isinstance(command, Event)
+    ):
+        return change.nothing(Result.STALE, trigger_of(command),
+                              "the record is Deprovisioned, which is final")
     if isinstance(command, StepResult):
         return _step_result(change, command)
     if isinstance(command, RetryDue):
@@ -197,7 +203,7 @@ def apply(
         record is not None and record.status is StatusReason.DEPROVISIONED
         and command.type is not EventType.PARENT_DELETED
     ):
-        return change.nothing(Result.REJECTED, _trigger_name(command),
+        return change.nothing(Result.REJECTED, trigger_of(command),
                               "the record is Deprovisioned, which is final")
     match command.data:
         case ProvisionRequested():
@@ -215,7 +221,8 @@ def apply(
     raise AssertionError(f"unhandled event type {command.type}")  # pragma: no cover
 
 
-def _trigger_name(command: Command) -> str:
+def trigger_of(command: Command) -> str:
+    """The trigger a command means to pull (what its history entry and log lines name)."""
     if isinstance(command, StepResult):
         return {StepKind.PROVISION: Trigger.PROVISIONED, StepKind.DEPROVISION:
                 Trigger.DEPROVISIONED, StepKind.CALLING_TEST: Trigger.TEST_STARTED}[command.kind]
@@ -391,7 +398,10 @@ def _gatekeeper_report(change: _Change, data: GateKeeperReported) -> Outcome:
         if record.status is StatusReason.RUNNING:
             return change.nothing(Result.IGNORED, Trigger.RECOVER,
                                   "the record is already Running with its gate Active")
-        if record.status is StatusReason.ERROR and gate is GateKeeper.INACTIVE_ERROR:
+        gates_fault = record.tracking.failed_call in ("gatekeeper",
+                                                      BackendStep.ACTIVATE_GATE.value)
+        if (record.status is StatusReason.ERROR and gate is GateKeeper.INACTIVE_ERROR
+                and gates_fault):
             change.apply(
                 Trigger.RECOVER, said, status=StatusReason.RUNNING, exception_details="",
                 error_message=None,
@@ -503,7 +513,7 @@ _STEP_STATUS = {
 def _step_result(change: _Change, result: StepResult) -> Outcome:
     record = change.record
     assert record is not None
-    trigger = _trigger_name(result) if result.ok else (
+    trigger = trigger_of(result) if result.ok else (
         Trigger.TEST_FAILED if result.kind is StepKind.CALLING_TEST else Trigger.FAIL)
     tracking = record.tracking
     in_step = tracking.step == result.kind.value and tracking.step_version == result.started_version
@@ -580,12 +590,15 @@ def _retry(change: _Change, command: RetryDue) -> Outcome:
                               f"the record changed since the retry was scheduled at version "
                               f"{command.expected_version} (now {record.version})")
     target = _fire_lifecycle(change, Trigger.RETRY)
-    if target is None or record.tracking.step is not None:
+    lifecycle_step = record.tracking.step in (StepKind.PROVISION.value, StepKind.DEPROVISION.value)
+    if target is None or lifecycle_step:
         return change.nothing(Result.STALE, Trigger.RETRY,
                               f"nothing to retry: the record is {record.status.label}")
     kind = StepKind.PROVISION if target is StatusReason.PROCESSING else StepKind.DEPROVISION
     change.apply(Trigger.RETRY, f"retry {record.tracking.retry_attempt} of {kind.value}",
                  status=target, tracking=_start_step(change, kind))
+    # This retry is under way: drop it from the schedule (a new failure schedules the next).
+    change.effects.append(CancelRetry(record.id))
     _run(change, kind)
     return change.done()
 

@@ -34,10 +34,11 @@ class RetryDue:
 
     record_id: str
     expected_version: int
+    incarnation: str = ""  # the record's createdon: a re-created id never reuses a key
 
     @property
     def event_id(self) -> str:
-        return f"retry:{self.record_id}:{self.expected_version}"
+        return f"retry:{self.record_id}:{self.incarnation}:{self.expected_version}"
 
     event_type = "retry.due"
 
@@ -48,10 +49,11 @@ class CallingTestTimedOut:
 
     record_id: str
     started_version: int
+    incarnation: str = ""  # the record's createdon: a re-created id never reuses a key
 
     @property
     def event_id(self) -> str:
-        return f"calling-timeout:{self.record_id}:{self.started_version}"
+        return f"calling-timeout:{self.record_id}:{self.incarnation}:{self.started_version}"
 
     event_type = "calling_test.timed_out"
 

@@ -142,7 +142,7 @@ class StateMachine:
         self._machine.add_model(model, initial=state.name)
         try:
             model.trigger(trigger.value)  # added by add_model
-        except MachineError:
+        except (MachineError, AttributeError):  # not allowed here / not a trigger of this machine
             return None
         finally:
             self._machine.remove_model(model)

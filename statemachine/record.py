@@ -39,10 +39,17 @@ def format_time(moment: datetime) -> str:
 
 
 def parse_time(text: str) -> datetime:
+    """Parse an ISO 8601 timestamp (naive means UTC) into UTC; ValueError when it is not
+    one, or when it falls off the calendar once moved to UTC."""
+    if not isinstance(text, str):
+        raise TypeError("must be an ISO 8601 string")
     moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"{text!r} is outside the calendar in UTC") from None
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,6 +37,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "worker_hijack_root_logger": False,
+        # structlog writes JSON lines to stderr itself; Celery must not re-wrap them.
+        "worker_redirect_stdouts": False,
         "beat_schedule": {
             "recover-orphaned-inboxes": {
                 "task": "provisioning.recover", "schedule": settings.recovery_interval,

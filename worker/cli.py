@@ -241,17 +241,18 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([r.to_dataverse() for r in records], indent=2, ensure_ascii=False))
         return OK
-    if not records:
-        print("no records")
-        return OK
-    print(f"{'ID':<36}  {'KIND':<11}  {'STATUS':<14}  {'GATEKEEPER':<22}  {'CALLING':<10}  "
-          f"{'VER':>3}  NAME")
-    for r in records:
-        gate = _gate(r)
-        kind = r.tracking.channel_kind.value if r.tracking.channel_kind else "-"
-        print(f"{r.id:<36}  {kind:<11}  {r.status.label:<14}  {gate:<22}  "
-              f"{r.calling_status.label:<10}  {r.version:>3}  {r.name}")
+    print(format_records(records) if records else "no records")
     return OK
+
+
+def format_records(records: Sequence[ProvisioningState]) -> str:
+    lines = [f"{'ID':<36}  {'KIND':<11}  {'STATUS':<14}  {'GATEKEEPER':<22}  {'CALLING':<10}  "
+             f"{'VER':>3}  NAME"]
+    for r in records:
+        kind = r.tracking.channel_kind.value if r.tracking.channel_kind else "-"
+        lines.append(f"{r.id:<36}  {kind:<11}  {r.status.label:<14}  {_gate(r):<22}  "
+                     f"{r.calling_status.label:<10}  {r.version:>3}  {r.name}")
+    return "\n".join(lines)
 
 
 def cmd_history(args: argparse.Namespace) -> int:

@@ -55,7 +55,7 @@ def run_demo(*, workers: int = 2, as_json: bool = False, timeout: float = 90.0) 
     redis_server: embedded.EmbeddedRedis | None = None
     url = os.environ.get("PROVISIONING_REDIS_URL")
     if not url:
-        redis_server = embedded.start()
+        redis_server = embedded.start(os.environ.get("PROVISIONING_EMBEDDED_REDIS", "auto"))
         url = redis_server.url
         say(f"embedded Redis ({redis_server.engine}) on {url}")
     else:
@@ -126,7 +126,7 @@ def _play(say: Callable[[str], None], as_json: bool, timeout: float,
     from worker import bootstrap
     from worker.api import submit_events
     from worker.app import kick
-    from worker.cli import describe_record, format_history
+    from worker.cli import describe_record, format_history, format_records
 
     service = bootstrap.process_service(kick)
 
@@ -167,17 +167,20 @@ def _play(say: Callable[[str], None], as_json: bool, timeout: float,
                 and service.store.load(FABRIKAM) is None
                 and whatsapp is not None
                 and whatsapp.links["msdyn_communicationprovidersettingid"] is None
-                and service.failed.count() >= 1)
+                and any(e.exception == "UnknownRecord" for e in service.failed.all()))
 
     settled(operated, "calling test, deprovision, parent deletions")
     records = service.store.list_records()
     if as_json:
         print(json.dumps([r.to_dataverse() for r in records], indent=2, ensure_ascii=False))
         return 0
-    say("\n== records ==")
-    for record in records:
-        say(describe_record(record) + "\n")
-    say(f"== history of {TEAMS} (Teams: transient failures, beat retry) ==")
+    say("\n== records (provisioning list) ==")
+    say(format_records(records))
+    line = service.store.load(LINE)
+    if line is not None:
+        say(f"\n== {LINE} (provisioning show) ==")
+        say(describe_record(line))
+    say(f"\n== history of {TEAMS} (Teams: transient failures, beat retry) ==")
     say(format_history(service.store.history(TEAMS)))
     say(f"\n== history of {FABRIKAM} (Fabrikam: deleted by a Cascade) ==")
     say(format_history(service.store.history(FABRIKAM)))

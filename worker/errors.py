@@ -4,7 +4,9 @@
     ├── ConfigurationError    a setting is missing or malformed
     ├── StoreError            the record store failed (Redis unreachable, a script error)
     │   └── ConflictError     a compare-and-set lost: the record changed underneath
-    └── LeaseLost             another worker took over the record's lease
+    ├── LeaseLost             another worker took over the record's lease
+    ├── RetriesExhausted      a record in Error used up its beat retries (for an operator)
+    └── PoisonMessage         a Celery message was delivered more often than allowed
 
 Errors of the core (invalid events, unknown records) come from ``statemachine``;
 backend HTTP failures are values (``worker.backends.CallResult``), not exceptions.
@@ -31,3 +33,11 @@ class ConflictError(StoreError):
 
 class LeaseLost(WorkerError):
     """This worker no longer holds the record's lease."""
+
+
+class RetriesExhausted(WorkerError):
+    """A record in Error used up PROVISIONING_MAX_RETRIES; it stays in Error for an operator."""
+
+
+class PoisonMessage(WorkerError):
+    """A Celery message was delivered more often than PROVISIONING_MAX_DELIVERIES allows."""

@@ -108,7 +108,8 @@ class MemoryFailedStore:
 
     def all(self) -> list[FailedTask]:
         with self._lock:
-            return sorted(self._entries.values(), key=lambda e: (e.last_failed_at, e.id))
+            return sorted(self._entries.values(),
+                          key=lambda e: (_score(e.last_failed_at), e.id))
 
     def remove(self, entry_id: str) -> bool:
         with self._lock:

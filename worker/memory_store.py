@@ -35,7 +35,7 @@ class _Data:
     pending: dict[str, float] = field(default_factory=dict)
     retries: dict[str, float] = field(default_factory=dict)
     index: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
-    deliveries: dict[str, int] = field(default_factory=dict)
+    deliveries: dict[str, tuple[int, float]] = field(default_factory=dict)
 
 
 class MemoryStateStore:
@@ -216,8 +216,11 @@ class MemoryStateStore:
 
     def count_deliveries(self, task_id: str, ttl_seconds: int) -> int:
         with self._lock:
-            self._data.deliveries[task_id] = self._data.deliveries.get(task_id, 0) + 1
-            return self._data.deliveries[task_id]
+            count, expires = self._data.deliveries.get(task_id, (0, 0.0))
+            if expires <= self.clock():
+                count = 0
+            self._data.deliveries[task_id] = (count + 1, self.clock() + ttl_seconds)
+            return count + 1
 
     def ping(self) -> bool:
         return True

@@ -29,6 +29,7 @@ import structlog
 from statemachine import (
     LOOKUP_BY_PARENT,
     AutomatedCallingStatus,
+    CallingTestTimedOut,
     CancelRetry,
     Command,
     DeleteRecord,
@@ -39,6 +40,7 @@ from statemachine import (
     ParentDeleted,
     ProvisioningState,
     Result,
+    RetryDue,
     RunStep,
     ScheduleRetry,
     StatusReason,
@@ -49,10 +51,11 @@ from statemachine import (
     format_time,
     parse_event,
     pending_step,
+    trigger_of,
 )
 from worker.backends import Backends
-from worker.envelope import CALLING_TIMEOUT, EVENT, RETRY, Envelope
-from worker.errors import LeaseLost, StoreError
+from worker.envelope import EVENT, Envelope
+from worker.errors import LeaseLost, RetriesExhausted, StoreError
 from worker.failed import FailedStore, FailedTask, entry_id
 from worker.settings import Settings
 from worker.store import Commit, CommitStatus, StateStore
@@ -262,13 +265,15 @@ class Service:
         self, record: ProvisioningState | None, envelope: Envelope, owner: str,
         task_id: str | None, report: DrainReport,
     ) -> None:
-        with structlog.contextvars.bound_contextvars(event_id=envelope.event_id):
-            try:
-                command = envelope.command()
-            except InvalidEvent as exc:  # stored before a stricter validation: keep it
+        try:
+            command = envelope.command()
+        except InvalidEvent as exc:  # stored before a stricter validation: keep it
+            with structlog.contextvars.bound_contextvars(event_id=envelope.event_id):
                 self._fail_head(envelope, exc, owner, task_id, [str(p) for p in exc.problems])
-                report.failed += 1
-                return
+            report.failed += 1
+            return
+        with structlog.contextvars.bound_contextvars(event_id=envelope.event_id,
+                                                     trigger=trigger_of(command)):
             try:
                 outcome = self._apply(record, command)
             except UnknownRecord as exc:
@@ -351,7 +356,7 @@ class Service:
                            task_id: str | None) -> None:
         if record is None:
             return
-        error = RuntimeError(
+        error = RetriesExhausted(
             f"retries exhausted after {effect.attempt - 1} retries: "
             f"{record.error_message or record.exception_details[:200]}")
         raw = {"id": record.tracking.step_event_id, "subject": record.id,
@@ -364,6 +369,12 @@ class Service:
                   task_id: str | None, report: DrainReport) -> None:
         """Carry out a started step's backend calls, then apply and commit its result."""
         report.steps += 1
+        with structlog.contextvars.bound_contextvars(event_id=step.event_id,
+                                                     trigger=step.kind.value):
+            self._run_calls(record, step, owner, task_id, report)
+
+    def _run_calls(self, record: ProvisioningState, step: RunStep, owner: str,
+                   task_id: str | None, report: DrainReport) -> None:
         response: str | None = None
         test_id: str | None = None
         result: StepResult | None = None
@@ -385,8 +396,7 @@ class Service:
         if result is None:
             result = StepResult(record.id, step.event_id, step.kind, step.started_version,
                                 ok=True, response=response, test_id=test_id)
-        with structlog.contextvars.bound_contextvars(event_id=step.event_id):
-            self._commit(record, result, self._apply(record, result), owner, task_id, report)
+        self._commit(record, result, self._apply(record, result), owner, task_id, report)
 
     # -- sweeps (beat) -----------------------------------------------------------------
 
@@ -408,11 +418,9 @@ class Service:
             record = self.store.load(record_id)
             if record is None:
                 continue
-            envelope = Envelope(
-                kind=RETRY, record_id=record_id,
-                event_id=f"retry:{record_id}:{record.version}", version=record.version,
-                accepted_at=format_time(self.now()),
-            )
+            envelope = Envelope.internal(
+                RetryDue(record_id, record.version, format_time(record.created_on)),
+                format_time(self.now()))
             if self.store.accept(record_id, envelope.event_id, envelope.encode(),
                                  now=time.time()):
                 queued.append(record_id)
@@ -431,11 +439,9 @@ class Service:
                     or started is None or version is None
                     or (now - started).total_seconds() < limit):
                 continue
-            envelope = Envelope(
-                kind=CALLING_TIMEOUT, record_id=record.id,
-                event_id=f"calling-timeout:{record.id}:{version}", version=version,
-                accepted_at=format_time(now),
-            )
+            envelope = Envelope.internal(
+                CallingTestTimedOut(record.id, version, format_time(record.created_on)),
+                format_time(now))
             if self.store.accept(record.id, envelope.event_id, envelope.encode(),
                                  now=time.time()):
                 queued.append(record.id)

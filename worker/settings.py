@@ -70,12 +70,6 @@ class Settings:
     calling_test_timeout: float = 900.0
     # History kept per record (0: unbounded).
     history_limit: int = 1000
-    # Dataverse mirror (SPEC §6); off unless the URL is set.
-    dataverse_url: str | None = None
-    dataverse_tenant_id: str | None = None
-    dataverse_client_id: str | None = None
-    dataverse_client_secret: str | None = field(default=None, repr=False)
-    dataverse_authority_url: str = "https://login.microsoftonline.com"
 
     @property
     def broker(self) -> str:

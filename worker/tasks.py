@@ -10,14 +10,10 @@ from celery import Task
 
 from worker import bootstrap
 from worker.app import app, kick
-from worker.errors import LeaseLost, StoreError
+from worker.errors import LeaseLost, PoisonMessage, StoreError
 from worker.service import DRAIN_RECORD, HANDLE_EVENT, Service
 
 log = structlog.get_logger("worker")
-
-
-class PoisonMessage(Exception):
-    """A message was delivered more often than PROVISIONING_MAX_DELIVERIES allows."""
 
 
 def _service() -> Service:
