@@ -1,0 +1,54 @@
+"""The store contract (tests/store_contract.py) against a real Redis server.
+
+The same tests run on the in-memory twin and fakeredis in tests/unit/test_store_contract.py;
+here the Lua scripts run on redis-server itself. ``redis_url`` (tests/conftest.py) gives
+each test an emptied database and skips without a redis-server (fails under CI=true).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+import redis
+
+from worker.failed import FailedStore, RedisFailedStore
+from worker.keys import Keys
+from worker.redis_store import RedisStateStore
+from worker.store import StateStore
+
+# Before the import: pytest rewrites the asserts of the shared contract too.
+pytest.register_assert_rewrite("tests.store_contract")
+from tests.store_contract import StoreContract  # noqa: E402
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def client(redis_url: str) -> Iterator[redis.Redis]:
+    connection = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield connection
+    connection.close()
+
+
+@pytest.fixture
+def store(client: redis.Redis) -> StateStore:
+    return RedisStateStore(client, keys=Keys("contract"))
+
+
+@pytest.fixture
+def make_store(client: redis.Redis) -> Callable[[int], StateStore]:
+    def make(history_limit: int) -> StateStore:
+        return RedisStateStore(client, keys=Keys("contract-limited"),
+                               history_limit=history_limit)
+
+    return make
+
+
+@pytest.fixture
+def failed_store(client: redis.Redis) -> FailedStore:
+    return RedisFailedStore(client, Keys("contract"))
+
+
+class TestRedisStoreContract(StoreContract):
+    """Every contract test, on redis-server."""
