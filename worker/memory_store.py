@@ -205,13 +205,14 @@ class MemoryStateStore:
 
     def pending(self) -> list[str]:
         with self._lock:
-            return sorted(self._data.pending, key=self._data.pending.__getitem__)
+            # As a Redis zset orders: by score, then by member.
+            return sorted(self._data.pending, key=lambda rid: (self._data.pending[rid], rid))
 
     def due_retries(self, now: float) -> list[tuple[str, float]]:
         with self._lock:
             return sorted(
                 ((rid, due) for rid, due in self._data.retries.items() if due <= now),
-                key=lambda item: item[1],
+                key=lambda item: (item[1], item[0]),
             )
 
     def count_deliveries(self, task_id: str, ttl_seconds: int) -> int:

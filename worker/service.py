@@ -57,6 +57,7 @@ from worker.backends import Backends
 from worker.envelope import EVENT, Envelope
 from worker.errors import LeaseLost, RetriesExhausted, StoreError
 from worker.failed import FailedStore, FailedTask, entry_id
+from worker.observe import NoObserver, Observer
 from worker.settings import Settings
 from worker.store import Commit, CommitStatus, StateStore
 
@@ -105,6 +106,7 @@ class Service:
         now: Callable[[], datetime] = utcnow,
         rng: random.Random | None = None,
         hostname: str | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -114,6 +116,7 @@ class Service:
         self.now = now
         self.rng = rng or random.Random()
         self.hostname = hostname or socket.gethostname()
+        self.observer: Observer = observer or NoObserver()
 
     # -- accepting ---------------------------------------------------------------------
 
@@ -164,6 +167,7 @@ class Service:
             reasons=tuple(reasons), body=message_body,
         )
         stored = self.failed.record(entry)
+        self.observer.task_failed(task, stored.exception)
         log.warning("task_failed", entry=stored.id, task=task, exception=stored.exception,
                     event_id=event_id, record_id=subject, reason=stored.message,
                     task_id=task_id)
@@ -274,6 +278,7 @@ class Service:
             return
         with structlog.contextvars.bound_contextvars(event_id=envelope.event_id,
                                                      trigger=trigger_of(command)):
+            started = time.perf_counter()
             try:
                 outcome = self._apply(record, command)
             except UnknownRecord as exc:
@@ -282,6 +287,7 @@ class Service:
                 return
             self._commit(record, command, outcome, owner, task_id, report,
                          pop_event_id=envelope.event_id)
+            self.observer.transition_seconds(trigger_of(command), time.perf_counter() - started)
 
     def _apply(self, record: ProvisioningState | None, command: Command) -> Outcome:
         duplicate = record is not None and self.store.is_applied(
@@ -310,6 +316,7 @@ class Service:
                     cancel = True
                 else:
                     retry_at = time.time() + self.retry_delay(effect.attempt)
+                    self.observer.retry_scheduled(effect.attempt)
             elif isinstance(effect, CancelRetry | DeleteRecord):
                 cancel = True
         entries = tuple(entry.with_task(task_id) for entry in outcome.entries)
@@ -335,6 +342,7 @@ class Service:
         if status is CommitStatus.CONFLICT:
             raise LeaseLost(f"record {commit.record_id} changed underneath (lease lost?)")
         for entry in entries:
+            self.observer.entry_committed(entry)
             report.outcomes.append(entry.outcome)
             if entry.outcome is Result.APPLIED:
                 report.applied += 1
@@ -379,7 +387,11 @@ class Service:
         test_id: str | None = None
         result: StepResult | None = None
         for call in step.calls:
+            started = time.perf_counter()
             outcome = self.backends.call(call)
+            self.observer.backend_call(
+                call.step.value, time.perf_counter() - started, outcome.ok,
+                outcome.failure.error_class if outcome.failure else None, outcome.attempts)
             if outcome.response is not None:
                 response = outcome.response
             if outcome.test_id is not None:
