@@ -50,6 +50,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 "task": "provisioning.sweep_calling_tests",
                 "schedule": settings.retry_sweep_interval,
             },
+            "stuck-records": {
+                "task": "provisioning.sweep_stuck",
+                "schedule": max(10.0, settings.stuck_after_seconds / 5),
+            },
+            "failed-task-age-out": {
+                "task": "provisioning.expire_failed", "schedule": 3600.0,
+            },
         },
     }
 

@@ -12,6 +12,7 @@ import json
 import sys
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -43,6 +44,15 @@ def _input_file(text: str) -> str:
     if text != "-" and not Path(text).is_file():
         raise argparse.ArgumentTypeError(f"no such file: {text!r}")
     return text
+
+
+def _moment(text: str) -> datetime:
+    from worker.operate import parse_moment
+
+    try:
+        return parse_moment(text, datetime.now(UTC))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _status(text: str) -> StatusReason:
@@ -89,15 +99,37 @@ def build_parser() -> argparse.ArgumentParser:
     failed = commands.add_parser("failed", help="the failed-task store")
     failed_commands = failed.add_subparsers(dest="failed_command", required=True,
                                             metavar="ACTION")
-    failed_list = failed_commands.add_parser("list", help="failed-task entries")
-    failed_list.add_argument("--event-type", metavar="TYPE")
-    failed_list.add_argument("--record", type=_uuid, metavar="ID")
-    failed_list.add_argument("--exception", metavar="CLASS")
-    failed_list.add_argument("--task", metavar="NAME")
+    filters = argparse.ArgumentParser(add_help=False)
+    filters.add_argument("--event-type", metavar="TYPE", help="e.g. provision.requested")
+    filters.add_argument("--record", type=_uuid, metavar="ID")
+    filters.add_argument("--exception", metavar="CLASS", help="e.g. UnknownRecord")
+    filters.add_argument("--task", metavar="NAME", help="e.g. provisioning.retry")
+    filters.add_argument("--since", type=_moment, metavar="WHEN",
+                         help="last failed at or after WHEN (30m, 2h, 7d or a timestamp)")
+    filters.add_argument("--older-than", type=_moment, metavar="WHEN",
+                         help="last failed before WHEN (30m, 2h, 7d or a timestamp)")
+    failed_list = failed_commands.add_parser("list", parents=[filters],
+                                             help="failed-task entries")
     failed_list.add_argument("--json", action="store_true")
     failed_show = failed_commands.add_parser("show", help="one entry, in full")
     failed_show.add_argument("entry", metavar="ENTRY")
     failed_show.add_argument("--json", action="store_true")
+    acting = argparse.ArgumentParser(add_help=False, parents=[filters])
+    acting.add_argument("entries", nargs="*", metavar="ENTRY")
+    acting.add_argument("--all", action="store_true",
+                        help="every entry the filters match (a snapshot taken first)")
+    acting.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    acting.add_argument("--dry-run", action="store_true", help="say what would be done")
+    acting.add_argument("--operator", metavar="NAME",
+                        help="who acts, for the audit log (default: the login name)")
+    failed_commands.add_parser("replay", parents=[acting],
+                               help="re-enqueue entries through the normal path")
+    discard = failed_commands.add_parser("discard", parents=[acting],
+                                         help="drop entries, keeping an audit line")
+    discard.add_argument("--reason", required=True, metavar="TEXT", help="why (audited)")
+    audit = failed_commands.add_parser("audit", help="the operators' audit log")
+    audit.add_argument("--limit", type=int, default=0, metavar="N", help="the last N lines")
+    audit.add_argument("--json", action="store_true")
 
     demo = commands.add_parser("demo", help="run the bundled example end to end")
     demo.add_argument("--json", action="store_true", help="print the final records as JSON")
@@ -278,43 +310,125 @@ def format_history(entries: Sequence[HistoryEntry]) -> str:
     return "\n".join(lines)
 
 
+def _filter(args: argparse.Namespace) -> Any:
+    from worker.operate import FailedFilter
+
+    return FailedFilter(event_type=args.event_type, record_id=args.record,
+                        exception=args.exception, task=args.task, since=args.since,
+                        older_than=args.older_than)
+
+
 def cmd_failed(args: argparse.Namespace) -> int:
-    failed = _service().failed
-    if args.failed_command == "show":
-        entry = failed.get(args.entry)
-        if entry is None:
-            raise CommandFailed(f"failed-task entry {args.entry} not found")
-        if args.json:
-            print(json.dumps(entry.to_json(), indent=2, ensure_ascii=False))
-            return OK
-        for key, value in entry.to_json().items():
-            if key in ("traceback", "body", "reasons"):
-                continue
-            print(f"{key:<16} {value}")
-        for reason in entry.reasons:
-            print(f"{'reason':<16} {reason}")
-        print(f"{'message body':<16} {json.dumps(entry.body, ensure_ascii=False)}")
-        print("traceback:\n" + entry.traceback.rstrip())
-        return OK
-    entries = [
-        e for e in failed.all()
-        if (args.event_type is None or e.event_type == args.event_type)
-        and (args.record is None or e.record_id == args.record)
-        and (args.exception is None or e.exception == args.exception)
-        and (args.task is None or e.task == args.task)
-    ]
+    service = _service()
+    failed = service.failed
+    action = args.failed_command
+    if action == "show":
+        return _failed_show(failed, args)
+    if action == "audit":
+        return _failed_audit(failed, args)
+    if action in ("replay", "discard"):
+        return _failed_act(service, args)
+    from worker.operate import select
+
+    entries = select(failed.all(), _filter(args))
     if args.json:
         print(json.dumps([e.summary_json() for e in entries], indent=2, ensure_ascii=False))
         return OK
-    if not entries:
-        print("no failed tasks")
-        return OK
-    print(f"{'ENTRY':<12}  {'LAST FAILED':<20}  {'TRIES':>5}  {'EXCEPTION':<16}  "
-          f"{'EVENT TYPE':<24}  MESSAGE")
-    for e in entries:
-        print(f"{e.id:<12}  {e.last_failed_at[:19]:<20}  {e.attempts:>5}  {e.exception:<16}  "
-              f"{(e.event_type or '-'):<24}  {e.message.splitlines()[0] if e.message else ''}")
+    print(format_failed(entries) if entries else "no failed tasks")
     return OK
+
+
+def format_failed(entries: Sequence[Any]) -> str:
+    lines = [f"{'ENTRY':<12}  {'LAST FAILED':<19}  {'TRIES':>5}  {'EXCEPTION':<16}  "
+             f"{'EVENT TYPE':<22}  {'RECORD':<36}  MESSAGE"]
+    for e in entries:
+        message = e.message.splitlines()[0] if e.message else ""
+        lines.append(f"{e.id:<12}  {e.last_failed_at[:19]:<19}  {e.attempts:>5}  "
+                     f"{e.exception:<16}  {(e.event_type or '-'):<22}  "
+                     f"{(e.record_id or '-'):<36}  {message[:120]}")
+    return "\n".join(lines)
+
+
+def _failed_show(failed: Any, args: argparse.Namespace) -> int:
+    entry = failed.get(args.entry)
+    if entry is None:
+        raise CommandFailed(f"failed-task entry {args.entry} not found")
+    if args.json:
+        print(json.dumps(entry.to_json(), indent=2, ensure_ascii=False))
+        return OK
+    for key, value in entry.to_json().items():
+        if key in ("traceback", "body", "reasons"):
+            continue
+        print(f"{key:<16} {value}")
+    for reason in entry.reasons:
+        print(f"{'reason':<16} {reason}")
+    print(f"{'message body':<16} {json.dumps(entry.body, ensure_ascii=False)}")
+    print("traceback:\n" + entry.traceback.rstrip())
+    return OK
+
+
+def _failed_audit(failed: Any, args: argparse.Namespace) -> int:
+    lines = failed.audit(args.limit)
+    if args.json:
+        print(json.dumps(lines, indent=2, ensure_ascii=False))
+        return OK
+    if not lines:
+        print("no operator actions yet")
+        return OK
+    for line in lines:
+        why = f"  reason: {line['reason']}" if line.get("reason") else ""
+        print(f"{line['at'][:19]}  {line['operator']:<12} {line['action']:<8} "
+              f"{line['entry']}  {line.get('result', '')}{why}")
+    return OK
+
+
+def _failed_act(service: Any, args: argparse.Namespace) -> int:
+    """replay / discard: named entries, or --all matching the filters (a snapshot)."""
+    from worker.operate import Operator, operator_name, select
+
+    verb = args.failed_command
+    if bool(args.entries) == bool(args.all):
+        raise CommandFailed(f"failed {verb}: name ENTRY ids or give --all (with filters)")
+    failed = service.failed
+    if args.all:
+        chosen = select(failed.all(), _filter(args))  # the snapshot: ids fixed from here on
+        missing: list[str] = []
+    else:
+        found = {entry_id: failed.get(entry_id) for entry_id in args.entries}
+        missing = [entry_id for entry_id, entry in found.items() if entry is None]
+        chosen = [entry for entry in found.values() if entry is not None]
+    for entry_id in missing:
+        print(f"provisioning: failed-task entry {entry_id} not found", file=sys.stderr)
+    if not chosen:
+        print(f"nothing to {verb}")
+        return FAILED if missing else OK
+    if args.all and not (args.yes or args.dry_run) and not _confirm(
+            f"{verb} {len(chosen)} failed-task entr{'y' if len(chosen) == 1 else 'ies'}?"):
+        raise CommandFailed(f"{verb} cancelled; nothing was changed (use --yes to skip asking)")
+    operator = Operator(service, _send_replay, operator_name(args.operator))
+    refused = 0
+    for entry in chosen:
+        if verb == "replay":
+            sent, result = operator.replay(entry, dry_run=args.dry_run)
+            refused += not sent
+        else:
+            result = operator.discard(entry, args.reason, dry_run=args.dry_run)
+        print(f"{entry.id}  {result}")
+    return FAILED if (missing or refused) else OK
+
+
+def _confirm(question: str) -> bool:
+    if not sys.stdin.isatty():
+        raise CommandFailed(f"{question} needs --yes when stdin is not a terminal")
+    answer = input(f"{question} [y/N] ")
+    return answer.strip().lower() in ("y", "yes")
+
+
+def _send_replay(event: Any, entry_id: str) -> None:
+    from worker.app import app
+    from worker.service import HANDLE_EVENT
+
+    app.send_task(HANDLE_EVENT, args=[dict(event)], kwargs={"replay_of": entry_id})
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

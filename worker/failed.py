@@ -83,6 +83,14 @@ class FailedStore(Protocol):
 
     def count(self) -> int: ...
 
+    def append_audit(self, line: Mapping[str, Any]) -> None:
+        """Append one operator action to the audit log (kept, never trimmed silently)."""
+        ...
+
+    def audit(self, limit: int = 0) -> list[dict[str, Any]]:
+        """The audit log, oldest first; the last ``limit`` lines when limit > 0."""
+        ...
+
 
 def _merge(old: FailedTask | None, new: FailedTask) -> FailedTask:
     if old is None:
@@ -94,6 +102,7 @@ def _merge(old: FailedTask | None, new: FailedTask) -> FailedTask:
 class MemoryFailedStore:
     def __init__(self) -> None:
         self._entries: dict[str, FailedTask] = {}
+        self._audit: list[dict[str, Any]] = []
         self._lock = threading.Lock()
 
     def record(self, entry: FailedTask) -> FailedTask:
@@ -118,6 +127,14 @@ class MemoryFailedStore:
     def count(self) -> int:
         with self._lock:
             return len(self._entries)
+
+    def append_audit(self, line: Mapping[str, Any]) -> None:
+        with self._lock:
+            self._audit.append(dict(line))
+
+    def audit(self, limit: int = 0) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(line) for line in (self._audit[-limit:] if limit > 0 else self._audit)]
 
 
 class RedisFailedStore:
@@ -181,6 +198,20 @@ class RedisFailedStore:
             return int(self.client.zcard(self.keys.failed))
         except redis.RedisError as exc:
             raise StoreError(f"{type(exc).__name__}: {exc}") from exc
+
+    def append_audit(self, line: Mapping[str, Any]) -> None:
+        try:
+            self.client.rpush(self.keys.audit, dumps(dict(line)))
+        except redis.RedisError as exc:
+            raise StoreError(f"{type(exc).__name__}: {exc}") from exc
+
+    def audit(self, limit: int = 0) -> list[dict[str, Any]]:
+        try:
+            rows = cast(list[str], self.client.lrange(
+                self.keys.audit, -limit if limit > 0 else 0, -1))
+        except redis.RedisError as exc:
+            raise StoreError(f"{type(exc).__name__}: {exc}") from exc
+        return [json.loads(row) for row in rows]
 
 
 def _score(timestamp: str) -> float:

@@ -50,6 +50,7 @@ from statemachine import (
     dedupe_key,
     format_time,
     parse_event,
+    parse_time,
     pending_step,
     trigger_of,
 )
@@ -126,7 +127,7 @@ class Service:
     ) -> Accepted:
         """Queue a validated event in its record's inbox (each linking record's, for
         ``parent.deleted``). Accepting the same event id again queues nothing."""
-        record_ids = self._targets(event)
+        record_ids = self.targets(event)
         accepted_at = format_time(self.now())
         items = [
             (record_id, event.id, Envelope(
@@ -139,7 +140,8 @@ class Service:
         added = self.store.accept_many(items, now=time.time()) if items else []
         return Accepted(event, tuple(record_ids), any(added))
 
-    def _targets(self, event: Event) -> list[str]:
+    def targets(self, event: Event) -> list[str]:
+        """The records an event is for: its subject, or every record linking a deleted parent."""
         if event.type is EventType.PARENT_DELETED:
             assert isinstance(event.data, ParentDeleted)
             lookup = LOOKUP_BY_PARENT[event.data.table]
@@ -175,15 +177,22 @@ class Service:
 
     def handle_message(
         self, raw: Any, *, task_id: str | None = None, body: Mapping[str, Any] | None = None,
-        drain: bool = True,
+        drain: bool = True, replay_of: str | None = None,
     ) -> Accepted | FailedTask:
-        """The Celery entry: validate, accept, then drain the record(s) right here."""
+        """The Celery entry: validate, accept, then drain the record(s) right here.
+
+        ``replay_of`` names the failed-task entry an operator replayed: it leaves the
+        failed-task store once the event has been processed.
+        """
         try:
             event = parse_event(raw)
         except InvalidEvent as exc:
             return self.refuse(raw, exc, task=HANDLE_EVENT, task_id=task_id, body=body,
                                reasons=[str(problem) for problem in exc.problems])
-        accepted = self.accept(event, context={"task_id": task_id}, message=body)
+        context = {"task_id": task_id}
+        if replay_of:
+            context["replay_of"] = replay_of
+        accepted = self.accept(event, context=context, message=body)
         log.info("event_accepted", event_id=event.id, event_type=event.type.value,
                  records=len(accepted.record_ids), new=accepted.new, task_id=task_id)
         if drain:
@@ -288,6 +297,20 @@ class Service:
             self._commit(record, command, outcome, owner, task_id, report,
                          pop_event_id=envelope.event_id)
             self.observer.transition_seconds(trigger_of(command), time.perf_counter() - started)
+            replay_of = envelope.context.get("replay_of")
+            if replay_of:
+                self._resolved(str(replay_of), envelope, outcome)
+
+    def _resolved(self, entry_id: str, envelope: Envelope, outcome: Outcome) -> None:
+        """A replayed entry was processed: it leaves the failed-task store, audited."""
+        if self.failed.remove(entry_id):
+            self.failed.append_audit({
+                "at": format_time(self.now()), "operator": "worker", "action": "resolved",
+                "entry": entry_id, "event_id": envelope.event_id,
+                "record_id": envelope.record_id, "reason": "",
+                "result": f"{outcome.result.value}: {outcome.reason}",
+            })
+            log.info("replay_resolved", entry=entry_id, outcome=outcome.result.value)
 
     def _apply(self, record: ProvisioningState | None, command: Command) -> Outcome:
         duplicate = record is not None and self.store.is_applied(
@@ -438,6 +461,45 @@ class Service:
                 queued.append(record_id)
                 self.kick(record_id)
         return queued
+
+    def sweep_stuck(self) -> list[str]:
+        """Kick records Processing or Deprovisioning without progress past the limit and with
+        no live lease: their step is run again (same Idempotency-Keys)."""
+        kicked = []
+        limit = self.settings.stuck_after_seconds
+        now = self.now()
+        for status in (StatusReason.PROCESSING, StatusReason.DEPROVISIONING):
+            for record in self.store.list_records(status=status):
+                stale = (now - record.modified_on).total_seconds() >= limit
+                if stale and self.store.lease_ttl(record.id) is None:
+                    self.kick(record.id)
+                    kicked.append(record.id)
+        if kicked:
+            log.warning("stuck_records_kicked", records=len(kicked))
+        return kicked
+
+    def expire_failed(self) -> list[str]:
+        """Drop failed-task entries past the retention time, then the oldest past the cap;
+        each drop is audited."""
+        entries = self.failed.all()  # oldest last failure first
+        now = self.now()
+        retention = self.settings.failed_retention_seconds
+        expired = [e for e in entries
+                   if e.last_failed_at
+                   and (now - parse_time(e.last_failed_at)).total_seconds() > retention]
+        rest = [e for e in entries if e not in expired]
+        over = max(0, len(rest) - self.settings.failed_max_entries)
+        dropped = []
+        for entry, why in [*((e, "past retention") for e in expired),
+                           *((e, "over the size cap") for e in rest[:over])]:
+            if self.failed.remove(entry.id):
+                self.failed.append_audit({
+                    "at": format_time(now), "operator": "beat", "action": "expire",
+                    "entry": entry.id, "event_id": entry.event_id,
+                    "record_id": entry.record_id, "reason": why, "result": "removed",
+                })
+                dropped.append(entry.id)
+        return dropped
 
     def sweep_calling_tests(self) -> list[str]:
         """Queue a timeout for every calling test InProgress past its limit."""

@@ -68,6 +68,10 @@ class Settings:
     retry_cap_seconds: float = 3600.0
     max_retries: int = 5
     calling_test_timeout: float = 900.0
+    stuck_after_seconds: float = 300.0
+    # Failed-task store retention (beat's age-out).
+    failed_retention_seconds: float = 14 * 86400.0
+    failed_max_entries: int = 10000
     # History kept per record (0: unbounded).
     history_limit: int = 1000
 

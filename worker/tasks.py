@@ -37,8 +37,13 @@ def _message_body(task: Task[Any, Any]) -> dict[str, Any]:
 
 
 @app.task(name=HANDLE_EVENT, bind=True, acks_late=True, max_retries=10)
-def handle_event(self: Task[Any, Any], event: Any) -> dict[str, Any]:
-    """Validate one event, accept it into its record's inbox, and drain that inbox."""
+def handle_event(self: Task[Any, Any], event: Any, replay_of: str | None = None
+                 ) -> dict[str, Any]:
+    """Validate one event, accept it into its record's inbox, and drain that inbox.
+
+    ``replay_of`` (sent by ``provisioning failed replay``) names the failed-task entry this
+    message replays; the entry leaves the store once the event has been processed.
+    """
     service = _service()
     body = _message_body(self)
     with structlog.contextvars.bound_contextvars(task_id=self.request.id):
@@ -52,7 +57,8 @@ def handle_event(self: Task[Any, Any], event: Any) -> dict[str, Any]:
                              f"{service.settings.max_deliveries}"],
                     body=body, task_id=self.request.id)
                 return {"failed": entry.id}
-            result = service.handle_message(event, task_id=self.request.id, body=body)
+            result = service.handle_message(event, task_id=self.request.id, body=body,
+                                            replay_of=replay_of)
         except (StoreError, LeaseLost) as exc:
             log.warning("task_retry", error=str(exc))
             raise self.retry(exc=exc, countdown=2) from exc
@@ -83,6 +89,16 @@ def recover() -> int:
 @app.task(name="provisioning.sweep_retries")
 def sweep_retries() -> int:
     return len(_service().sweep_retries())
+
+
+@app.task(name="provisioning.sweep_stuck")
+def sweep_stuck() -> int:
+    return len(_service().sweep_stuck())
+
+
+@app.task(name="provisioning.expire_failed")
+def expire_failed() -> int:
+    return len(_service().expire_failed())
 
 
 @app.task(name="provisioning.sweep_calling_tests")

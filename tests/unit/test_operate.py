@@ -1,0 +1,283 @@
+"""The operator's failed-task workflow: list, replay, discard, audit; and beat's sweeps."""
+
+from __future__ import annotations
+
+import io
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from statemachine import BackendStep, StatusReason, format_time
+from worker import cli
+from worker.emulator import Emulator
+from worker.failed import FailedTask
+from worker.operate import FailedFilter, parse_moment, select
+from worker.service import Service
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def provision(record_id: str, channel: str | None = None) -> dict[str, Any]:
+    return {"specversion": "1.0", "id": new_id(), "source": "tests",
+            "type": "provision.requested", "subject": record_id,
+            "data": {"name": "Contoso", "channel": {"kind": "teams", "id": channel or new_id()}}}
+
+
+def deprovision(record_id: str) -> dict[str, Any]:
+    return {"specversion": "1.0", "id": new_id(), "source": "tests",
+            "type": "deprovision.requested", "subject": record_id}
+
+
+@pytest.fixture
+def run(memory_service: Service, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> Any:
+    """Run the CLI on the in-memory service; a replayed message is handled at once, as a
+    worker would."""
+    monkeypatch.setattr(cli, "_service", lambda: memory_service)
+    monkeypatch.setattr(cli, "_send_replay", lambda event, entry_id: memory_service
+                        .handle_message(dict(event), replay_of=entry_id))
+
+    def invoke(*argv: str) -> tuple[int, str, str]:
+        try:
+            code = cli.main(list(argv))
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return invoke
+
+
+def failed_ids(service: Service) -> list[str]:
+    return [entry.id for entry in service.failed.all()]
+
+
+def test_replay_of_an_event_for_a_record_that_now_exists_applies_it_once(
+    run: Any, memory_service: Service
+) -> None:
+    record_id = new_id()
+    early = deprovision(record_id)
+    memory_service.handle_message(early)
+    [entry] = memory_service.failed.all()
+    memory_service.handle_message(provision(record_id))
+    code, out, _ = run("failed", "replay", entry.id, "--operator", "ana")
+    assert code == 0
+    assert out.startswith(f"{entry.id}  sent deprovision.requested")
+    record = memory_service.store.load(record_id)
+    assert record is not None
+    assert record.status is StatusReason.DEPROVISIONED
+    assert failed_ids(memory_service) == []  # resolved once processed
+    actions = [(line["operator"], line["action"]) for line in memory_service.failed.audit()]
+    assert actions == [("ana", "replay"), ("worker", "resolved")]
+    # Replaying the same event again (as a replay does: past the accepted-event dedupe)
+    # changes nothing: it was applied.
+    version = record.version
+    memory_service.store.forget_accepted(record_id, early["id"])
+    memory_service.handle_message(early, replay_of="again")
+    record = memory_service.store.load(record_id)
+    assert record is not None
+    assert record.version == version
+    assert memory_service.store.history(record_id)[-1].outcome.value == "duplicate"
+
+
+def test_replay_of_an_event_still_invalid_keeps_it_and_says_why(
+    run: Any, memory_service: Service
+) -> None:
+    memory_service.handle_message({"specversion": "1.0", "id": "x", "type": "nope"})
+    [entry] = memory_service.failed.all()
+    code, out, _ = run("failed", "replay", entry.id)
+    assert code == 1
+    assert "still invalid: source: is required" in out
+    assert failed_ids(memory_service) == [entry.id]
+
+
+def test_bulk_replay_acts_on_a_snapshot_and_leaves_other_entries_alone(
+    run: Any, memory_service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    unknown = [new_id(), new_id()]
+    for record_id in unknown:
+        memory_service.handle_message(deprovision(record_id))
+    memory_service.handle_message({"specversion": "1.0", "id": "bad", "type": "nope"})
+    invalid = [e.id for e in memory_service.failed.all() if e.exception == "InvalidEvent"]
+    for record_id in unknown:
+        memory_service.handle_message(provision(record_id))
+    arrived: list[str] = []
+
+    def send(event: Any, entry_id: str) -> None:
+        # An entry that arrives during the bulk action must not be picked up by it.
+        if not arrived:
+            late = deprovision(new_id())
+            memory_service.handle_message(late)
+            arrived.append(late["id"])
+        memory_service.handle_message(dict(event), replay_of=entry_id)
+
+    monkeypatch.setattr(cli, "_send_replay", send)
+    code, out, _ = run("failed", "replay", "--all", "--exception", "UnknownRecord", "--yes")
+    assert code == 0
+    assert out.count("sent deprovision.requested") == 2
+    left = memory_service.failed.all()
+    assert sorted(e.event_id or "" for e in left) == sorted([arrived[0], "bad"])
+    assert invalid[0] in [e.id for e in left]
+
+
+def test_bulk_action_without_yes_off_a_terminal_changes_nothing(
+    run: Any, memory_service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    memory_service.handle_message(deprovision(new_id()))
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    code, _, err = run("failed", "discard", "--all", "--reason", "cleanup")
+    assert code == 1
+    assert "needs --yes" in err
+    assert len(memory_service.failed.all()) == 1
+    assert memory_service.failed.audit() == []
+
+
+def test_discard_needs_a_reason_and_is_audited(run: Any, memory_service: Service) -> None:
+    memory_service.handle_message(deprovision(new_id()))
+    [entry] = memory_service.failed.all()
+    code, _, err = run("failed", "discard", entry.id)
+    assert code == 2
+    assert "--reason" in err
+    assert failed_ids(memory_service) == [entry.id]
+    code, out, _ = run("failed", "discard", entry.id, "--reason", "test channel, never real",
+                       "--operator", "ana")
+    assert code == 0
+    assert failed_ids(memory_service) == []
+    code, out, _ = run("failed", "audit", "--json")
+    [line] = json.loads(out)
+    assert line["operator"] == "ana"
+    assert line["action"] == "discard"
+    assert line["reason"] == "test channel, never real"
+    assert line["entry"] == entry.id
+
+
+def test_dry_run_says_what_it_would_do_and_changes_nothing(
+    run: Any, memory_service: Service
+) -> None:
+    memory_service.handle_message(deprovision(new_id()))
+    code, out, _ = run("failed", "discard", "--all", "--reason", "x", "--dry-run")
+    assert code == 0
+    assert "would discard" in out
+    assert len(memory_service.failed.all()) == 1
+    assert memory_service.failed.audit() == []
+
+
+def test_unknown_entry_ids_are_reported_and_exit_1(run: Any) -> None:
+    code, _, err = run("failed", "replay", "nosuchentry")
+    assert code == 1
+    assert "nosuchentry not found" in err
+
+
+def test_replaying_a_record_that_used_up_its_retries_brings_it_back(
+    run: Any, memory_service: Service, emulator: Emulator
+) -> None:
+    record_id, channel = new_id(), new_id()
+    emulator.fail_permanently(channel, BackendStep.PROVISION_CHANNEL, 400)
+    memory_service.handle_message(provision(record_id, channel))
+    for _ in range(3):
+        memory_service.sweep_retries()
+        memory_service.drain(record_id)
+    [entry] = [e for e in memory_service.failed.all() if e.exception == "RetriesExhausted"]
+    emulator.clear_scripts(channel)  # the operator fixed the backend
+    code, out, _ = run("failed", "replay", entry.id)
+    assert code == 0, out
+    memory_service.drain(record_id)
+    record = memory_service.store.load(record_id)
+    assert record is not None
+    assert record.status is StatusReason.RUNNING
+    assert entry.id not in failed_ids(memory_service)
+
+
+def test_list_filters_by_age(run: Any, memory_service: Service) -> None:
+    memory_service.handle_message(deprovision(new_id()))
+    code, out, _ = run("failed", "list", "--since", "1h", "--json")
+    assert len(json.loads(out)) == 1
+    code, out, _ = run("failed", "list", "--older-than", "1h", "--json")
+    assert json.loads(out) == []
+    code, _, err = run("failed", "list", "--since", "yesterday")
+    assert code == 2
+    assert "not a duration" in err
+
+
+def test_filters_match_every_condition() -> None:
+    now = datetime(2026, 11, 27, 12, tzinfo=UTC)
+    entry = FailedTask(id="a", task="provisioning.handle_event", event_id="e",
+                       event_type="deprovision.requested", record_id="r",
+                       exception="UnknownRecord", message="m",
+                       last_failed_at=format_time(now - timedelta(hours=2)))
+    assert select([entry], FailedFilter(exception="UnknownRecord",
+                                        since=parse_moment("3h", now))) == [entry]
+    assert select([entry], FailedFilter(since=parse_moment("1h", now))) == []
+    assert select([entry], FailedFilter(older_than=parse_moment("1h", now))) == [entry]
+    assert select([entry], FailedFilter(task="provisioning.retry")) == []
+
+
+def test_two_beats_sweeping_at_once_queue_each_retry_once(
+    memory_service: Service, emulator: Emulator
+) -> None:
+    record_id, channel = new_id(), new_id()
+    emulator.script(channel, BackendStep.PROVISION_CHANNEL, [503] * 4)
+    memory_service.handle_message(provision(record_id, channel))
+    first, second = memory_service.sweep_retries(), memory_service.sweep_retries()
+    assert (first, second) == ([record_id], [])
+    assert memory_service.store.inbox_size(record_id) == 1
+
+
+def test_age_out_drops_old_entries_then_the_oldest_past_the_cap(
+    memory_service: Service,
+) -> None:
+    now = datetime.now(UTC)
+    for age_days, name in ((30, "ancient"), (3, "old"), (2, "middle"), (1, "new")):
+        stamp = format_time(now - timedelta(days=age_days))
+        memory_service.failed.record(FailedTask(
+            id=name, task="t", event_id=name, event_type=None, record_id=None,
+            exception="X", message="m", first_failed_at=stamp, last_failed_at=stamp))
+    memory_service.settings = type(memory_service.settings)(
+        failed_retention_seconds=14 * 86400, failed_max_entries=2)
+    assert memory_service.expire_failed() == ["ancient", "old"]
+    assert failed_ids(memory_service) == ["middle", "new"]
+    reasons = [line["reason"] for line in memory_service.failed.audit()]
+    assert reasons == ["past retention", "over the size cap"]
+
+
+def test_stuck_sweep_kicks_a_processing_record_nobody_holds(
+    memory_service: Service, kicks: Any
+) -> None:
+    record_id = new_id()
+    memory_service.accept(memory_service_event(provision(record_id)))
+    owner = "crashed-worker"
+    store = memory_service.store
+    assert store.acquire_lease(record_id, owner, 30)
+    item = store.head(record_id)
+    assert item is not None
+    memory_service._apply_item(None, _envelope(item.payload), owner, None,
+                               _report(record_id))  # applied, step never run: a crash
+    store.release_lease(record_id, owner, hand_over=True)
+    assert memory_service.sweep_stuck() == []  # not old enough yet
+    later = datetime.now(UTC) + timedelta(hours=1)
+    memory_service.now = lambda: later
+    assert memory_service.sweep_stuck() == [record_id]
+    assert kicks.records[-1] == record_id
+
+
+def memory_service_event(raw: dict[str, Any]) -> Any:
+    from statemachine import parse_event
+
+    return parse_event(raw)
+
+
+def _envelope(payload: str) -> Any:
+    from worker.envelope import Envelope
+
+    return Envelope.decode(payload)
+
+
+def _report(record_id: str) -> Any:
+    from worker.service import DrainReport
+
+    return DrainReport(record_id)
