@@ -13,6 +13,7 @@ Global:
   ``<p>:idx:status:<code>`` / ``<p>:idx:kind:<kind>`` / ``<p>:idx:link:<column>:<uuid>``
                            sets of record ids, for ``list`` and ``parent.deleted``
   ``<p>:idx:all``          set of every live record id
+  ``<p>:outbox``           list of applied changes for the Dataverse mirror, commit order
   ``<p>:failed:<entry>``   failed-task entry (JSON); ``<p>:failed`` zset entry -> last failure
   ``<p>:deliveries:<task id>``  counter of deliveries of one Celery message (expires)
   ``<p>:audit``            list of operator actions (JSON)
@@ -58,6 +59,10 @@ class Keys:
     @property
     def retries(self) -> str:
         return f"{self.prefix}:retries"
+
+    @property
+    def outbox(self) -> str:
+        return f"{self.prefix}:outbox"
 
     @property
     def all_records(self) -> str:

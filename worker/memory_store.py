@@ -36,6 +36,7 @@ class _Data:
     retries: dict[str, float] = field(default_factory=dict)
     index: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     deliveries: dict[str, tuple[int, float]] = field(default_factory=dict)
+    outbox: list[str] = field(default_factory=list)
 
 
 class MemoryStateStore:
@@ -130,6 +131,8 @@ class MemoryStateStore:
                 data.retries.pop(rid, None)
             if commit.retry_at is not None:
                 data.retries[rid] = commit.retry_at
+            if commit.outbox_entry is not None:
+                data.outbox.append(commit.outbox_entry)
             return CommitStatus.OK
 
     def _append(self, record_id: str, entries: Iterable[HistoryEntry]) -> None:
@@ -222,6 +225,18 @@ class MemoryStateStore:
                 count = 0
             self._data.deliveries[task_id] = (count + 1, self.clock() + ttl_seconds)
             return count + 1
+
+    def outbox_peek(self, count: int) -> list[str]:
+        with self._lock:
+            return list(self._data.outbox[:count])
+
+    def outbox_ack(self, count: int) -> None:
+        with self._lock:
+            del self._data.outbox[:count]
+
+    def outbox_size(self) -> int:
+        with self._lock:
+            return len(self._data.outbox)
 
     def ping(self) -> bool:
         return True

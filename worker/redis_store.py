@@ -125,12 +125,13 @@ class RedisStateStore:
             len(remove),
             len(add),
             rid,
+            commit.outbox_entry or "",
             *(dumps(entry.to_json()) for entry in commit.entries),
         ]
         with _translated():
             status = self._commit(
                 keys=[k.record(rid), k.history(rid), k.inbox(rid), k.applied(rid), k.lease(rid),
-                      k.retries, *remove, *add],
+                      k.retries, k.outbox, *remove, *add],
                 args=args,
             )
         return CommitStatus(status)
@@ -213,6 +214,18 @@ class RedisStateStore:
             pipe.expire(key, ttl_seconds)
             count, _ = pipe.execute()
         return int(count)
+
+    def outbox_peek(self, count: int) -> list[str]:
+        with _translated():
+            return list(cast(list[str], self.client.lrange(self.keys.outbox, 0, count - 1)))
+
+    def outbox_ack(self, count: int) -> None:
+        with _translated():
+            self.client.ltrim(self.keys.outbox, count, -1)
+
+    def outbox_size(self) -> int:
+        with _translated():
+            return int(self.client.llen(self.keys.outbox))
 
     def ping(self) -> bool:
         with _translated():

@@ -58,6 +58,7 @@ from worker.backends import Backends
 from worker.envelope import EVENT, Envelope
 from worker.errors import LeaseLost, RetriesExhausted, StoreError
 from worker.failed import FailedStore, FailedTask, entry_id
+from worker.keys import dumps
 from worker.observe import NoObserver, Observer
 from worker.settings import Settings
 from worker.store import Commit, CommitStatus, StateStore
@@ -343,13 +344,14 @@ class Service:
             elif isinstance(effect, CancelRetry | DeleteRecord):
                 cancel = True
         entries = tuple(entry.with_task(task_id) for entry in outcome.entries)
+        outbox = self._outbox_entry(record, outcome) if self.settings.dataverse_url else None
         commit = Commit(
             record_id=entries[0].record_id,
             expected_version=record.version if record is not None else 0,
             before=record, after=outcome.record, entries=entries,
             dedupe_key=dedupe_key(command) if outcome.applied else None,
             pop_event_id=pop_event_id, lease_owner=owner, deleted=outcome.deleted,
-            retry_at=retry_at, cancel_retry=cancel and retry_at is None,
+            retry_at=retry_at, cancel_retry=cancel and retry_at is None, outbox_entry=outbox,
         )
         status = self.store.commit(commit)
         if status is CommitStatus.DUPLICATE:
@@ -376,6 +378,29 @@ class Service:
                      reason=entry.reason, record_id=entry.record_id, task_id=task_id)
         if exhausted is not None:
             self._retries_exhausted(outcome.record, exhausted, task_id)
+
+    def _outbox_entry(self, before: ProvisioningState | None, outcome: Outcome) -> str | None:
+        """What the Dataverse mirror must send for this change (None: nothing it sees)."""
+        if not outcome.applied:
+            return None
+        after = outcome.record
+        columns: list[str]
+        row: dict[str, Any] | None
+        if outcome.deleted:
+            op, columns, row = "delete", [], None
+        elif before is None:
+            assert after is not None
+            op, columns, row = "create", [], after.to_dataverse()
+        else:
+            assert after is not None
+            changed = after.changed_columns(before)
+            if not changed:
+                return None  # the worker's own bookkeeping (a calling test id): not a column
+            op, columns, row = "update", sorted(changed), after.to_dataverse()
+        last = outcome.entries[-1]
+        return dumps({"op": op, "record_id": last.record_id, "version": last.version,
+                      "columns": columns, "row": row, "event_id": last.event_id,
+                      "at": format_time(last.at)})
 
     def retry_delay(self, attempt: int) -> float:
         """Exponential with a cap and jitter: base·2^(attempt-1), capped, then 50-100%."""

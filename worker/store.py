@@ -42,6 +42,7 @@ class Commit:
     ``after`` None with ``deleted`` removes the record (its history stays).
     ``pop_event_id`` pops the inbox head, which must be that event.
     ``retry_at`` schedules the record's retry (epoch seconds); ``cancel_retry`` drops it.
+    ``outbox_entry`` (JSON) is appended to the mirror's outbox in the same step.
     """
 
     record_id: str
@@ -55,6 +56,7 @@ class Commit:
     deleted: bool = False
     retry_at: float | None = None
     cancel_retry: bool = False
+    outbox_entry: str | None = None
 
 
 class StateStore(Protocol):
@@ -122,5 +124,15 @@ class StateStore(Protocol):
     def count_deliveries(self, task_id: str, ttl_seconds: int) -> int:
         """Count one more delivery of a Celery message; returns the count so far."""
         ...
+
+    def outbox_peek(self, count: int) -> list[str]:
+        """The oldest ``count`` outbox entries (JSON), in commit order; they stay there."""
+        ...
+
+    def outbox_ack(self, count: int) -> None:
+        """Drop the oldest ``count`` outbox entries (after the mirror sent them)."""
+        ...
+
+    def outbox_size(self) -> int: ...
 
     def ping(self) -> bool: ...

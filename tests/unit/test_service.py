@@ -310,3 +310,29 @@ def test_inbox_envelope_round_trips() -> None:
                         event=provision(new_id(), new_id()), accepted_at="now",
                         context={"task_id": "t"})
     assert Envelope.decode(envelope.encode()) == envelope
+
+
+def test_with_the_mirror_on_every_applied_change_lands_in_the_outbox_in_order(
+    memory_service: Service,
+) -> None:
+    import dataclasses
+    import json
+
+    memory_service.settings = dataclasses.replace(
+        memory_service.settings, dataverse_url="https://contoso.crm.dynamics.com")
+    record_id, account = new_id(), new_id()
+    handle(memory_service, provision(record_id, account))
+    handle(memory_service, event("parent.deleted", None,
+                                 {"table": "msdyn_ocwhatsappchannelaccount", "id": account}))
+    entries = [json.loads(e) for e in memory_service.store.outbox_peek(10)]
+    assert [(e["op"], e["version"]) for e in entries] == [
+        ("create", 2), ("update", 3), ("delete", 4)]
+    assert "statuscode" in entries[1]["columns"]
+    assert entries[1]["row"]["statuscode"] == int(StatusReason.RUNNING)
+    memory_service.store.outbox_ack(2)
+    assert memory_service.store.outbox_size() == 1
+
+
+def test_with_the_mirror_off_nothing_is_written_to_the_outbox(memory_service: Service) -> None:
+    handle(memory_service, provision(new_id(), new_id()))
+    assert memory_service.store.outbox_size() == 0

@@ -2,10 +2,12 @@
 -- Guarantees: the change lands only if the stored version is the one it was computed
 -- from, the caller still holds the record's lease, its dedupe key was never applied and
 -- (when it pops) the inbox head is the event it applied. Then record, history, applied
--- set, inbox, indexes and retry schedule change in one step: no reader ever sees half.
--- KEYS: record, history, inbox, applied, lease, retries, idx_remove..., idx_add...
+-- set, inbox, indexes, retry schedule and the mirror's outbox change in one step: no
+-- reader ever sees half, and the outbox holds every applied change in commit order.
+-- KEYS: record, history, inbox, applied, lease, retries, outbox, idx_remove..., idx_add...
 -- ARGV: expected_version, record_json ('' deletes), new_version, dedupe_key, pop_event_id,
---       owner, retry_at, cancel_retry, history_limit, n_remove, n_add, record_id, entries...
+--       owner, retry_at, cancel_retry, history_limit, n_remove, n_add, record_id,
+--       outbox_entry ('' for none), entries...
 local current = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
 if current ~= tonumber(ARGV[1]) then
   return 'conflict'
@@ -30,12 +32,12 @@ else
 end
 local n_remove, n_add = tonumber(ARGV[10]), tonumber(ARGV[11])
 for i = 1, n_remove do
-  redis.call('SREM', KEYS[6 + i], ARGV[12])
+  redis.call('SREM', KEYS[7 + i], ARGV[12])
 end
 for i = 1, n_add do
-  redis.call('SADD', KEYS[6 + n_remove + i], ARGV[12])
+  redis.call('SADD', KEYS[7 + n_remove + i], ARGV[12])
 end
-for i = 13, #ARGV do
+for i = 14, #ARGV do
   redis.call('RPUSH', KEYS[2], ARGV[i])
 end
 local limit = tonumber(ARGV[9])
@@ -50,5 +52,8 @@ if ARGV[8] == '1' then
 end
 if ARGV[7] ~= '' then
   redis.call('ZADD', KEYS[6], ARGV[7], ARGV[12])
+end
+if ARGV[13] ~= '' then
+  redis.call('RPUSH', KEYS[7], ARGV[13])
 end
 return 'ok'
