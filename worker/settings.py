@@ -72,6 +72,12 @@ class Settings:
     # Failed-task store retention (beat's age-out).
     failed_retention_seconds: float = 14 * 86400.0
     failed_max_entries: int = 10000
+    # Dataverse mirror (SPEC §6): off unless the environment URL is set.
+    dataverse_url: str | None = None
+    dataverse_tenant_id: str | None = None
+    dataverse_client_id: str | None = None
+    dataverse_client_secret: str | None = field(default=None, repr=False)
+    dataverse_authority_url: str = "https://login.microsoftonline.com"
     # History kept per record (0: unbounded).
     history_limit: int = 1000
 
