@@ -37,6 +37,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "worker_hijack_root_logger": False,
+        # Keeps refused (non-JSON, malformed) messages in the failed-task store.
+        "worker_consumer": "worker.consumer:Consumer",
         # structlog writes JSON lines to stderr itself; Celery must not re-wrap them.
         "worker_redirect_stdouts": False,
         "beat_schedule": {

@@ -6,7 +6,9 @@
     │   └── ConflictError     a compare-and-set lost: the record changed underneath
     ├── LeaseLost             another worker took over the record's lease
     ├── RetriesExhausted      a record in Error used up its beat retries (for an operator)
-    └── PoisonMessage         a Celery message was delivered more often than allowed
+    ├── PoisonMessage         a Celery message was delivered more often than allowed
+    ├── InvalidArguments      a Celery message's arguments are not the task's (one event)
+    └── UndecodableMessage    a message the worker refused to decode (not JSON, e.g. pickle)
 
 Errors of the core (invalid events, unknown records) come from ``statemachine``;
 backend HTTP failures are values (``worker.backends.CallResult``), not exceptions.
@@ -41,3 +43,11 @@ class RetriesExhausted(WorkerError):
 
 class PoisonMessage(WorkerError):
     """A Celery message was delivered more often than PROVISIONING_MAX_DELIVERIES allows."""
+
+
+class InvalidArguments(WorkerError):
+    """A task message's arguments do not match the task (handle_event takes one event)."""
+
+
+class UndecodableMessage(WorkerError):
+    """A message the worker refused to decode: only JSON is accepted, never pickle."""

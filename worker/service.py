@@ -12,6 +12,7 @@ recovery sweep then hands the record to another worker.
 
 from __future__ import annotations
 
+import contextvars
 import random
 import socket
 import threading
@@ -19,6 +20,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -44,6 +46,7 @@ from statemachine import (
     RunStep,
     ScheduleRetry,
     StatusReason,
+    StepKind,
     StepResult,
     UnknownRecord,
     apply,
@@ -90,6 +93,17 @@ class DrainReport:
     outcomes: list[Result] = field(default_factory=list)
 
 
+INBOX_POLL_SECONDS = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class _InFlight:
+    """A step whose backend calls are running in the background thread."""
+
+    key: tuple[StepKind, int]
+    future: Future[StepResult]
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -119,6 +133,7 @@ class Service:
         self.rng = rng or random.Random()
         self.hostname = hostname or socket.gethostname()
         self.observer: Observer = observer or NoObserver()
+        self._steps: ThreadPoolExecutor | None = None
 
     # -- accepting ---------------------------------------------------------------------
 
@@ -207,7 +222,14 @@ class Service:
 
     def drain(self, record_id: str, *, task_id: str | None = None) -> DrainReport:
         """Apply the record's inbox in order while holding its lease. Returns at once when
-        another worker holds the lease (it will drain what was queued)."""
+        another worker holds the lease (it will drain what was queued).
+
+        A step's backend calls run in a background thread while the drain goes on applying
+        the events that arrive meanwhile (a ``provision.requested`` on a Processing record
+        is then ``ignored``, SPEC §2.1). A new step waits for the one in flight: its result
+        is applied first (``stale`` when the record has left that step), so a record never
+        has two steps talking to the backends at once.
+        """
         report = DrainReport(record_id)
         owner = f"{self.hostname}:{uuid.uuid4().hex[:12]}"
         seconds = self.settings.lease_seconds
@@ -215,17 +237,29 @@ class Service:
             return report
         deadline = time.monotonic() + self.settings.drain_budget_seconds
         released = False
+        inflight: _InFlight | None = None
         with structlog.contextvars.bound_contextvars(record_id=record_id, task_id=task_id), \
                 self._keep_lease(record_id, owner):
             try:
                 while True:
+                    if inflight is not None and inflight.future.done():
+                        self._apply_result(inflight, owner, task_id, report)
+                        inflight = None
+                        continue
                     record = self.store.load(record_id)
                     step = pending_step(record) if record is not None else None
-                    if record is not None and step is not None:
-                        self._run_step(record, step, owner, task_id, report)
-                        continue
+                    if step is not None:
+                        if inflight is None:
+                            inflight = self._start_step(step, report)
+                        elif inflight.key != (step.kind, step.started_version):
+                            inflight.future.exception()  # wait: one step at a time
+                            continue
                     item = self.store.head(record_id)
                     if item is None:
+                        if inflight is not None:
+                            # Wait for the step, looking at the inbox now and then.
+                            wait([inflight.future], timeout=INBOX_POLL_SECONDS)
+                            continue
                         if self.store.release_lease(record_id, owner):
                             released = True
                             return report
@@ -234,13 +268,15 @@ class Service:
                             released = True
                             raise LeaseLost(f"lost the lease of record {record_id}")
                         continue
-                    if time.monotonic() > deadline:
+                    if time.monotonic() > deadline and inflight is None:
                         # Bounded task time: hand the rest to a fresh task.
                         report.handed_over = True
                         return report
                     self._apply_item(record, Envelope.decode(item.payload), owner,
                                      task_id, report)
             finally:
+                if inflight is not None:
+                    inflight.future.cancel()
                 if not released:
                     self._hand_over(record_id, owner)
 
@@ -421,42 +457,56 @@ class Service:
                     reasons=[record.exception_details],
                     body={"args": [record.id], "kwargs": {"version": record.version}})
 
-    def _run_step(self, record: ProvisioningState, step: RunStep, owner: str,
-                  task_id: str | None, report: DrainReport) -> None:
-        """Carry out a started step's backend calls, then apply and commit its result."""
+    def _start_step(self, step: RunStep, report: DrainReport) -> _InFlight:
+        """Run a started step's backend calls in the background thread."""
         report.steps += 1
+        context = contextvars.copy_context()
+        future = self._executor().submit(context.run, self._call_step, step)
+        return _InFlight((step.kind, step.started_version), future)
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._steps is None:
+            self._steps = ThreadPoolExecutor(max_workers=1, thread_name_prefix="step")
+        return self._steps
+
+    def _call_step(self, step: RunStep) -> StepResult:
+        """The step's calls in order, stopping at the first failure (no store access)."""
         with structlog.contextvars.bound_contextvars(event_id=step.event_id,
                                                      trigger=step.kind.value):
-            self._run_calls(record, step, owner, task_id, report)
+            response: str | None = None
+            test_id: str | None = None
+            for call in step.calls:
+                started = time.perf_counter()
+                outcome = self.backends.call(call)
+                self.observer.backend_call(
+                    call.step.value, time.perf_counter() - started, outcome.ok,
+                    outcome.failure.error_class if outcome.failure else None, outcome.attempts)
+                if outcome.response is not None:
+                    response = outcome.response
+                if outcome.test_id is not None:
+                    test_id = outcome.test_id
+                if not outcome.ok:
+                    failure = outcome.failure
+                    assert failure is not None
+                    return StepResult(
+                        step.record_id, step.event_id, step.kind, step.started_version,
+                        ok=False, failed_call=call.step, details=failure.details(),
+                        summary=failure.summary(), response=response,
+                    )
+            return StepResult(step.record_id, step.event_id, step.kind, step.started_version,
+                              ok=True, response=response, test_id=test_id)
 
-    def _run_calls(self, record: ProvisioningState, step: RunStep, owner: str,
-                   task_id: str | None, report: DrainReport) -> None:
-        response: str | None = None
-        test_id: str | None = None
-        result: StepResult | None = None
-        for call in step.calls:
-            started = time.perf_counter()
-            outcome = self.backends.call(call)
-            self.observer.backend_call(
-                call.step.value, time.perf_counter() - started, outcome.ok,
-                outcome.failure.error_class if outcome.failure else None, outcome.attempts)
-            if outcome.response is not None:
-                response = outcome.response
-            if outcome.test_id is not None:
-                test_id = outcome.test_id
-            if not outcome.ok:
-                failure = outcome.failure
-                assert failure is not None
-                result = StepResult(
-                    record.id, step.event_id, step.kind, step.started_version, ok=False,
-                    failed_call=call.step, details=failure.details(),
-                    summary=failure.summary(), response=response,
-                )
-                break
-        if result is None:
-            result = StepResult(record.id, step.event_id, step.kind, step.started_version,
-                                ok=True, response=response, test_id=test_id)
-        self._commit(record, result, self._apply(record, result), owner, task_id, report)
+    def _apply_result(self, inflight: _InFlight, owner: str, task_id: str | None,
+                      report: DrainReport) -> None:
+        """Apply a finished step's result to the record as it is now (maybe ``stale``)."""
+        result = inflight.future.result()  # a crash in the thread is raised here
+        record = self.store.load(result.record_id)
+        if record is None:  # deleted by a Cascade meanwhile: nothing left to change
+            log.info("step_result_for_deleted_record", step=result.kind.value)
+            return
+        with structlog.contextvars.bound_contextvars(event_id=result.event_id,
+                                                     trigger=trigger_of(result)):
+            self._commit(record, result, self._apply(record, result), owner, task_id, report)
 
     # -- sweeps (beat) -----------------------------------------------------------------
 

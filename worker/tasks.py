@@ -10,7 +10,7 @@ from celery import Task
 
 from worker import bootstrap
 from worker.app import app, kick
-from worker.errors import LeaseLost, PoisonMessage, StoreError
+from worker.errors import InvalidArguments, LeaseLost, PoisonMessage, StoreError
 from worker.service import DRAIN_RECORD, HANDLE_EVENT, Service
 
 log = structlog.get_logger("worker")
@@ -37,16 +37,27 @@ def _message_body(task: Task[Any, Any]) -> dict[str, Any]:
 
 
 @app.task(name=HANDLE_EVENT, bind=True, acks_late=True, max_retries=10)
-def handle_event(self: Task[Any, Any], event: Any, replay_of: str | None = None
-                 ) -> dict[str, Any]:
-    """Validate one event, accept it into its record's inbox, and drain that inbox.
+def handle_event(self: Task[Any, Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Validate one event (the message's one argument), accept it into its record's inbox,
+    and drain that inbox.
 
-    ``replay_of`` (sent by ``provisioning failed replay``) names the failed-task entry this
-    message replays; the entry leaves the store once the event has been processed.
+    A ``replay_of`` keyword (sent by ``provisioning failed replay``) names the failed-task
+    entry this message replays; the entry leaves the store once the event is processed.
+    Any other shape of arguments goes to the failed-task store: nothing is lost.
     """
     service = _service()
     body = _message_body(self)
+    replay_of = kwargs.pop("replay_of", None)
     with structlog.contextvars.bound_contextvars(task_id=self.request.id):
+        if len(args) != 1 or kwargs:
+            entry = service.refuse(
+                args[0] if args else None,
+                InvalidArguments(f"{HANDLE_EVENT} takes exactly one argument, the event; got "
+                                 f"{len(args)} positional and {sorted(kwargs) or 'no'} keyword"),
+                task=HANDLE_EVENT, body=body, task_id=self.request.id,
+                reasons=["args: must be exactly [event]"])
+            return {"failed": entry.id}
+        event = args[0]
         try:
             deliveries = service.store.count_deliveries(
                 str(self.request.id), service.settings.visibility_timeout * 4)
