@@ -7,6 +7,7 @@ Per record ``<id>``:
   ``<p>:accepted:<id>``    set of event ids accepted into the inbox (accept dedupe)
   ``<p>:applied:<id>``     set of dedupe keys already applied (invariant 8)
   ``<p>:lease:<id>``       string: the owner draining the inbox; expires (PX)
+  ``<p>:claimed:<id>``     string: a recovery sweep kicked this record recently; expires
 Global:
   ``<p>:pending``          zset record id -> time it got work; left when drained
   ``<p>:retries``          zset record id -> when its retry is due (beat's sweep)
@@ -17,6 +18,10 @@ Global:
   ``<p>:failed:<entry>``   failed-task entry (JSON); ``<p>:failed`` zset entry -> last failure
   ``<p>:deliveries:<task id>``  counter of deliveries of one Celery message (expires)
   ``<p>:audit``            list of operator actions (JSON)
+Dataverse mirror (worker/dataverse/):
+  ``<p>:dataverse:lock``   string: the one mirror consumer sending the outbox; expires (PX)
+  ``<p>:dataverse:etags``  hash record id -> the row's etag in Dataverse (for If-Match)
+  ``<p>:dataverse:status`` hash: last success, last error, pause, counters, pacing state
 """
 
 from __future__ import annotations
@@ -90,6 +95,18 @@ class Keys:
     @property
     def audit(self) -> str:
         return f"{self.prefix}:audit"
+
+    @property
+    def dataverse_lock(self) -> str:
+        return f"{self.prefix}:dataverse:lock"
+
+    @property
+    def dataverse_etags(self) -> str:
+        return f"{self.prefix}:dataverse:etags"
+
+    @property
+    def dataverse_status(self) -> str:
+        return f"{self.prefix}:dataverse:status"
 
     def index_keys(self, record: ProvisioningState | None) -> set[str]:
         """The index sets a record belongs to (none for a missing record)."""

@@ -37,6 +37,7 @@ class _Data:
     index: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     deliveries: dict[str, tuple[int, float]] = field(default_factory=dict)
     outbox: list[str] = field(default_factory=list)
+    claimed: dict[str, float] = field(default_factory=dict)
 
 
 class MemoryStateStore:
@@ -210,6 +211,20 @@ class MemoryStateStore:
         with self._lock:
             # As a Redis zset orders: by score, then by member.
             return sorted(self._data.pending, key=lambda rid: (self._data.pending[rid], rid))
+
+    def claim_orphans(self, limit: int, claim_seconds: float) -> list[str]:
+        with self._lock:
+            now = self.clock()
+            claimed = []
+            for record_id in self.pending()[:limit]:
+                lease = self._data.leases.get(record_id)
+                if lease is not None and lease.expires > now:
+                    continue
+                if self._data.claimed.get(record_id, 0.0) > now:
+                    continue
+                self._data.claimed[record_id] = now + claim_seconds
+                claimed.append(record_id)
+            return claimed
 
     def due_retries(self, now: float) -> list[tuple[str, float]]:
         with self._lock:

@@ -38,6 +38,7 @@ class RedisStateStore:
         self._release = client.register_script(_script("release"))
         self._renew = client.register_script(_script("renew"))
         self._drop_head = client.register_script(_script("drop_head"))
+        self._claim_orphans = client.register_script(_script("claim_orphans"))
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "provisioning",
@@ -200,6 +201,13 @@ class RedisStateStore:
     def pending(self) -> list[str]:
         with _translated():
             return list(cast(list[str], self.client.zrange(self.keys.pending, 0, -1)))
+
+    def claim_orphans(self, limit: int, claim_seconds: float) -> list[str]:
+        with _translated():
+            claimed = self._claim_orphans(keys=[self.keys.pending],
+                                          args=[self.keys.prefix, limit,
+                                                max(1, int(claim_seconds * 1000))])
+        return [str(record_id) for record_id in cast(list[Any], claimed)]
 
     def due_retries(self, now: float) -> list[tuple[str, float]]:
         with _translated():

@@ -94,6 +94,7 @@ class DrainReport:
 
 
 INBOX_POLL_SECONDS = 0.05
+RECOVERY_BATCH = 1000  # orphans kicked per sweep at most; the next sweep takes the rest
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +103,38 @@ class _InFlight:
 
     key: tuple[StepKind, int]
     future: Future[StepResult]
+
+
+class _LeaseKeeper:
+    """One thread per process renews every lease this process holds, every third of the
+    lease time; a killed process stops renewing, and its leases expire."""
+
+    def __init__(self, store: StateStore, seconds: float) -> None:
+        self.store = store
+        self.seconds = seconds
+        self._held: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
+        self._thread.start()
+
+    def hold(self, record_id: str, owner: str) -> None:
+        with self._lock:
+            self._held[record_id] = owner
+
+    def drop(self, record_id: str) -> None:
+        with self._lock:
+            self._held.pop(record_id, None)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.seconds / 3)
+            with self._lock:
+                held = list(self._held.items())
+            for record_id, owner in held:
+                try:
+                    self.store.renew_lease(record_id, owner, self.seconds)
+                except StoreError:
+                    log.warning("lease_renew_failed", record_id=record_id)
 
 
 def utcnow() -> datetime:
@@ -134,6 +167,7 @@ class Service:
         self.hostname = hostname or socket.gethostname()
         self.observer: Observer = observer or NoObserver()
         self._steps: ThreadPoolExecutor | None = None
+        self._leases: _LeaseKeeper | None = None
 
     # -- accepting ---------------------------------------------------------------------
 
@@ -238,15 +272,17 @@ class Service:
         deadline = time.monotonic() + self.settings.drain_budget_seconds
         released = False
         inflight: _InFlight | None = None
+        # Holding the lease, this drain is the record's only writer: it loads the record
+        # once and then keeps the version each of its commits stored.
+        record = self.store.load(record_id)
         with structlog.contextvars.bound_contextvars(record_id=record_id, task_id=task_id), \
                 self._keep_lease(record_id, owner):
             try:
                 while True:
                     if inflight is not None and inflight.future.done():
-                        self._apply_result(inflight, owner, task_id, report)
+                        record = self._apply_result(inflight, record, owner, task_id, report)
                         inflight = None
                         continue
-                    record = self.store.load(record_id)
                     step = pending_step(record) if record is not None else None
                     if step is not None:
                         if inflight is None:
@@ -272,8 +308,8 @@ class Service:
                         # Bounded task time: hand the rest to a fresh task.
                         report.handed_over = True
                         return report
-                    self._apply_item(record, Envelope.decode(item.payload), owner,
-                                     task_id, report)
+                    record = self._apply_item(record, Envelope.decode(item.payload), owner,
+                                              task_id, report)
             finally:
                 if inflight is not None:
                     inflight.future.cancel()
@@ -292,51 +328,42 @@ class Service:
     def _keep_lease(self, record_id: str, owner: str) -> Iterator[None]:
         """Renew the lease in the background while this worker drains (long backend
         calls included); a killed process stops renewing and the lease expires."""
-        stop = threading.Event()
-        seconds = self.settings.lease_seconds
-
-        def renew() -> None:
-            while not stop.wait(seconds / 3):
-                try:
-                    if not self.store.renew_lease(record_id, owner, seconds):
-                        return
-                except StoreError:
-                    log.warning("lease_renew_failed", record_id=record_id)
-
-        keeper = threading.Thread(target=renew, name=f"lease-{record_id[:8]}", daemon=True)
-        keeper.start()
+        if self._leases is None:
+            self._leases = _LeaseKeeper(self.store, self.settings.lease_seconds)
+        self._leases.hold(record_id, owner)
         try:
             yield
         finally:
-            stop.set()
-            keeper.join()
+            self._leases.drop(record_id)
 
     def _apply_item(
         self, record: ProvisioningState | None, envelope: Envelope, owner: str,
         task_id: str | None, report: DrainReport,
-    ) -> None:
+    ) -> ProvisioningState | None:
+        """Apply and commit the inbox head; returns the record as stored after it."""
         try:
             command = envelope.command()
         except InvalidEvent as exc:  # stored before a stricter validation: keep it
             with structlog.contextvars.bound_contextvars(event_id=envelope.event_id):
                 self._fail_head(envelope, exc, owner, task_id, [str(p) for p in exc.problems])
             report.failed += 1
-            return
+            return record
         with structlog.contextvars.bound_contextvars(event_id=envelope.event_id,
                                                      trigger=trigger_of(command)):
             started = time.perf_counter()
+            replay_of = envelope.context.get("replay_of")
             try:
-                outcome = self._apply(record, command)
+                outcome = self._apply(record, command, replayed=bool(replay_of))
             except UnknownRecord as exc:
                 self._fail_head(envelope, exc, owner, task_id, [str(exc)])
                 report.failed += 1
-                return
-            self._commit(record, command, outcome, owner, task_id, report,
-                         pop_event_id=envelope.event_id)
+                return record
+            after = self._commit(record, command, outcome, owner, task_id, report,
+                                 pop_event_id=envelope.event_id)
             self.observer.transition_seconds(trigger_of(command), time.perf_counter() - started)
-            replay_of = envelope.context.get("replay_of")
             if replay_of:
                 self._resolved(str(replay_of), envelope, outcome)
+            return after
 
     def _resolved(self, entry_id: str, envelope: Envelope, outcome: Outcome) -> None:
         """A replayed entry was processed: it leaves the failed-task store, audited."""
@@ -349,8 +376,13 @@ class Service:
             })
             log.info("replay_resolved", entry=entry_id, outcome=outcome.result.value)
 
-    def _apply(self, record: ProvisioningState | None, command: Command) -> Outcome:
-        duplicate = record is not None and self.store.is_applied(
+    def _apply(self, record: ProvisioningState | None, command: Command, *,
+               replayed: bool = False) -> Outcome:
+        """Apply ``command``. Only a replay looks its dedupe key up first (so that an event
+        already applied is recorded as ``duplicate`` whatever the record's state now); on
+        the normal path the accepted-event dedupe keeps duplicates out of the inbox, and the
+        commit refuses an applied key anyway (saving a round trip per command)."""
+        duplicate = replayed and record is not None and self.store.is_applied(
             record.id, dedupe_key(command))
         return apply(record, command, now=self.now(), duplicate=duplicate)
 
@@ -366,7 +398,9 @@ class Service:
         self, record: ProvisioningState | None, command: Command, outcome: Outcome,
         owner: str, task_id: str | None, report: DrainReport, *,
         pop_event_id: str | None = None,
-    ) -> None:
+    ) -> ProvisioningState | None:
+        """Commit ``outcome`` (a duplicate if the store says its key was applied); returns
+        the record as stored after it."""
         retry_at, cancel = None, False
         exhausted: ScheduleRetry | None = None
         for effect in outcome.effects:
@@ -390,6 +424,7 @@ class Service:
             retry_at=retry_at, cancel_retry=cancel and retry_at is None, outbox_entry=outbox,
         )
         status = self.store.commit(commit)
+        after = outcome.record
         if status is CommitStatus.DUPLICATE:
             # Applied by an earlier delivery that died before it popped: record the
             # duplicate and pop, changing nothing else.
@@ -400,6 +435,7 @@ class Service:
                 before=record, after=record, entries=entries, pop_event_id=pop_event_id,
                 lease_owner=owner,
             ))
+            after, exhausted = record, None
         if status is CommitStatus.CONFLICT:
             raise LeaseLost(f"record {commit.record_id} changed underneath (lease lost?)")
         for entry in entries:
@@ -414,6 +450,7 @@ class Service:
                      reason=entry.reason, record_id=entry.record_id, task_id=task_id)
         if exhausted is not None:
             self._retries_exhausted(outcome.record, exhausted, task_id)
+        return after
 
     def _outbox_entry(self, before: ProvisioningState | None, outcome: Outcome) -> str | None:
         """What the Dataverse mirror must send for this change (None: nothing it sees)."""
@@ -496,27 +533,26 @@ class Service:
             return StepResult(step.record_id, step.event_id, step.kind, step.started_version,
                               ok=True, response=response, test_id=test_id)
 
-    def _apply_result(self, inflight: _InFlight, owner: str, task_id: str | None,
-                      report: DrainReport) -> None:
+    def _apply_result(self, inflight: _InFlight, record: ProvisioningState | None,
+                      owner: str, task_id: str | None, report: DrainReport
+                      ) -> ProvisioningState | None:
         """Apply a finished step's result to the record as it is now (maybe ``stale``)."""
         result = inflight.future.result()  # a crash in the thread is raised here
-        record = self.store.load(result.record_id)
         if record is None:  # deleted by a Cascade meanwhile: nothing left to change
             log.info("step_result_for_deleted_record", step=result.kind.value)
-            return
+            return None
         with structlog.contextvars.bound_contextvars(event_id=result.event_id,
                                                      trigger=trigger_of(result)):
-            self._commit(record, result, self._apply(record, result), owner, task_id, report)
+            return self._commit(record, result, self._apply(record, result), owner, task_id,
+                                report)
 
     # -- sweeps (beat) -----------------------------------------------------------------
 
     def recover(self) -> list[str]:
         """Kick a drain for every record with queued work and no live lease."""
-        kicked = []
-        for record_id in self.store.pending():
-            if self.store.lease_ttl(record_id) is None:
-                self.kick(record_id)
-                kicked.append(record_id)
+        kicked = self.store.claim_orphans(RECOVERY_BATCH, self.settings.recovery_interval)
+        for record_id in kicked:
+            self.kick(record_id)
         if kicked:
             log.info("recovered", records=len(kicked))
         return kicked

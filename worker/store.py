@@ -119,6 +119,11 @@ class StateStore(Protocol):
         """Records with accepted work not yet drained (a non-empty inbox or a step in flight)."""
         ...
 
+    def claim_orphans(self, limit: int, claim_seconds: float) -> list[str]:
+        """Pending records with no live lease, each claimed for ``claim_seconds`` so that
+        concurrent recovery sweeps return it once per interval."""
+        ...
+
     def due_retries(self, now: float) -> list[tuple[str, float]]: ...
 
     def count_deliveries(self, task_id: str, ttl_seconds: int) -> int:
