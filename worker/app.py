@@ -6,10 +6,11 @@ importing this module opens no connection and reads no variable.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from celery import Celery, bootsteps
-from celery.signals import worker_process_init
+from celery.signals import celeryd_after_setup, worker_process_init, worker_process_shutdown
 
 from worker import bootstrap
 from worker.service import DRAIN_RECORD
@@ -36,6 +37,15 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_time_limit": max(90, int(settings.visibility_timeout * 0.6)),
         "worker_send_task_events": True,
         "task_send_sent_event": True,
+        # Shutdown (README "Deploy"): the images set REMAP_SIGTERM=SIGQUIT, so SIGTERM starts
+        # a soft shutdown: running tasks get this long to finish, then the rest are cancelled
+        # and their unacknowledged messages go back to the queue. Idle workers exit at once
+        # (a held ETA message is requeued when the broker connection closes). Kubernetes'
+        # terminationGracePeriodSeconds and systemd's TimeoutStopSec are longer than this.
+        "worker_soft_shutdown_timeout": settings.soft_shutdown_timeout,
+        "worker_enable_soft_shutdown_on_idle": False,
+        # beat writes a heartbeat for `provisioning health` (worker/health.py).
+        "beat_scheduler": "worker.health:HeartbeatScheduler",
         "worker_hijack_root_logger": False,
         # Keeps refused (non-JSON, malformed) messages in the failed-task store.
         "worker_consumer": "worker.consumer:Consumer",
@@ -59,8 +69,23 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "failed-task-age-out": {
                 "task": "provisioning.expire_failed", "schedule": 3600.0,
             },
+            **_mirror_schedule(settings),
         },
     }
+
+
+def _mirror_schedule(settings: Settings) -> dict[str, Any]:
+    """The Dataverse mirror's consumer, only when PROVISIONING_DATAVERSE_URL is set. A run
+    not started within a few intervals expires: busy workers never pile runs up."""
+    if not settings.dataverse_url:
+        return {}
+    from worker.dataverse import MirrorSettings
+
+    mirror = MirrorSettings.from_env(settings)
+    return {"dataverse-mirror": {
+        "task": "provisioning.mirror_outbox", "schedule": mirror.interval,
+        "options": {"queue": mirror.queue, "expires": max(5.0, mirror.interval * 3)},
+    }}
 
 
 app = Celery("provisioning", include=["worker.tasks"])
@@ -103,7 +128,66 @@ def _recover() -> None:
         structlog.get_logger("worker").warning("recovery_failed", error=str(exc))
 
 
+class Metrics(bootsteps.StartStopStep):
+    """Serves ``/metrics`` and ``/healthz`` from the worker's main process on
+    PROVISIONING_METRICS_ADDRESS:PROVISIONING_METRICS_PORT (0: off), see worker/metrics.py.
+
+    The multiprocess directory is prepared when the step is created, before the pool forks
+    its children, so that every child writes its samples there."""
+
+    requires = ("celery.worker.components:Timer",)
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.endpoint: Any = None
+        self.tref: Any = None
+        settings = bootstrap.current_settings()
+        self.enabled = settings.metrics_port != 0
+        if self.enabled:
+            from worker import metrics
+
+            metrics.prepare(settings)
+
+    def start(self, parent: Any) -> None:
+        from worker import metrics
+        from worker.logs import configure
+
+        settings = bootstrap.current_settings()
+        configure(settings)
+        self.endpoint = metrics.serve(settings)
+        if self.endpoint is not None:
+            self.tref = parent.timer.call_repeatedly(
+                metrics.LIVENESS_TICK, self.endpoint.tick, priority=0)
+
+    def stop(self, parent: Any) -> None:
+        from worker import metrics
+
+        if self.tref is not None:
+            self.tref.cancel()
+        if self.endpoint is not None:
+            self.endpoint.stop()
+            self.endpoint = None
+        metrics.release()
+
+    def terminate(self, parent: Any) -> None:  # a cold shutdown terminates, never stops
+        self.stop(parent)
+
+
 app.steps["worker"].add(Recovery)
+app.steps["worker"].add(Metrics)
+
+
+@celeryd_after_setup.connect
+def _log_settings(sender: str, **_: Any) -> None:
+    """One startup line with every setting, passwords redacted (Settings.describe)."""
+    import structlog
+
+    from worker.logs import configure
+
+    settings = bootstrap.current_settings()
+    configure(settings)
+    structlog.get_logger("worker").info("worker_settings", worker=sender,
+                                        settings=settings.describe())
 
 
 @worker_process_init.connect
@@ -113,3 +197,11 @@ def _fresh_process(**_: Any) -> None:
 
     bootstrap.reset()
     configure(bootstrap.current_settings())
+
+
+@worker_process_shutdown.connect
+def _process_gone(pid: int | None = None, **_: Any) -> None:
+    """prometheus-client's multiprocess bookkeeping for an exiting pool child."""
+    from worker import metrics
+
+    metrics.process_exited(pid or os.getpid())

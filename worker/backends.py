@@ -208,9 +208,11 @@ class Backends:
         *,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
+        owns_client: bool | None = None,
     ) -> None:
         self._settings = settings
-        self._owns_client = client is None
+        # A client built here is closed by close(); a given one too when owns_client says so.
+        self._owns_client = client is None if owns_client is None else owns_client
         self._client = client if client is not None else httpx.Client(timeout=settings.timeout)
         self._sleep = sleep
         self._rng = rng if rng is not None else random.Random()

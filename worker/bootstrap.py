@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 import httpx
 import redis
@@ -16,9 +17,13 @@ import redis
 from worker.backends import Backends
 from worker.failed import RedisFailedStore
 from worker.keys import Keys
+from worker.observe import Observer
 from worker.redis_store import RedisStateStore
 from worker.service import Service
 from worker.settings import Settings
+
+if TYPE_CHECKING:
+    from worker.dataverse import Mirror
 
 _lock = threading.Lock()
 _cache: dict[str, object] = {}
@@ -36,15 +41,54 @@ def build_service(
     *,
     kick: Callable[[str], None] | None = None,
     transport: httpx.BaseTransport | None = None,
+    observer: Observer | None = None,
 ) -> Service:
-    """Wire a Service on Redis with real HTTP backends (or ``transport``, e.g. the emulator)."""
+    """Wire a Service on Redis with real HTTP backends (or ``transport``, e.g. the emulator).
+
+    ``observer`` sees what the service does (``worker.metrics.PrometheusObserver`` in a
+    worker that serves metrics); None observes nothing."""
     client = redis_client(settings)
     keys = Keys(settings.key_prefix)
     store = RedisStateStore(client, keys=keys, history_limit=settings.history_limit)
     failed = RedisFailedStore(client, keys)
     timeout = httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout)
     http = httpx.Client(timeout=timeout, transport=transport)
-    return Service(settings, store, failed, Backends(settings.backends, http), kick=kick)
+    backends = Backends(settings.backends, http, owns_client=True)
+    return Service(settings, store, failed, backends, kick=kick,
+                   observer=observer)
+
+
+def build_mirror(
+    settings: Settings,
+    *,
+    transport: httpx.BaseTransport | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Mirror | None:
+    """Wire the Dataverse mirror on Redis (None when PROVISIONING_DATAVERSE_URL is not set).
+
+    ``transport`` replaces the network (e.g. the emulator's); ``environ`` the environment
+    the mirror's own PROVISIONING_DATAVERSE_* tunables are read from."""
+    if not settings.dataverse_url:
+        return None
+    from worker.dataverse import (
+        SERVICE_WINDOW_SECONDS,
+        DataverseClient,
+        Mirror,
+        MirrorSettings,
+        Pacer,
+        RedisMirrorState,
+        TokenCache,
+    )
+
+    mirror_settings = MirrorSettings.from_env(settings, environ)
+    client = redis_client(settings)
+    keys = Keys(settings.key_prefix)
+    store = RedisStateStore(client, keys=keys, history_limit=settings.history_limit)
+    http = httpx.Client(timeout=httpx.Timeout(mirror_settings.timeout), transport=transport)
+    pacer = Pacer(mirror_settings.requests_per_window, SERVICE_WINDOW_SECONDS,
+                  mirror_settings.burst)
+    dataverse = DataverseClient(mirror_settings, http, TokenCache(mirror_settings, http), pacer)
+    return Mirror(mirror_settings, store, RedisMirrorState(client, keys), dataverse)
 
 
 def current_settings() -> Settings:
@@ -65,7 +109,10 @@ def process_service(kick: Callable[[str], None]) -> Service:
         if not isinstance(service, Service):
             service = None
     if service is None:
-        service = build_service(current_settings(), kick=kick)
+        from worker import metrics
+
+        settings = current_settings()
+        service = build_service(settings, kick=kick, observer=metrics.observer(settings))
         with _lock:
             _cache[key] = service
     return service

@@ -27,6 +27,7 @@ from statemachine import (
 from worker.errors import WorkerError
 
 OK, FAILED, USAGE = 0, 1, 2
+HEALTH_CHECKS = ("store", "broker", "beat", "failed_tasks")  # worker.health.CHECKS, kept light
 
 
 class CommandFailed(Exception):
@@ -136,6 +137,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
 
     commands.add_parser("diagram", help="print the three state machines as Mermaid")
+
+    health = commands.add_parser(
+        "health", help="check the store, the broker, beat's heartbeat and the failed tasks",
+        description="One line per check; exit 0 when all pass, 1 when any fails.")
+    health.add_argument("--check", action="append", choices=HEALTH_CHECKS, metavar="NAME",
+                        help="run only this check (repeatable): " + ", ".join(HEALTH_CHECKS))
+    health.add_argument("--json", action="store_true")
+
+    from worker.dataverse.commands import add_parser as add_dataverse_parser
+
+    add_dataverse_parser(commands)
     return parser
 
 
@@ -444,6 +456,29 @@ def cmd_diagram(args: argparse.Namespace) -> int:
     return OK
 
 
+def cmd_health(args: argparse.Namespace) -> int:
+    from worker import bootstrap
+    from worker.health import run_checks, summary
+
+    checks = run_checks(bootstrap.current_settings(), args.check or HEALTH_CHECKS)
+    if args.json:
+        print(json.dumps(summary(checks), indent=2))
+    else:
+        for check in checks:
+            print(check.line())
+    sys.stdout.flush()
+    for check in checks:
+        if not check.ok:
+            print(f"provisioning: health: {check.name}: {check.detail}", file=sys.stderr)
+    return OK if all(check.ok for check in checks) else FAILED
+
+
+def cmd_dataverse(args: argparse.Namespace) -> int:
+    from worker.dataverse.commands import run
+
+    return run(args)
+
+
 HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "submit": cmd_submit,
     "show": cmd_show,
@@ -452,4 +487,6 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "failed": cmd_failed,
     "demo": cmd_demo,
     "diagram": cmd_diagram,
+    "health": cmd_health,
+    "dataverse": cmd_dataverse,
 }

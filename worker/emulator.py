@@ -13,6 +13,10 @@ backends; their paths do not collide, so all three base URLs may point at it:
     POST   /v1/calling-tests                  202 {"test_id": "<uuid4>"}
     GET    /healthz                           200 {"status": "ok"}
 
+Dataverse too: requests whose path starts with ``/api/data/`` or ``/_dataverse/`` or
+contains ``/oauth2/`` go to :attr:`Emulator.dataverse`, the Dataverse Web API and token
+endpoint emulator of ``worker.dataverse.emulator`` (see its docstring).
+
 and an admin API for scripting a running server (not recorded as traffic)::
 
     POST   /_emulator/script    {"target", "step", "answers": [...], "then": answer}
@@ -62,6 +66,7 @@ import structlog
 
 from statemachine.effects import BackendStep
 from statemachine.table import ChannelKind
+from worker.dataverse.emulator import DataverseEmulator
 
 __all__ = [
     "ANY_TARGET",
@@ -217,6 +222,7 @@ class Emulator:
         latency_ms: float = 0.0,
         seed: int | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        dataverse: DataverseEmulator | None = None,
     ) -> None:
         if not 0.0 <= failure_rate <= 1.0:
             raise ValueError(f"failure_rate must be between 0 and 1, not {failure_rate}")
@@ -234,6 +240,7 @@ class Emulator:
         self._scripts: dict[tuple[BackendStep, str], _Script] = {}
         self._answered: dict[str, tuple[str, Reply]] = {}  # key -> (request fingerprint, reply)
         self._requests: list[RecordedRequest] = []
+        self.dataverse = dataverse if dataverse is not None else DataverseEmulator()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Emulator:
@@ -297,6 +304,7 @@ class Emulator:
             self._scripts.clear()
             self._answered.clear()
             self._requests.clear()
+        self.dataverse.reset()
 
     # -- what tests look at ------------------------------------------------------------
 
@@ -336,14 +344,19 @@ class Emulator:
     def _handle_httpx(self, request: httpx.Request) -> httpx.Response:
         reply = self.handle(request.method, request.url.raw_path.decode("ascii"),
                             request.content,
-                            idempotency_key=request.headers.get("Idempotency-Key"))
+                            idempotency_key=request.headers.get("Idempotency-Key"),
+                            headers=request.headers)
         return httpx.Response(reply.status, headers=list(reply.headers), content=reply.content)
 
     def handle(
-        self, method: str, raw_path: str, body: bytes, *, idempotency_key: str | None = None
+        self, method: str, raw_path: str, body: bytes, *, idempotency_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> Reply:
         """Answer one HTTP request; ``raw_path`` is the request target (path and query)."""
         url = urlsplit(raw_path)
+        if DataverseEmulator.owns(url.path):
+            answer = self.dataverse.handle(method, raw_path, body, headers or {})
+            return Reply(answer.status, answer.content, answer.headers)
         segments = tuple(unquote(s) for s in url.path.strip("/").split("/"))
         if segments == ("healthz",):
             return Reply.of(200, {"status": "ok"})
@@ -585,7 +598,8 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         reply = self.server.emulator.handle(self.command, self.path, body,
-                                            idempotency_key=self.headers.get("Idempotency-Key"))
+                                            idempotency_key=self.headers.get("Idempotency-Key"),
+                                            headers=dict(self.headers.items()))
         self.send_response(reply.status)
         for name, value in reply.headers:
             self.send_header(name, value)
@@ -594,7 +608,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(reply.content)
 
-    do_GET = do_PUT = do_POST = do_DELETE = _dispatch  # noqa: N815 - http.server's names
+    do_GET = do_PUT = do_POST = do_DELETE = do_PATCH = _dispatch  # noqa: N815 - http.server's names
 
     def log_message(self, format: str, *args: Any) -> None:
         # http.server writes to stderr; route it through structlog instead.
@@ -669,6 +683,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             else args.failure_rate,
             latency_ms=defaults.latency_ms if args.latency_ms is None else args.latency_ms,
             seed=defaults.seed if args.seed is None else args.seed,
+            dataverse=DataverseEmulator.from_env(env),
         )
         server = EmulatorServer((args.host, args.port), emulator)
     except (ValueError, OSError) as exc:

@@ -169,6 +169,12 @@ class Service:
         self._steps: ThreadPoolExecutor | None = None
         self._leases: _LeaseKeeper | None = None
 
+    def close(self) -> None:
+        """Close the backends' HTTP client and the step thread (a process that ends)."""
+        self.backends.close()
+        if self._steps is not None:
+            self._steps.shutdown(wait=False)
+
     # -- accepting ---------------------------------------------------------------------
 
     def accept(

@@ -80,6 +80,14 @@ class Settings:
     dataverse_authority_url: str = "https://login.microsoftonline.com"
     # History kept per record (0: unbounded).
     history_limit: int = 1000
+    # Running it (README "Deploy"): metrics, health checks, shutdown.
+    metrics_port: int = 9808  # the worker's /metrics and /healthz; 0: no endpoint
+    metrics_address: str = "127.0.0.1"  # the container image sets 0.0.0.0
+    metrics_dir: str | None = None  # multiprocess files; None: a fresh temporary directory
+    soft_shutdown_timeout: float = 25.0
+    health_beat_max_age: float = 60.0
+    health_failed_max: int = 100
+    health_timeout: float = 3.0
 
     @property
     def broker(self) -> str:
@@ -141,6 +149,14 @@ class Settings:
                 problems.append(f"{name}: must be a number, not {raw!r}")
         if values.get("max_tries", 3) < 3:
             problems.append(f"{PREFIX}MAX_TRIES: must be at least 3 (SPEC §4)")
+        if not 0 <= values.get("metrics_port", 0) <= 65535:
+            problems.append(f"{PREFIX}METRICS_PORT: must be a port number (0 turns it off)")
+        for name in ("soft_shutdown_timeout", "health_failed_max"):
+            if values.get(name, 0) < 0:
+                problems.append(f"{PREFIX}{name.upper()}: must not be negative")
+        for name in ("health_beat_max_age", "health_timeout"):
+            if values.get(name, 1) <= 0:
+                problems.append(f"{PREFIX}{name.upper()}: must be positive")
         log_format = values.get("log_format")
         if log_format not in (None, "json", "console"):
             problems.append(f"{PREFIX}LOG_FORMAT: must be json or console, not {log_format!r}")

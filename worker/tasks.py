@@ -115,3 +115,20 @@ def expire_failed() -> int:
 @app.task(name="provisioning.sweep_calling_tests")
 def sweep_calling_tests() -> int:
     return len(_service().sweep_calling_tests())
+
+
+@app.task(name="provisioning.mirror_outbox")
+def mirror_outbox() -> dict[str, Any]:
+    """Send the Dataverse mirror's outbox in order (one consumer at a time, under a lock;
+    a no-op when the mirror is off). Dataverse errors are recorded by the mirror, never
+    raised; a store error is logged and the next beat run tries again."""
+    from worker.dataverse.runtime import process_mirror
+
+    try:
+        mirror = process_mirror()
+        if mirror is None:
+            return {"mirror": "off"}
+        return mirror.run().to_json()
+    except StoreError as exc:
+        log.warning("dataverse.run_failed", error=str(exc))
+        return {"error": str(exc)}

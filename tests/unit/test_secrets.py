@@ -1,0 +1,144 @@
+"""A password in a Redis, broker or backend URL never appears in a repr, a log line, an
+error or a command's output (SPEC §6). Unreachable servers are closed loopback ports.
+
+The worker's own startup lines are checked with a real worker in
+tests/integration/test_metrics_endpoint.py.
+"""
+
+from __future__ import annotations
+
+import traceback
+import uuid
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from statemachine import BackendCall, BackendStep, ChannelKind
+from worker import bootstrap
+from worker.app import celery_config
+from worker.backends import Backends
+from worker.cli import main
+from worker.embedded import free_port
+from worker.errors import StoreError
+from worker.health import run_checks
+from worker.settings import Settings, redact_url
+
+SECRET = "s3cret-P4ss"
+
+
+def closed_url(scheme: str = "redis", user: str = "") -> str:
+    tail = "/0" if scheme == "redis" else ""
+    return f"{scheme}://{user}:{SECRET}@127.0.0.1:{free_port()}{tail}"
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return Settings(redis_url=closed_url(), broker_url=closed_url(user="celery"),
+                    provisioner_url=closed_url("http", "svc"),
+                    gatekeeper_url=closed_url("http", "svc"),
+                    calling_test_url=closed_url("http", "svc"), health_timeout=0.5,
+                    max_tries=3, backoff_base=0.0, backoff_cap=0.0)
+
+
+def test_settings_repr_and_describe_hide_every_password(settings: Settings) -> None:
+    assert SECRET not in repr(settings)
+    assert SECRET not in str(settings)
+    described = settings.describe()
+    assert SECRET not in repr(described)
+    assert described["redis_url"].startswith("redis://:***@127.0.0.1:")
+    assert described["broker_url"].startswith("redis://celery:***@127.0.0.1:")
+    assert described["provisioner_url"].startswith("http://svc:***@127.0.0.1:")
+
+
+def test_redact_url_keeps_everything_but_the_password() -> None:
+    assert redact_url(f"rediss://user:{SECRET}@cache.example:6380/2?ssl_cert_reqs=none") == (
+        "rediss://user:***@cache.example:6380/2?ssl_cert_reqs=none")
+    assert redact_url("redis://cache.example:6379/0") == "redis://cache.example:6379/0"
+    assert redact_url(None) is None
+
+
+def test_a_store_error_from_an_unreachable_redis_names_no_password(settings: Settings) -> None:
+    from worker.redis_store import RedisStateStore
+
+    store = RedisStateStore(bootstrap.redis_client(settings))
+    with pytest.raises(StoreError) as caught:
+        store.load(str(uuid.uuid4()))
+    error = caught.value
+    assert "Connection refused" in str(error)
+    whole = str(error) + repr(error) + "".join(traceback.format_exception(error))
+    assert SECRET not in whole
+
+
+def test_health_lines_name_the_server_without_its_password(settings: Settings) -> None:
+    results = run_checks(settings)
+    assert not any(check.ok for check in results)
+    assert all(SECRET not in check.line() for check in results)
+    assert "redis://:***@127.0.0.1:" in results[0].line()
+
+
+def test_backend_log_lines_and_exception_details_name_no_password(
+    settings: Settings, capsys: pytest.CaptureFixture[str],
+) -> None:
+    backends = Backends(settings.backends, httpx.Client(), sleep=lambda _: None)
+    record_id, channel_id = str(uuid.uuid4()), str(uuid.uuid4())
+    call = BackendCall(step=BackendStep.PROVISION_CHANNEL, record_id=record_id,
+                       idempotency_key=f"{record_id}:2:provision_channel",
+                       kind=ChannelKind.TEAMS, channel_id=channel_id, name="Contoso",
+                       links={})
+    result = backends.call(call)
+    backends.close()
+    assert not result.ok
+    assert result.failure is not None
+    assert result.failure.error_class == "ConnectError"
+    err = capsys.readouterr().err
+    assert err.count("backend.try") == 3  # one line per try
+    assert SECRET not in err
+    assert SECRET not in result.failure.details() + result.failure.summary()
+
+
+@pytest.fixture
+def unreachable_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setenv("PROVISIONING_REDIS_URL", closed_url())
+    monkeypatch.setenv("PROVISIONING_HEALTH_TIMEOUT", "0.5")
+    bootstrap.reset()
+    yield
+    bootstrap.reset()
+
+
+@pytest.mark.parametrize("argv", [["list"], ["show", str(uuid.uuid4())],
+                                  ["history", str(uuid.uuid4())], ["failed", "list"],
+                                  ["health"]], ids=lambda argv: argv[0])
+def test_the_cli_error_line_names_no_password(
+    argv: list[str], unreachable_env: None, capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(argv) == 1
+    out, err = capsys.readouterr()
+    assert err.strip(), "an error line on stderr"
+    assert "Connection refused" in err
+    assert SECRET not in out + err
+    assert "Traceback" not in err
+
+
+def test_a_malformed_setting_names_the_variable_not_the_url(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("PROVISIONING_REDIS_URL", closed_url())
+    monkeypatch.setenv("PROVISIONING_METRICS_PORT", "99999")
+    bootstrap.reset()
+    try:
+        assert main(["list"]) == 1
+    finally:
+        bootstrap.reset()
+    err = capsys.readouterr().err
+    assert "PROVISIONING_METRICS_PORT" in err
+    assert SECRET not in err
+
+
+def test_the_celery_banner_masks_the_broker_password(settings: Settings) -> None:
+    """Celery prints the broker in its banner with ``as_uri()``, which masks passwords."""
+    from kombu import Connection
+
+    broker = celery_config(settings)["broker_url"]
+    assert SECRET in broker  # Celery needs it to connect ...
+    assert SECRET not in Connection(broker).as_uri()  # ... and never shows it

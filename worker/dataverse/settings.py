@@ -1,0 +1,138 @@
+"""The mirror's settings: the connection from ``Settings`` (SPEC §6) plus its own tunables.
+
+``MirrorSettings.from_env(settings)`` is the only place the mirror reads the environment
+(``PROVISIONING_DATAVERSE_*`` beyond the five that ``Settings`` holds); the README's
+"Mirror to Dataverse" section lists them all. The client secret never appears in a repr.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+from urllib.parse import urlsplit
+
+from worker.errors import ConfigurationError
+from worker.settings import PREFIX, Settings
+
+API_PATH = "/api/data/v9.2"
+# Dataverse service protection: 6,000 requests and 52 concurrent requests per user within
+# a sliding 5-minute window (learn.microsoft.com, "Service protection API limits").
+SERVICE_WINDOW_SECONDS = 300.0
+SERVICE_REQUEST_LIMIT = 6000
+
+# Tunables read by from_env: field name -> (type, lowest allowed value).
+_TUNABLES: dict[str, tuple[type, float]] = {
+    "interval": (float, 0.1),
+    "run_budget": (float, 0.5),
+    "lock_seconds": (float, 1.0),
+    "requests_per_window": (int, 1),
+    "burst": (int, 1),
+    "timeout": (float, 0.1),
+    "backoff_cap": (float, 0.0),
+    "page_size": (int, 1),
+    "token_refresh_margin": (float, 0.0),
+}
+
+
+@dataclass(frozen=True)
+class MirrorSettings:
+    """Where the organization is, how to sign in, and how hard to push it."""
+
+    url: str  # the environment URL, e.g. https://contoso.crm.dynamics.com (no trailing /)
+    tenant_id: str
+    client_id: str
+    client_secret: str = field(repr=False)
+    authority_url: str = "https://login.microsoftonline.com"
+    interval: float = 2.0  # beat schedules provisioning.mirror_outbox this often
+    run_budget: float = 10.0  # one run sends for at most this long, then ends
+    lock_seconds: float = 30.0  # the single consumer's lock; renewed while it runs
+    requests_per_window: int = 4800  # paced below the 6,000 per 5 minutes of the service
+    burst: int = 20  # requests that may go back to back before pacing starts
+    timeout: float = 30.0  # connect and read timeout of one request
+    backoff_cap: float = 60.0  # longest pause after failures (outage, rejection)
+    page_size: int = 500  # import: Prefer: odata.maxpagesize
+    token_refresh_margin: float = 300.0  # refresh a token this long before it expires
+    queue: str = "celery"  # the Celery queue beat sends the mirror task to
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "url", self.url.rstrip("/"))
+        object.__setattr__(self, "authority_url", self.authority_url.rstrip("/"))
+
+    @property
+    def api_url(self) -> str:
+        """The Web API root, ``<environment URL>/api/data/v9.2``."""
+        return self.url + API_PATH
+
+    @property
+    def scope(self) -> str:
+        """OAuth 2.0 client credentials scope: ``<environment URL>/.default``."""
+        return self.url + "/.default"
+
+    @property
+    def token_url(self) -> str:
+        """``<authority>/<tenant>/oauth2/v2.0/token`` (Microsoft identity platform v2)."""
+        return f"{self.authority_url}/{self.tenant_id}/oauth2/v2.0/token"
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).netloc.lower()
+
+    def describe(self) -> dict[str, Any]:
+        """Every setting, the secret redacted."""
+        return {item.name: ("***" if item.name == "client_secret" else getattr(self, item.name))
+                for item in fields(self)}
+
+    @classmethod
+    def from_env(cls, settings: Settings,
+                 environ: Mapping[str, str] | None = None) -> MirrorSettings:
+        """The mirror's settings; ConfigurationError names every missing or bad variable.
+
+        Raises too when PROVISIONING_DATAVERSE_URL is not set: callers check
+        ``settings.dataverse_url`` first (no URL: the mirror is off)."""
+        env = os.environ if environ is None else environ
+        problems: list[str] = []
+        if not settings.dataverse_url:
+            raise ConfigurationError(f"{PREFIX}DATAVERSE_URL is not set: the Dataverse "
+                                     "mirror is off")
+        parts = urlsplit(settings.dataverse_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            problems.append(f"{PREFIX}DATAVERSE_URL: must be an http(s) URL, e.g. "
+                            "https://contoso.crm.dynamics.com")
+        for name in ("tenant_id", "client_id", "client_secret"):
+            if not getattr(settings, f"dataverse_{name}"):
+                problems.append(f"{PREFIX}DATAVERSE_{name.upper()}: is required when "
+                                f"{PREFIX}DATAVERSE_URL is set")
+        values: dict[str, Any] = {}
+        for name, (kind, lowest) in _TUNABLES.items():
+            variable = f"{PREFIX}DATAVERSE_{name.upper()}"
+            raw = env.get(variable, "").strip()
+            if not raw:
+                continue
+            try:
+                value = kind(raw)
+            except ValueError:
+                problems.append(f"{variable}: must be a number, not {raw!r}")
+                continue
+            if value < lowest:
+                problems.append(f"{variable}: must be at least {lowest:g}")
+                continue
+            values[name] = value
+        queue = env.get(f"{PREFIX}DATAVERSE_QUEUE", "").strip()
+        if queue:
+            values["queue"] = queue
+        if problems:
+            raise ConfigurationError("; ".join(problems))
+        return cls(
+            url=settings.dataverse_url,
+            tenant_id=str(settings.dataverse_tenant_id),
+            client_id=str(settings.dataverse_client_id),
+            client_secret=str(settings.dataverse_client_secret),
+            authority_url=settings.dataverse_authority_url,
+            **values,
+        )
+
+
+TUNABLE_VARIABLES: tuple[str, ...] = tuple(
+    f"{PREFIX}DATAVERSE_{name.upper()}" for name in (*_TUNABLES, "queue"))
