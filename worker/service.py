@@ -13,6 +13,7 @@ recovery sweep then hands the record to another worker.
 from __future__ import annotations
 
 import contextvars
+import queue
 import random
 import socket
 import threading
@@ -20,7 +21,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -105,6 +106,36 @@ class _InFlight:
     future: Future[StepResult]
 
 
+class _StepRunner:
+    """Runs steps' backend calls on one daemon thread, in order.
+
+    Not a ThreadPoolExecutor: its threads are joined when the interpreter exits, so a pool
+    child cancelled at shutdown in the middle of a slow backend call would hang there (up
+    to the read timeout times the tries) instead of exiting. An interrupted step is run
+    again by the next drain, with the same Idempotency-Keys.
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]]] = (
+            queue.SimpleQueue())
+        threading.Thread(target=self._run, name="steps", daemon=True).start()
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        self._queue.put((future, lambda: fn(*args)))
+        return future
+
+    def _run(self) -> None:
+        while True:
+            future, call = self._queue.get()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(call())
+            except BaseException as exc:  # noqa: BLE001 - handed to the drain, raised there
+                future.set_exception(exc)
+
+
 class _LeaseKeeper:
     """One thread per process renews every lease this process holds, every third of the
     lease time; a killed process stops renewing, and its leases expire."""
@@ -166,14 +197,13 @@ class Service:
         self.rng = rng or random.Random()
         self.hostname = hostname or socket.gethostname()
         self.observer: Observer = observer or NoObserver()
-        self._steps: ThreadPoolExecutor | None = None
+        self._steps: _StepRunner | None = None
         self._leases: _LeaseKeeper | None = None
 
     def close(self) -> None:
         """Close the backends' HTTP client and the step thread (a process that ends)."""
         self.backends.close()
-        if self._steps is not None:
-            self._steps.shutdown(wait=False)
+        self._steps = None  # its daemon thread idles until the process ends
 
     # -- accepting ---------------------------------------------------------------------
 
@@ -507,9 +537,9 @@ class Service:
         future = self._executor().submit(context.run, self._call_step, step)
         return _InFlight((step.kind, step.started_version), future)
 
-    def _executor(self) -> ThreadPoolExecutor:
+    def _executor(self) -> _StepRunner:
         if self._steps is None:
-            self._steps = ThreadPoolExecutor(max_workers=1, thread_name_prefix="step")
+            self._steps = _StepRunner()
         return self._steps
 
     def _call_step(self, step: RunStep) -> StepResult:
