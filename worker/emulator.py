@@ -50,6 +50,7 @@ import json
 import os
 import random
 import signal
+import sys
 import threading
 import time
 import uuid
@@ -619,6 +620,15 @@ class EmulatorServer(ThreadingHTTPServer):
     """The emulator over real HTTP. ``start()`` serves from a daemon thread."""
 
     daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away mid-answer (a killed worker) is normal here: one log
+        line, not a traceback."""
+        error = sys.exc_info()[1]
+        if isinstance(error, ConnectionError):
+            log.info("emulator.client_gone", client=str(client_address), error=str(error))
+            return
+        super().handle_error(request, client_address)
 
     def __init__(self, address: tuple[str, int], emulator: Emulator) -> None:
         super().__init__(address, _Handler)

@@ -48,6 +48,7 @@ FAST_SETTINGS: dict[str, str] = {
     "PROVISIONING_RETRY_BASE_SECONDS": "1",
     "PROVISIONING_RETRY_SWEEP_INTERVAL": "1",
     "PROVISIONING_LOG_FORMAT": "json",
+    "PROVISIONING_METRICS_PORT": "0",  # tests that want the endpoint set a free port
 }
 
 # -- events ----------------------------------------------------------------------------
