@@ -4,10 +4,12 @@ Celery tasks stay thin and call these; tests drive them directly with the in-mem
 store and the emulator transport.
 
 Ordering (SPEC §3): an accepted event is appended to its record's inbox. One worker at a
-time drains a record's inbox, holding the record's lease; it applies the head event,
-commits (which pops it), runs the step the change started, commits its result, and only
-then takes the next event. A killed worker's lease expires after ``lease_seconds``; the
-recovery sweep then hands the record to another worker.
+time drains a record's inbox, holding the record's lease; it applies the head event and
+commits (which pops it). The backend calls a change starts run on a background thread
+while the drain goes on with the inbox; their result is applied when they end (``stale``
+if the record has left that step), and a new step waits for the one in flight. A killed
+worker's lease expires after ``lease_seconds``; the recovery sweep then hands the record
+to another worker, which runs any step in flight again with the same Idempotency-Keys.
 """
 
 from __future__ import annotations
