@@ -61,8 +61,7 @@ def submit_events(
     events, refused = validate(items)
     report = SubmitReport(refused=refused)
     touched: dict[str, None] = {}
-    for event in events:
-        accepted = service.accept(event, context=context)
+    for accepted in service.accept_all(events, context=context):
         if accepted.new or not accepted.record_ids:
             report.accepted += 1
         else:

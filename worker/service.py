@@ -22,7 +22,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -215,18 +215,31 @@ class Service:
     ) -> Accepted:
         """Queue a validated event in its record's inbox (each linking record's, for
         ``parent.deleted``). Accepting the same event id again queues nothing."""
-        record_ids = self.targets(event)
+        return self.accept_all([event], context=context, message=message)[0]
+
+    def accept_all(
+        self, events: Sequence[Event], *, context: Mapping[str, Any] | None = None,
+        message: Mapping[str, Any] | None = None,
+    ) -> list[Accepted]:
+        """``accept`` for many events in one pipelined round trip, in the given order."""
         accepted_at = format_time(self.now())
+        targets = [self.targets(event) for event in events]
         items = [
             (record_id, event.id, Envelope(
                 kind=EVENT, record_id=record_id, event_id=event.id,
                 event=event.to_cloudevent(), accepted_at=accepted_at,
                 context=dict(context or {}), message=dict(message) if message else None,
             ).encode())
+            for event, record_ids in zip(events, targets, strict=True)
             for record_id in record_ids
         ]
         added = self.store.accept_many(items, now=time.time()) if items else []
-        return Accepted(event, tuple(record_ids), any(added))
+        results, start = [], 0
+        for event, record_ids in zip(events, targets, strict=True):
+            flags = added[start:start + len(record_ids)]  # one per target, in order
+            start += len(record_ids)
+            results.append(Accepted(event, tuple(record_ids), any(flags)))
+        return results
 
     def targets(self, event: Event) -> list[str]:
         """The records an event is for: its subject, or every record linking a deleted parent."""

@@ -336,3 +336,29 @@ def test_with_the_mirror_on_every_applied_change_lands_in_the_outbox_in_order(
 def test_with_the_mirror_off_nothing_is_written_to_the_outbox(memory_service: Service) -> None:
     handle(memory_service, provision(new_id(), new_id()))
     assert memory_service.store.outbox_size() == 0
+
+
+def test_a_batch_is_accepted_in_one_go_with_each_event_matched_to_its_records(
+    memory_service: Service,
+) -> None:
+    from statemachine import parse_event
+
+    provider = new_id()
+    first, second = new_id(), new_id()
+    links = {"msdyn_communicationprovidersettingid": provider}
+    handle(memory_service, provision(first, new_id(), links=links))
+    handle(memory_service, provision(second, new_id(), links=links))
+    batch = [
+        parse_event(event("parent.deleted", None, {"table":
+                          "msdyn_occommunicationprovidersetting", "id": provider})),
+        parse_event(provision(new_id(), new_id())),
+        parse_event(event("parent.deleted", None, {"table": "msdyn_ocfbpage",
+                                                   "id": new_id()})),  # links nothing
+        parse_event(event("deprovision.requested", first)),
+    ]
+    accepted = memory_service.accept_all(batch)
+    assert [sorted(a.record_ids) for a in accepted] == [
+        sorted([first, second]), [batch[1].subject], [], [first]]
+    assert [a.new for a in accepted] == [True, True, False, True]
+    assert [a.new for a in memory_service.accept_all(batch)] == [False] * 4
+    assert memory_service.store.inbox_size(first) == 2
