@@ -24,7 +24,7 @@ from statemachine import (
     ProvisioningState,
     StatusReason,
 )
-from worker.errors import WorkerError
+from worker.errors import StoreError, WorkerError
 
 OK, FAILED, USAGE = 0, 1, 2
 HEALTH_CHECKS = ("store", "broker", "beat", "failed_tasks")  # worker.health.CHECKS, kept light
@@ -161,6 +161,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CommandFailed as exc:
         print(f"provisioning: {exc}", file=sys.stderr)
         return FAILED
+    except StoreError as exc:
+        print(f"provisioning: the record store at {_store_url()} failed: {exc}",
+              file=sys.stderr)
+        return FAILED
     except (WorkerError, ProvisioningError) as exc:
         print(f"provisioning: {exc}", file=sys.stderr)
         return FAILED
@@ -170,6 +174,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the contract: no error prints a traceback
         print(f"provisioning: unexpected {type(exc).__name__}: {exc}", file=sys.stderr)
         return FAILED
+
+
+def _store_url() -> str:
+    """PROVISIONING_REDIS_URL without its password, for error lines."""
+    from worker import bootstrap
+    from worker.settings import redact_url
+
+    return str(redact_url(bootstrap.current_settings().redis_url))
 
 
 def _quiet_logs() -> None:

@@ -149,3 +149,22 @@ def test_diagram_prints_mermaid(run: Any) -> None:
     code, out, _ = run("diagram")
     assert code == 0
     assert "mermaid" in out
+
+
+def test_an_unreachable_store_is_one_line_naming_it_without_its_password(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    from worker import bootstrap
+
+    monkeypatch.setenv("PROVISIONING_REDIS_URL", "redis://:s3cret@127.0.0.1:1/0")
+    bootstrap.reset()
+    try:
+        code = cli.main(["list"])
+    finally:
+        bootstrap.reset()
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert out == ""
+    assert err.startswith("provisioning: the record store at redis://:***@127.0.0.1:1/0 failed:")
+    assert err.count("\n") == 1
+    assert "s3cret" not in err
