@@ -386,6 +386,24 @@ class StoreContract:
         assert ids(store.list_records(status=StatusReason.ERROR)) == [R3]
         assert ids(store.list_records(kind="whatsapp")) == [R1, R3]
 
+    def test_records_with_a_calling_test_in_progress_are_indexed(
+        self, store: StateStore
+    ) -> None:
+        phone = {"msdyn_phonenumberid": "00000000-0000-4000-8000-00000000a001"}
+        deliver(store, provision(R1, "evt-1", kind=ChannelKind.VOICE, links=phone))
+        finish_step(store, R1)
+        deliver(store, provision(R2, "evt-2", kind=ChannelKind.VOICE, channel_id=FACEBOOK_2,
+                                 links=phone))
+        finish_step(store, R2)
+        assert store.list_records(testing=True) == []
+        deliver(store, cloudevent("calling_test.requested", R1, "evt-test"))
+        assert ids(store.list_records(testing=True)) == [R1]
+        finish_step(store, R1)  # the test started: still InProgress
+        assert ids(store.list_records(testing=True, status=StatusReason.RUNNING)) == [R1]
+        deliver(store, cloudevent("calling_test.completed", R1, "evt-done",
+                                  {"result": "Success", "test_id": "test-1"}))
+        assert store.list_records(testing=True) == []
+
     def test_commit_updates_the_link_index(self, store: StateStore) -> None:
         deliver(store, provision(R1, "evt-1", links={PROVIDER_COLUMN: PROVIDER}))
         deliver(store, provision(R2, "evt-2", kind=ChannelKind.FACEBOOK, channel_id=FACEBOOK_2,

@@ -14,6 +14,7 @@ Global:
   ``<p>:idx:status:<code>`` / ``<p>:idx:kind:<kind>`` / ``<p>:idx:link:<column>:<uuid>``
                            sets of record ids, for ``list`` and ``parent.deleted``
   ``<p>:idx:all``          set of every live record id
+  ``<p>:idx:calling:inprogress``  set of records with a calling test InProgress
   ``<p>:outbox``           list of applied changes for the Dataverse mirror, commit order
   ``<p>:failed:<entry>``   failed-task entry (JSON); ``<p>:failed`` zset entry -> last failure
   ``<p>:deliveries:<task id>``  counter of deliveries of one Celery message (expires)
@@ -30,7 +31,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from statemachine import ProvisioningState
+from statemachine import AutomatedCallingStatus, ProvisioningState
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +80,10 @@ class Keys:
     def by_kind(self, kind: str) -> str:
         return f"{self.prefix}:idx:kind:{kind}"
 
+    @property
+    def calling_in_progress(self) -> str:
+        return f"{self.prefix}:idx:calling:inprogress"
+
     def by_link(self, column: str, value: str) -> str:
         return f"{self.prefix}:idx:link:{column}:{value}"
 
@@ -115,6 +120,8 @@ class Keys:
         keys = {self.all_records, self.by_status(int(record.status))}
         if record.tracking.channel_kind is not None:
             keys.add(self.by_kind(record.tracking.channel_kind.value))
+        if record.calling_status is AutomatedCallingStatus.IN_PROGRESS:
+            keys.add(self.calling_in_progress)
         keys.update(
             self.by_link(column, value) for column, value in record.links.items()
             if value is not None

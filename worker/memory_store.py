@@ -151,7 +151,8 @@ class MemoryStateStore:
             self._append(record_id, entries)
 
     def list_records(
-        self, *, status: StatusReason | None = None, kind: str | None = None
+        self, *, status: StatusReason | None = None, kind: str | None = None,
+        testing: bool = False,
     ) -> list[ProvisioningState]:
         with self._lock:
             ids = set(self._data.index[self.keys.all_records])
@@ -159,6 +160,8 @@ class MemoryStateStore:
                 ids &= self._data.index[self.keys.by_status(int(status))]
             if kind is not None:
                 ids &= self._data.index[self.keys.by_kind(kind)]
+            if testing:
+                ids &= self._data.index[self.keys.calling_in_progress]
             rows = [self._data.records[i] for i in sorted(ids) if i in self._data.records]
         return [decode_record(row) for row in rows]
 

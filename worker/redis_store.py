@@ -154,7 +154,8 @@ class RedisStateStore:
             pipe.execute()
 
     def list_records(
-        self, *, status: StatusReason | None = None, kind: str | None = None
+        self, *, status: StatusReason | None = None, kind: str | None = None,
+        testing: bool = False,
     ) -> list[ProvisioningState]:
         k = self.keys
         sets = [k.all_records]
@@ -162,6 +163,8 @@ class RedisStateStore:
             sets.append(k.by_status(int(status)))
         if kind is not None:
             sets.append(k.by_kind(kind))
+        if testing:
+            sets.append(k.calling_in_progress)
         with _translated():
             ids = sorted(cast(set[str], self.client.sinter(sets)))
             pipe = self.client.pipeline(transaction=False)

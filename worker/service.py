@@ -664,11 +664,12 @@ class Service:
         return dropped
 
     def sweep_calling_tests(self) -> list[str]:
-        """Queue a timeout for every calling test InProgress past its limit."""
+        """Queue a timeout for every calling test InProgress past its limit (read through
+        the InProgress index, not every Running record)."""
         queued = []
         limit = self.settings.calling_test_timeout
         now = self.now()
-        for record in self.store.list_records(status=StatusReason.RUNNING):
+        for record in self.store.list_records(testing=True):
             started = record.tracking.calling_test_started_at
             version = record.tracking.calling_test_version
             if (record.calling_status is not AutomatedCallingStatus.IN_PROGRESS

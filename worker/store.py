@@ -97,8 +97,12 @@ class StateStore(Protocol):
         ...
 
     def list_records(
-        self, *, status: StatusReason | None = None, kind: str | None = None
-    ) -> list[ProvisioningState]: ...
+        self, *, status: StatusReason | None = None, kind: str | None = None,
+        testing: bool = False,
+    ) -> list[ProvisioningState]:
+        """Records through the index sets (no key scan); ``testing``: only those with a
+        calling test InProgress."""
+        ...
 
     def records_linking(self, column: str, value: str) -> list[str]: ...
 
