@@ -17,6 +17,15 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 _databases = itertools.count(1)
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("faults", "the fault suite (tests/faults)")
+    group.addoption("--fault-scale", choices=("ci", "long"), default="ci",
+                    help="ci: sized to finish in a few minutes (the default); long: "
+                         "ten times the events, kills and inputs, by hand")
+    group.addoption("--fault-report", metavar="PATH", default=None,
+                    help="also write every scenario's figures to PATH as JSON")
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _logs_to_stderr() -> None:
     """structlog's default prints to stdout; the project's logs always go to stderr."""
