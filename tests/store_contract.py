@@ -38,14 +38,14 @@ from statemachine import (
     pending_step,
 )
 from worker.failed import FailedStore, FailedTask, entry_id
-from worker.store import Commit, CommitStatus, StateStore
+from worker.store import Commit, CommitStatus, Release, StateStore
 
 NOW = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
 OWNER = "host-a:worker-1"
 OTHER = "host-b:worker-2"
 LEASE = 30.0
-SHORT_LEASE = 0.05  # 50 ms: PX 50 on Redis
-PAST_SHORT_LEASE = 0.2
+SHORT_LEASE = 0.25  # PX 250 on Redis: long enough for the next call on a loaded machine
+PAST_SHORT_LEASE = 0.6
 
 R1 = "4f9d1c1e-0000-4000-8000-000000000001"
 R2 = "4f9d1c1e-0000-4000-8000-000000000002"
@@ -123,6 +123,20 @@ def head_commit(store: StateStore, record_id: str, owner: str = OWNER) -> Commit
         before=before, after=outcome.record, entries=outcome.entries,
         dedupe_key=dedupe_key(event) if outcome.applied else None,
         pop_event_id=event.id, lease_owner=owner, deleted=outcome.deleted,
+    )
+
+
+def chained(previous: Commit, raw: dict[str, Any]) -> Commit:
+    """The commit of ``raw`` computed from the record as ``previous`` leaves it (the next
+    link of a chain, before ``previous`` has landed)."""
+    event = parse_event(raw)
+    outcome = apply(previous.after, event, now=NOW)
+    assert previous.after is not None
+    return Commit(
+        record_id=previous.record_id, expected_version=previous.after.version,
+        before=previous.after, after=outcome.record, entries=outcome.entries,
+        dedupe_key=dedupe_key(event) if outcome.applied else None,
+        pop_event_id=event.id, lease_owner=previous.lease_owner, deleted=outcome.deleted,
     )
 
 
@@ -720,6 +734,56 @@ class StoreContract:
         elapse(PAST_SHORT_LEASE)
         assert store.lease_ttl(R1) is not None
         assert not store.acquire_lease(R1, OTHER, LEASE)
+
+    # -- many records in one round trip ------------------------------------------------
+
+    def test_heads_and_load_many_read_many_records_at_once(self, store: StateStore) -> None:
+        for number in range(3):
+            assert accept(store, provision(R1, f"evt-{number}"))
+        assert accept(store, provision(R2, "evt-r2"))
+        assert [[item.event_id for item in items]
+                for items in store.heads([R1, R2, R3], 2)] == [["evt-0", "evt-1"], ["evt-r2"], []]
+        settle(store, head_commit(store, R2))
+        loaded = store.load_many([R1, R2])
+        assert loaded[0] is None
+        assert loaded[1] is not None and loaded[1].id == R2
+
+    def test_a_chain_of_commits_lands_in_order_in_one_call(self, store: StateStore) -> None:
+        assert accept(store, provision(R1, "evt-1"))
+        assert accept(store, deprovision(R1, "evt-2"))
+        assert accept(store, provision(R2, "evt-3"))
+        assert store.acquire_leases([R1, R2], OWNER, LEASE) == [True, True]
+        first = head_commit(store, R1)
+        second = chained(first, deprovision(R1, "evt-2"))
+        other = head_commit(store, R2)
+        assert store.commit_many([first, other, second]) == [CommitStatus.OK] * 3
+        record = store.load(R1)
+        assert record is not None and record.version == second.after.version  # type: ignore[union-attr]
+        assert store.heads([R1, R2], 5) == [[], []]
+        assert store.release_many([R1, R2], OWNER) == [Release.RELEASED] * 2
+
+    def test_a_chain_stops_at_its_first_refusal(self, store: StateStore) -> None:
+        for number in range(3):
+            assert accept(store, provision(R1, f"evt-{number}") if number == 0
+                          else deprovision(R1, f"evt-{number}"))
+        assert store.acquire_lease(R1, OWNER, LEASE)
+        first = head_commit(store, R1)
+        second = replace(chained(first, deprovision(R1, "evt-1")), lease_owner=OTHER)
+        third = chained(second, deprovision(R1, "evt-2"))
+        assert store.commit_many([first, second, third]) == [
+            CommitStatus.OK, CommitStatus.CONFLICT, CommitStatus.CONFLICT]
+        assert store.load(R1) == first.after
+        assert [item.event_id for item in store.heads([R1], 5)[0]] == ["evt-1", "evt-2"]
+
+    def test_leases_are_taken_and_released_many_at_a_time(self, store: StateStore) -> None:
+        assert store.acquire_lease(R2, OTHER, LEASE)
+        assert store.acquire_leases([R1, R2, R3], OWNER, LEASE) == [True, False, True]
+        assert accept(store, provision(R3, "evt-3"))
+        assert store.release_many([R1, R2, R3], OWNER) == [
+            Release.RELEASED, Release.NOT_HOLDER, Release.BUSY]
+        assert store.lease_ttl(R1) is None
+        assert store.lease_ttl(R3) is not None
+        assert R3 in store.pending()
 
     # -- pending, deliveries -------------------------------------------------------------
 

@@ -1,14 +1,15 @@
 """``worker.submit``: validate events and queue them, from Python or the CLI.
 
 Every event is validated first; the valid ones are accepted into their records' inboxes
-in one pipelined round trip, and one drain task per record asks a worker to apply them.
+in one pipelined round trip, and one drain task per batch of records asks a worker to
+apply them.
 An invalid event is refused with every problem and its field path; nothing is queued
 for it, and nothing valid is held back because of it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -55,9 +56,11 @@ def validate(items: Iterable[tuple[int, Any]]) -> tuple[list[Event], list[Refusa
 
 def submit_events(
     service: Service, items: Iterable[tuple[int, Any]], *,
-    kick: Callable[[str], None] | None = None, context: Mapping[str, Any] | None = None,
+    kick: Callable[[Sequence[str]], None] | None = None,
+    context: Mapping[str, Any] | None = None,
 ) -> SubmitReport:
-    """Validate and accept (line, raw event) pairs through ``service``; kick each record."""
+    """Validate and accept (line, raw event) pairs through ``service``, then kick the
+    records they touched (``service.kick_many``: batches of records per drain task)."""
     events, refused = validate(items)
     report = SubmitReport(refused=refused)
     touched: dict[str, None] = {}
@@ -68,9 +71,8 @@ def submit_events(
             report.duplicates += 1
         touched.update(dict.fromkeys(accepted.record_ids))
     report.record_ids = list(touched)
-    send = kick or service.kick
-    for record_id in touched:
-        send(record_id)
+    if touched:
+        (kick or service.kick_many)(report.record_ids)
     return report
 
 
@@ -84,7 +86,7 @@ def submit(events: Mapping[str, Any] | Iterable[Mapping[str, Any]], *,
     batch = [events] if isinstance(events, Mapping) else list(events)
     if service is None:
         from worker import bootstrap
-        from worker.app import kick
+        from worker.app import kick, kick_many
 
-        service = bootstrap.process_service(kick)
+        service = bootstrap.process_service(kick, kick_many)
     return submit_events(service, enumerate(batch, start=1))

@@ -7,13 +7,14 @@ importing this module opens no connection and reads no variable.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 from celery import Celery, bootsteps
 from celery.signals import celeryd_after_setup, worker_process_init, worker_process_shutdown
 
 from worker import bootstrap
-from worker.service import DRAIN_RECORD
+from worker.service import DRAIN_RECORD, DRAIN_RECORDS
 from worker.settings import Settings
 
 
@@ -95,6 +96,19 @@ app.add_defaults(lambda: celery_config(bootstrap.current_settings()))
 def kick(record_id: str) -> None:
     """Ask some worker to drain ``record_id``'s inbox."""
     app.send_task(DRAIN_RECORD, args=[record_id])
+
+
+def kick_many(record_ids: Sequence[str]) -> None:
+    """Ask workers to drain these records' inboxes: one ``drain_records`` task per
+    ``PROVISIONING_BATCH_RECORDS`` records, sent in one broker round trip."""
+    size = bootstrap.current_settings().batch_records
+    chunks = [list(record_ids[start:start + size]) for start in range(0, len(record_ids), size)]
+    if len(chunks) == 1:
+        app.send_task(DRAIN_RECORDS, args=[chunks[0]])
+        return
+    with app.producer_or_acquire() as producer:
+        for chunk in chunks:
+            app.send_task(DRAIN_RECORDS, args=[chunk], producer=producer)
 
 
 class Recovery(bootsteps.StartStopStep):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import httpx
@@ -40,6 +40,7 @@ def build_service(
     settings: Settings,
     *,
     kick: Callable[[str], None] | None = None,
+    kick_many: Callable[[Sequence[str]], None] | None = None,
     transport: httpx.BaseTransport | None = None,
     observer: Observer | None = None,
 ) -> Service:
@@ -54,7 +55,7 @@ def build_service(
     timeout = httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout)
     http = httpx.Client(timeout=timeout, transport=transport)
     backends = Backends(settings.backends, http, owns_client=True)
-    return Service(settings, store, failed, backends, kick=kick,
+    return Service(settings, store, failed, backends, kick=kick, kick_many=kick_many,
                    observer=observer)
 
 
@@ -101,7 +102,8 @@ def current_settings() -> Settings:
         return settings
 
 
-def process_service(kick: Callable[[str], None]) -> Service:
+def process_service(kick: Callable[[str], None],
+                    kick_many: Callable[[Sequence[str]], None] | None = None) -> Service:
     """The Service of this process, rebuilt after a fork."""
     with _lock:
         key = f"service:{os.getpid()}"
@@ -112,7 +114,8 @@ def process_service(kick: Callable[[str], None]) -> Service:
         from worker import metrics
 
         settings = current_settings()
-        service = build_service(settings, kick=kick, observer=metrics.observer(settings))
+        service = build_service(settings, kick=kick, kick_many=kick_many,
+                                observer=metrics.observer(settings))
         with _lock:
             _cache[key] = service
     return service

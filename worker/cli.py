@@ -201,9 +201,9 @@ def _quiet_logs() -> None:
 
 def _service() -> Any:
     from worker import bootstrap
-    from worker.app import kick
+    from worker.app import kick, kick_many
 
-    return bootstrap.process_service(kick)
+    return bootstrap.process_service(kick, kick_many)
 
 
 def _lines(path: str) -> Iterator[tuple[int, str]]:

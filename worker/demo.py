@@ -126,10 +126,10 @@ def _play(say: Callable[[str], None], as_json: bool, timeout: float,
           processes: list[subprocess.Popen[bytes]]) -> int:
     from worker import bootstrap
     from worker.api import submit_events
-    from worker.app import kick
+    from worker.app import kick, kick_many
     from worker.cli import describe_record, format_history, format_records
 
-    service = bootstrap.process_service(kick)
+    service = bootstrap.process_service(kick, kick_many)
 
     def submit(name: str) -> None:
         lines = _example(name).read_text(encoding="utf-8").splitlines()

@@ -6,6 +6,7 @@ method atomic, as each Lua script is on Redis. Time for leases comes from ``cloc
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections import defaultdict, deque
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 
 from statemachine import HistoryEntry, ProvisioningState, StatusReason
 from worker.keys import Keys, decode_record, encode_record
-from worker.store import Commit, CommitStatus, InboxItem
+from worker.store import Commit, CommitStatus, InboxItem, Release
 
 
 @dataclass
@@ -74,6 +75,11 @@ class MemoryStateStore:
             inbox = self._data.inbox.get(record_id)
             return inbox[0] if inbox else None
 
+    def heads(self, record_ids: Sequence[str], count: int) -> list[list[InboxItem]]:
+        with self._lock:
+            return [list(itertools.islice(self._data.inbox.get(record_id, ()), count))
+                    for record_id in record_ids]
+
     def inbox_size(self, record_id: str) -> int:
         with self._lock:
             return len(self._data.inbox.get(record_id, ()))
@@ -94,6 +100,9 @@ class MemoryStateStore:
             raw = self._data.records.get(record_id)
         # Decoding a copy keeps callers from sharing state with the store, as on Redis.
         return None if raw is None else decode_record(raw)
+
+    def load_many(self, record_ids: Sequence[str]) -> list[ProvisioningState | None]:
+        return [self.load(record_id) for record_id in record_ids]
 
     def is_applied(self, record_id: str, key: str) -> bool:
         with self._lock:
@@ -135,6 +144,9 @@ class MemoryStateStore:
             if commit.outbox_entry is not None:
                 data.outbox.append(commit.outbox_entry)
             return CommitStatus.OK
+
+    def commit_many(self, commits: Sequence[Commit]) -> list[CommitStatus]:
+        return [self.commit(commit) for commit in commits]
 
     def _append(self, record_id: str, entries: Iterable[HistoryEntry]) -> None:
         history = self._data.history[record_id]
@@ -189,6 +201,17 @@ class MemoryStateStore:
                 return False
             self._data.leases[record_id] = _Lease(owner, self.clock() + seconds)
             return True
+
+    def acquire_leases(self, record_ids: Sequence[str], owner: str,
+                       seconds: float) -> list[bool]:
+        return [self.acquire_lease(record_id, owner, seconds) for record_id in record_ids]
+
+    def release_many(self, record_ids: Sequence[str], owner: str) -> list[Release]:
+        with self._lock:
+            return [Release.RELEASED if self.release_lease(record_id, owner)
+                    else Release.BUSY if self._holds(record_id, owner)
+                    else Release.NOT_HOLDER
+                    for record_id in record_ids]
 
     def release_lease(self, record_id: str, owner: str, *, hand_over: bool = False) -> bool:
         with self._lock:

@@ -13,7 +13,7 @@ import redis
 from statemachine import HistoryEntry, ProvisioningState, StatusReason
 from worker.errors import StoreError
 from worker.keys import Keys, decode_record, dumps, encode_record
-from worker.store import Commit, CommitStatus, InboxItem
+from worker.store import Commit, CommitStatus, InboxItem, Release
 
 
 def _script(name: str) -> str:
@@ -84,6 +84,14 @@ class RedisStateStore:
         event_id, payload = json.loads(raw)
         return InboxItem(event_id, payload)
 
+    def heads(self, record_ids: Sequence[str], count: int) -> list[list[InboxItem]]:
+        with _translated():
+            pipe = self.client.pipeline(transaction=False)
+            for record_id in record_ids:
+                pipe.lrange(self.keys.inbox(record_id), 0, count - 1)
+            rows = cast(list[list[str]], pipe.execute())
+        return [[InboxItem(*json.loads(raw)) for raw in items] for items in rows]
+
     def inbox_size(self, record_id: str) -> int:
         with _translated():
             return int(self.client.llen(self.keys.inbox(record_id)))
@@ -103,11 +111,33 @@ class RedisStateStore:
             raw = cast(str | None, self.client.hget(self.keys.record(record_id), "json"))
         return None if raw is None else decode_record(raw)
 
+    def load_many(self, record_ids: Sequence[str]) -> list[ProvisioningState | None]:
+        with _translated():
+            pipe = self.client.pipeline(transaction=False)
+            for record_id in record_ids:
+                pipe.hget(self.keys.record(record_id), "json")
+            rows = cast(list[str | None], pipe.execute())
+        return [None if raw is None else decode_record(raw) for raw in rows]
+
     def is_applied(self, record_id: str, key: str) -> bool:
         with _translated():
             return bool(self.client.sismember(self.keys.applied(record_id), key))
 
     def commit(self, commit: Commit) -> CommitStatus:
+        with _translated():
+            return CommitStatus(self._run_commit(commit, self.client))
+
+    def commit_many(self, commits: Sequence[Commit]) -> list[CommitStatus]:
+        if not commits:
+            return []
+        with _translated():
+            pipe = self.client.pipeline(transaction=False)
+            for commit in commits:
+                self._run_commit(commit, pipe)
+            return [CommitStatus(status) for status in pipe.execute()]
+
+    def _run_commit(self, commit: Commit, client: Any) -> Any:
+        """Call the commit script on ``client`` (the connection, or a pipeline)."""
         k = self.keys
         rid = commit.record_id
         old, new = k.index_keys(commit.before), k.index_keys(commit.after)
@@ -129,13 +159,11 @@ class RedisStateStore:
             commit.outbox_entry or "",
             *(dumps(entry.to_json()) for entry in commit.entries),
         ]
-        with _translated():
-            status = self._commit(
-                keys=[k.record(rid), k.history(rid), k.inbox(rid), k.applied(rid), k.lease(rid),
-                      k.retries, k.outbox, *remove, *add],
-                args=args,
-            )
-        return CommitStatus(status)
+        return self._commit(
+            keys=[k.record(rid), k.history(rid), k.inbox(rid), k.applied(rid), k.lease(rid),
+                  k.retries, k.outbox, *remove, *add],
+            args=args, client=client,
+        )
 
     def history(self, record_id: str) -> list[HistoryEntry]:
         with _translated():
@@ -184,6 +212,14 @@ class RedisStateStore:
             return bool(self.client.set(self.keys.lease(record_id), owner, nx=True,
                                         px=int(seconds * 1000)))
 
+    def acquire_leases(self, record_ids: Sequence[str], owner: str,
+                       seconds: float) -> list[bool]:
+        with _translated():
+            pipe = self.client.pipeline(transaction=False)
+            for record_id in record_ids:
+                pipe.set(self.keys.lease(record_id), owner, nx=True, px=int(seconds * 1000))
+            return [bool(ok) for ok in pipe.execute()]
+
     def renew_lease(self, record_id: str, owner: str, seconds: float) -> bool:
         with _translated():
             return bool(self._renew(keys=[self.keys.lease(record_id)],
@@ -195,6 +231,15 @@ class RedisStateStore:
             result = self._release(keys=[k.lease(record_id), k.inbox(record_id), k.pending],
                                    args=[owner, record_id, "1" if hand_over else "0"])
         return int(result) == 1
+
+    def release_many(self, record_ids: Sequence[str], owner: str) -> list[Release]:
+        k = self.keys
+        with _translated():
+            pipe = self.client.pipeline(transaction=False)
+            for record_id in record_ids:
+                self._release(keys=[k.lease(record_id), k.inbox(record_id), k.pending],
+                              args=[owner, record_id, "0"], client=pipe)
+            return [Release(int(result)) for result in pipe.execute()]
 
     def lease_ttl(self, record_id: str) -> float | None:
         with _translated():

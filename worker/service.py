@@ -22,8 +22,9 @@ import threading
 import time
 import traceback
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -40,6 +41,7 @@ from statemachine import (
     DeleteRecord,
     Event,
     EventType,
+    HistoryEntry,
     InvalidEvent,
     Outcome,
     ParentDeleted,
@@ -67,12 +69,13 @@ from worker.failed import FailedStore, FailedTask, entry_id
 from worker.keys import dumps
 from worker.observe import NoObserver, Observer
 from worker.settings import Settings
-from worker.store import Commit, CommitStatus, StateStore
+from worker.store import Commit, CommitStatus, InboxItem, Release, StateStore
 
 log = structlog.get_logger("worker")
 
 HANDLE_EVENT = "provisioning.handle_event"
 DRAIN_RECORD = "provisioning.drain_record"
+DRAIN_RECORDS = "provisioning.drain_records"
 RETRY_TASK = "provisioning.retry"
 
 
@@ -93,10 +96,13 @@ class DrainReport:
     failed: int = 0
     steps: int = 0
     handed_over: bool = False
+    lost: bool = False  # another worker took the lease over; the record is its now
+    released: bool = False  # the lease was let go (drained, or handed over)
     outcomes: list[Result] = field(default_factory=list)
 
 
 INBOX_POLL_SECONDS = 0.05
+INBOX_READ = 32  # inbox events read per record per round trip
 RECOVERY_BATCH = 1000  # orphans kicked per sweep at most; the next sweep takes the rest
 
 
@@ -108,8 +114,36 @@ class _InFlight:
     future: Future[StepResult]
 
 
+@dataclass
+class _Lane:
+    """One record a drain holds the lease of, and where its draining stands."""
+
+    record_id: str
+    record: ProvisioningState | None
+    report: DrainReport
+    buffer: deque[InboxItem] = field(default_factory=deque)  # read, not yet applied
+    inflight: _InFlight | None = None
+    refill: bool = True  # read the inbox before going on
+    polled: float = 0.0  # when the inbox was last read (monotonic)
+    done: bool = False  # released, handed over or lost
+
+
+@dataclass(frozen=True, slots=True)
+class _Staged:
+    """A commit computed in a round, waiting for the store's answer."""
+
+    lane: _Lane
+    commit: Commit
+    command: Command
+    outcome: Outcome
+    envelope: Envelope | None  # the inbox event it pops; None for a step's result
+    exhausted: ScheduleRetry | None
+    started: float  # perf_counter when it was computed
+
+
 class _StepRunner:
-    """Runs steps' backend calls on one daemon thread, in order.
+    """Runs steps' backend calls on a few daemon threads (steps of different records side
+    by side; a record never has two steps at once, the drain sees to that).
 
     Not a ThreadPoolExecutor: its threads are joined when the interpreter exits, so a pool
     child cancelled at shutdown in the middle of a slow backend call would hang there (up
@@ -117,10 +151,11 @@ class _StepRunner:
     again by the next drain, with the same Idempotency-Keys.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, threads: int = 1) -> None:
         self._queue: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]]] = (
             queue.SimpleQueue())
-        threading.Thread(target=self._run, name="steps", daemon=True).start()
+        for number in range(max(1, threads)):
+            threading.Thread(target=self._run, name=f"steps-{number}", daemon=True).start()
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
         future: Future[Any] = Future()
@@ -185,6 +220,7 @@ class Service:
         backends: Backends,
         *,
         kick: Callable[[str], None] | None = None,
+        kick_many: Callable[[Sequence[str]], None] | None = None,
         now: Callable[[], datetime] = utcnow,
         rng: random.Random | None = None,
         hostname: str | None = None,
@@ -195,12 +231,17 @@ class Service:
         self.failed = failed
         self.backends = backends
         self.kick = kick or (lambda record_id: None)
+        self.kick_many: Callable[[Sequence[str]], None] = kick_many or self._kick_each
         self.now = now
         self.rng = rng or random.Random()
         self.hostname = hostname or socket.gethostname()
         self.observer: Observer = observer or NoObserver()
         self._steps: _StepRunner | None = None
         self._leases: _LeaseKeeper | None = None
+
+    def _kick_each(self, record_ids: Sequence[str]) -> None:
+        for record_id in record_ids:
+            self.kick(record_id)
 
     def close(self) -> None:
         """Close the backends' HTTP client and the step thread (a process that ends)."""
@@ -306,66 +347,290 @@ class Service:
     # -- draining ----------------------------------------------------------------------
 
     def drain(self, record_id: str, *, task_id: str | None = None) -> DrainReport:
-        """Apply the record's inbox in order while holding its lease. Returns at once when
-        another worker holds the lease (it will drain what was queued).
+        """Apply the record's inbox in order while holding its lease (``drain_many`` of one
+        record). Returns at once when another worker holds the lease (it will drain what was
+        queued); raises LeaseLost when the lease was lost underneath."""
+        report = self.drain_many([record_id], task_id=task_id)[0]
+        if report.lost:
+            raise LeaseLost(f"lost the lease of record {record_id}")
+        return report
 
-        A step's backend calls run in a background thread while the drain goes on applying
-        the events that arrive meanwhile (a ``provision.requested`` on a Processing record
-        is then ``ignored``, SPEC §2.1). A new step waits for the one in flight: its result
-        is applied first (``stale`` when the record has left that step), so a record never
-        has two steps talking to the backends at once.
+    def drain_many(self, record_ids: Sequence[str], *,
+                   task_id: str | None = None) -> list[DrainReport]:
+        """Drain several records' inboxes at once, each in order under its own lease.
+
+        The records advance together in rounds: one pipelined read of their inboxes, each
+        record's next events applied in memory as a chain of commits computed from
+        versions v, v+1, ..., every chain sent in one pipelined round trip (each commit is
+        an atomic compare-and-set, so a chain lands up to its first refusal), then the
+        backend steps those changes started, run side by side on the step threads, one per
+        record. Per record the rules are ``drain``'s: a step's backend calls run while the
+        drain goes on applying the events that arrive meanwhile (a ``provision.requested``
+        on a Processing record is then ``ignored``, SPEC §2.1); a new step waits for the
+        one in flight, whose result is applied first (``stale`` when the record has left
+        that step), so a record never has two steps talking to the backends at once.
+
+        Returns one report per distinct record id, in order. A record whose lease another
+        worker holds is skipped (empty report); one whose lease is lost underneath is
+        reported ``lost`` and left to its new holder; one still busy past the drain budget
+        is ``handed_over`` (its lease let go, the record left pending for a new task).
         """
-        report = DrainReport(record_id)
+        ids = list(dict.fromkeys(record_ids))
+        reports = [DrainReport(record_id) for record_id in ids]
+        if not ids:
+            return reports
         owner = f"{self.hostname}:{uuid.uuid4().hex[:12]}"
-        seconds = self.settings.lease_seconds
-        if not self.store.acquire_lease(record_id, owner, seconds):
-            return report
-        deadline = time.monotonic() + self.settings.drain_budget_seconds
-        released = False
-        inflight: _InFlight | None = None
-        # Holding the lease, this drain is the record's only writer: it loads the record
-        # once and then keeps the version each of its commits stored.
-        record = self.store.load(record_id)
-        with structlog.contextvars.bound_contextvars(record_id=record_id, task_id=task_id), \
-                self._keep_lease(record_id, owner):
+        held = self.store.acquire_leases(ids, owner, self.settings.lease_seconds)
+        mine = [report for report, ok in zip(reports, held, strict=True) if ok]
+        if not mine:
+            return reports
+        lanes: list[_Lane] = []
+        with self._keep_leases([report.record_id for report in mine], owner), \
+                structlog.contextvars.bound_contextvars(task_id=task_id):
             try:
-                while True:
-                    if inflight is not None and inflight.future.done():
-                        record = self._apply_result(inflight, record, owner, task_id, report)
-                        inflight = None
-                        continue
-                    step = pending_step(record) if record is not None else None
-                    if step is not None:
-                        if inflight is None:
-                            inflight = self._start_step(step, report)
-                        elif inflight.key != (step.kind, step.started_version):
-                            inflight.future.exception()  # wait: one step at a time
-                            continue
-                    item = self.store.head(record_id)
-                    if item is None:
-                        if inflight is not None:
-                            # Wait for the step, looking at the inbox now and then.
-                            wait([inflight.future], timeout=INBOX_POLL_SECONDS)
-                            continue
-                        if self.store.release_lease(record_id, owner):
-                            released = True
-                            return report
-                        if self.store.head(record_id) is None:
-                            # Refused with an empty inbox: the lease is no longer ours.
-                            released = True
-                            raise LeaseLost(f"lost the lease of record {record_id}")
-                        continue
-                    if time.monotonic() > deadline and inflight is None:
-                        # Bounded task time: hand the rest to a fresh task.
-                        report.handed_over = True
-                        return report
-                    record = self._apply_item(record, Envelope.decode(item.payload), owner,
-                                              task_id, report)
+                # Holding the leases, this drain is the records' only writer: it loads
+                # them once, then keeps the versions its commits stored.
+                records = self.store.load_many([report.record_id for report in mine])
+                lanes = [_Lane(report.record_id, record, report)
+                         for report, record in zip(mine, records, strict=True)]
+                self._run_lanes(lanes, owner, task_id)
             finally:
-                if inflight is not None:
-                    inflight.future.cancel()
-                if not released:
-                    self._hand_over(record_id, owner)
+                for lane in lanes:
+                    if lane.inflight is not None:
+                        lane.inflight.future.cancel()
+                for report in mine:
+                    if not report.lost and not report.released:
+                        self._hand_over(report.record_id, owner)
+        return reports
+
+    def _run_lanes(self, lanes: list[_Lane], owner: str, task_id: str | None) -> None:
+        """The rounds of ``drain_many`` until every lane is released, handed over or lost."""
+        deadline = time.monotonic() + self.settings.drain_budget_seconds
+        while True:
+            live = [lane for lane in lanes if not lane.done]
+            if not live:
+                return
+            now = time.monotonic()
+            late = now > deadline  # bounded task time: no new events, hand the rest over
+            reading = [lane for lane in live if lane.refill and not late]
+            if reading:
+                inboxes = self.store.heads([lane.record_id for lane in reading], INBOX_READ)
+                for lane, items in zip(reading, inboxes, strict=True):
+                    lane.buffer = deque(items)
+                    lane.refill, lane.polled = False, now
+            staged = [change for lane in live
+                      for change in self._chain(lane, owner, task_id, events=not late)]
+            progressed = bool(staged)
+            if staged:
+                statuses = self.store.commit_many([change.commit for change in staged])
+                self._settle(staged, statuses, owner, task_id)
+            for lane in live:
+                if lane.done or lane.inflight is not None or lane.record is None:
+                    continue
+                step = pending_step(lane.record)
+                if step is not None:
+                    with structlog.contextvars.bound_contextvars(record_id=lane.record_id):
+                        lane.inflight = self._start_step(step, lane.report)
+                    progressed = True
+            idle = [lane for lane in live if not lane.done and lane.inflight is None
+                    and not lane.refill and not (lane.buffer and not late)]
+            if idle:
+                progressed = True
+                self._release(idle, owner, late=late)
+            if not progressed:
+                self._wait_for_steps(live)
+
+    def _wait_for_steps(self, lanes: list[_Lane]) -> None:
+        """Nothing to do but wait: for a step to end, or for the next look at the inboxes
+        of records whose step runs (events that arrive meanwhile are applied)."""
+        futures = [lane.inflight.future for lane in lanes if lane.inflight is not None]
+        if not futures:  # pragma: no cover - a live lane without a step is never idle here
+            return
+        wait(futures, timeout=INBOX_POLL_SECONDS, return_when=FIRST_COMPLETED)
+        now = time.monotonic()
+        for lane in lanes:
+            if not lane.buffer and now - lane.polled >= INBOX_POLL_SECONDS:
+                lane.refill = True
+
+    def _release(self, lanes: list[_Lane], owner: str, *, late: bool) -> None:
+        """Let go of the leases of records with nothing left to do. The store refuses while
+        an inbox holds events (accepted meanwhile): those records are read again, or, past
+        the drain budget, handed over."""
+        waiting = [lane for lane in lanes if not lane.buffer]
+        for lane in lanes:
+            if lane.buffer:  # past the budget with events left
+                self._finish_lane(lane, handed_over=True, owner=owner)
+        if not waiting:
+            return
+        answers = self.store.release_many([lane.record_id for lane in waiting], owner)
+        for lane, answer in zip(waiting, answers, strict=True):
+            if answer is Release.RELEASED:
+                lane.report.released = True
+                self._finish_lane(lane)
+            elif answer is Release.BUSY:
+                if late:
+                    self._finish_lane(lane, handed_over=True, owner=owner)
+                else:
+                    lane.refill = True
+            else:
+                self._lost(lane)
+
+    def _finish_lane(self, lane: _Lane, *, handed_over: bool = False,
+                     owner: str | None = None) -> None:
+        lane.done = True
+        if self._leases is not None:
+            self._leases.drop(lane.record_id)
+        if handed_over:
+            assert owner is not None
+            lane.report.handed_over = True
+            self._hand_over(lane.record_id, owner)
+            lane.report.released = True
+
+    def _lost(self, lane: _Lane) -> None:
+        log.warning("lease_lost", record_id=lane.record_id)
+        lane.report.lost = True
+        self._finish_lane(lane)
+
+    def _chain(self, lane: _Lane, owner: str, task_id: str | None, *,
+               events: bool) -> list[_Staged]:
+        """The lane's next commits, computed in memory from versions v, v+1, ...: a
+        finished step's result first, then inbox events until one starts a new step (it
+        starts once the chain is committed) or must wait for the step in flight."""
+        staged: list[_Staged] = []
+        record = lane.record
+        if lane.inflight is not None and lane.inflight.future.done():
+            result = lane.inflight.future.result()  # a crash in the thread is raised here
+            lane.inflight = None
+            if record is None:  # deleted by a Cascade meanwhile: nothing left to change
+                log.info("step_result_for_deleted_record", step=result.kind.value,
+                         record_id=lane.record_id)
+            else:
+                change = self._stage(lane, record, result, self._apply(record, result),
+                                     owner, task_id, None)
+                staged.append(change)
+                record = change.outcome.record
+        while events and lane.buffer:
+            step = pending_step(record) if record is not None else None
+            if step is not None and (lane.inflight is None
+                                     or lane.inflight.key != (step.kind, step.started_version)):
+                break  # the step starts, or the one in flight ends, first
+            item = lane.buffer[0]
+            envelope = Envelope.decode(item.payload)
+            try:
+                command = envelope.command()
+                outcome = self._apply(record, command,
+                                      replayed=bool(envelope.context.get("replay_of")))
+            except (InvalidEvent, UnknownRecord) as exc:
+                if staged:
+                    break  # refused once the commits before it have landed
+                lane.buffer.popleft()
+                reasons = ([str(p) for p in exc.problems] if isinstance(exc, InvalidEvent)
+                           else [str(exc)])
+                with structlog.contextvars.bound_contextvars(
+                        record_id=lane.record_id, event_id=envelope.event_id):
+                    if not self._fail_head(envelope, exc, owner, task_id, reasons):
+                        self._lost(lane)
+                        return []
+                lane.report.failed += 1
+                continue
+            lane.buffer.popleft()
+            change = self._stage(lane, record, command, outcome, owner, task_id, envelope)
+            staged.append(change)
+            record = outcome.record
+        return staged
+
+    def _stage(self, lane: _Lane, record: ProvisioningState | None, command: Command,
+               outcome: Outcome, owner: str, task_id: str | None,
+               envelope: Envelope | None) -> _Staged:
+        """The commit of ``outcome`` (popping ``envelope`` from the inbox, if any)."""
+        retry_at, cancel = None, False
+        exhausted: ScheduleRetry | None = None
+        for effect in outcome.effects:
+            if isinstance(effect, ScheduleRetry):
+                if effect.attempt > self.settings.max_retries:
+                    exhausted = effect
+                    cancel = True
+                else:
+                    retry_at = time.time() + self.retry_delay(effect.attempt)
+            elif isinstance(effect, CancelRetry | DeleteRecord):
+                cancel = True
+        entries = tuple(entry.with_task(task_id) for entry in outcome.entries)
+        outbox = self._outbox_entry(record, outcome) if self.settings.dataverse_url else None
+        commit = Commit(
+            record_id=lane.record_id,
+            expected_version=record.version if record is not None else 0,
+            before=record, after=outcome.record, entries=entries,
+            dedupe_key=dedupe_key(command) if outcome.applied else None,
+            pop_event_id=envelope.event_id if envelope is not None else None,
+            lease_owner=owner, deleted=outcome.deleted,
+            retry_at=retry_at, cancel_retry=cancel and retry_at is None, outbox_entry=outbox,
+        )
+        return _Staged(lane, commit, command, outcome, envelope, exhausted,
+                       time.perf_counter())
+
+    def _settle(self, staged: list[_Staged], statuses: list[CommitStatus], owner: str,
+                task_id: str | None) -> None:
+        """Take in the store's answers to a round's commits, in order. A chain stops at its
+        first refusal: the rest of it was refused too (its versions no longer match) and
+        its events are still in the inbox, read again next round."""
+        stopped: set[str] = set()
+        for change, status in zip(staged, statuses, strict=True):
+            lane = change.lane
+            if lane.record_id in stopped or lane.done:
+                continue
+            if status is CommitStatus.OK:
+                lane.record = change.outcome.record
+                self._committed(change, change.commit.entries, change.outcome, task_id)
+                if change.exhausted is not None:
+                    self._retries_exhausted(change.outcome.record, change.exhausted, task_id)
+                continue
+            stopped.add(lane.record_id)
+            lane.buffer.clear()
+            lane.refill = True
+            if status is CommitStatus.DUPLICATE and self._duplicate(change, owner, task_id):
+                continue
+            self._lost(lane)
+
+    def _duplicate(self, change: _Staged, owner: str, task_id: str | None) -> bool:
+        """The change's dedupe key was applied by an earlier delivery that died before it
+        popped: record the duplicate and pop, changing nothing else. False: lease lost."""
+        record = change.commit.before
+        outcome = apply(record, change.command, now=self.now(), duplicate=True)
+        entries = tuple(entry.with_task(task_id) for entry in outcome.entries)
+        status = self.store.commit(Commit(
+            record_id=change.commit.record_id, expected_version=change.commit.expected_version,
+            before=record, after=record, entries=entries,
+            pop_event_id=change.commit.pop_event_id, lease_owner=owner,
+        ))
+        if status is not CommitStatus.OK:
+            return False
+        change.lane.record = record
+        self._committed(change, entries, outcome, task_id)
+        return True
+
+    def _committed(self, change: _Staged, entries: tuple[HistoryEntry, ...], outcome: Outcome,
+                   task_id: str | None) -> None:
+        """Count, observe and log what a commit stored."""
+        report = change.lane.report
+        trigger = trigger_of(change.command)
+        for entry in entries:
+            self.observer.entry_committed(entry)
+            report.outcomes.append(entry.outcome)
+            if entry.outcome is Result.APPLIED:
+                report.applied += 1
+            else:
+                report.unchanged += 1
+            log.info("history", event_id=entry.event_id, event_type=entry.event_type,
+                     trigger=entry.trigger, outcome=entry.outcome.value, version=entry.version,
+                     reason=entry.reason, record_id=entry.record_id, task_id=task_id)
+        if change.commit.retry_at is not None and change.commit.entries is entries:
+            for effect in outcome.effects:
+                if isinstance(effect, ScheduleRetry):
+                    self.observer.retry_scheduled(effect.attempt)
+        self.observer.transition_seconds(trigger, time.perf_counter() - change.started)
+        envelope = change.envelope
+        if envelope is not None and envelope.context.get("replay_of"):
+            self._resolved(str(envelope.context["replay_of"]), envelope, outcome)
 
     def _hand_over(self, record_id: str, owner: str) -> None:
         """Let the lease go now rather than at expiry; the record stays pending, so a kick
@@ -376,45 +641,18 @@ class Service:
             log.warning("lease_hand_over_failed", record_id=record_id)
 
     @contextmanager
-    def _keep_lease(self, record_id: str, owner: str) -> Iterator[None]:
-        """Renew the lease in the background while this worker drains (long backend
-        calls included); a killed process stops renewing and the lease expires."""
+    def _keep_leases(self, record_ids: list[str], owner: str) -> Iterator[None]:
+        """Renew the leases in the background while this worker drains (long backend
+        calls included); a killed process stops renewing and the leases expire."""
         if self._leases is None:
             self._leases = _LeaseKeeper(self.store, self.settings.lease_seconds)
-        self._leases.hold(record_id, owner)
+        for record_id in record_ids:
+            self._leases.hold(record_id, owner)
         try:
             yield
         finally:
-            self._leases.drop(record_id)
-
-    def _apply_item(
-        self, record: ProvisioningState | None, envelope: Envelope, owner: str,
-        task_id: str | None, report: DrainReport,
-    ) -> ProvisioningState | None:
-        """Apply and commit the inbox head; returns the record as stored after it."""
-        try:
-            command = envelope.command()
-        except InvalidEvent as exc:  # stored before a stricter validation: keep it
-            with structlog.contextvars.bound_contextvars(event_id=envelope.event_id):
-                self._fail_head(envelope, exc, owner, task_id, [str(p) for p in exc.problems])
-            report.failed += 1
-            return record
-        with structlog.contextvars.bound_contextvars(event_id=envelope.event_id,
-                                                     trigger=trigger_of(command)):
-            started = time.perf_counter()
-            replay_of = envelope.context.get("replay_of")
-            try:
-                outcome = self._apply(record, command, replayed=bool(replay_of))
-            except UnknownRecord as exc:
-                self._fail_head(envelope, exc, owner, task_id, [str(exc)])
-                report.failed += 1
-                return record
-            after = self._commit(record, command, outcome, owner, task_id, report,
-                                 pop_event_id=envelope.event_id)
-            self.observer.transition_seconds(trigger_of(command), time.perf_counter() - started)
-            if replay_of:
-                self._resolved(str(replay_of), envelope, outcome)
-            return after
+            for record_id in record_ids:
+                self._leases.drop(record_id)
 
     def _resolved(self, entry_id: str, envelope: Envelope, outcome: Outcome) -> None:
         """A replayed entry was processed: it leaves the failed-task store, audited."""
@@ -438,70 +676,13 @@ class Service:
         return apply(record, command, now=self.now(), duplicate=duplicate)
 
     def _fail_head(self, envelope: Envelope, error: BaseException, owner: str,
-                   task_id: str | None, reasons: list[str]) -> None:
+                   task_id: str | None, reasons: list[str]) -> bool:
+        """Keep an event that cannot apply in the failed-task store, then pop it; False
+        when the pop was refused (the lease is no longer ours)."""
         raw = envelope.event if envelope.event is not None else envelope.encode()
         body = envelope.message or {"args": [envelope.event], "kwargs": {}}
         self.refuse(raw, error, task=HANDLE_EVENT, reasons=reasons, body=body, task_id=task_id)
-        if not self.store.drop_head(envelope.record_id, envelope.event_id, owner):
-            raise LeaseLost(f"lost the lease of record {envelope.record_id}")
-
-    def _commit(
-        self, record: ProvisioningState | None, command: Command, outcome: Outcome,
-        owner: str, task_id: str | None, report: DrainReport, *,
-        pop_event_id: str | None = None,
-    ) -> ProvisioningState | None:
-        """Commit ``outcome`` (a duplicate if the store says its key was applied); returns
-        the record as stored after it."""
-        retry_at, cancel = None, False
-        exhausted: ScheduleRetry | None = None
-        for effect in outcome.effects:
-            if isinstance(effect, ScheduleRetry):
-                if effect.attempt > self.settings.max_retries:
-                    exhausted = effect
-                    cancel = True
-                else:
-                    retry_at = time.time() + self.retry_delay(effect.attempt)
-                    self.observer.retry_scheduled(effect.attempt)
-            elif isinstance(effect, CancelRetry | DeleteRecord):
-                cancel = True
-        entries = tuple(entry.with_task(task_id) for entry in outcome.entries)
-        outbox = self._outbox_entry(record, outcome) if self.settings.dataverse_url else None
-        commit = Commit(
-            record_id=entries[0].record_id,
-            expected_version=record.version if record is not None else 0,
-            before=record, after=outcome.record, entries=entries,
-            dedupe_key=dedupe_key(command) if outcome.applied else None,
-            pop_event_id=pop_event_id, lease_owner=owner, deleted=outcome.deleted,
-            retry_at=retry_at, cancel_retry=cancel and retry_at is None, outbox_entry=outbox,
-        )
-        status = self.store.commit(commit)
-        after = outcome.record
-        if status is CommitStatus.DUPLICATE:
-            # Applied by an earlier delivery that died before it popped: record the
-            # duplicate and pop, changing nothing else.
-            outcome = apply(record, command, now=self.now(), duplicate=True)
-            entries = tuple(entry.with_task(task_id) for entry in outcome.entries)
-            status = self.store.commit(Commit(
-                record_id=commit.record_id, expected_version=commit.expected_version,
-                before=record, after=record, entries=entries, pop_event_id=pop_event_id,
-                lease_owner=owner,
-            ))
-            after, exhausted = record, None
-        if status is CommitStatus.CONFLICT:
-            raise LeaseLost(f"record {commit.record_id} changed underneath (lease lost?)")
-        for entry in entries:
-            self.observer.entry_committed(entry)
-            report.outcomes.append(entry.outcome)
-            if entry.outcome is Result.APPLIED:
-                report.applied += 1
-            else:
-                report.unchanged += 1
-            log.info("history", event_id=entry.event_id, event_type=entry.event_type,
-                     trigger=entry.trigger, outcome=entry.outcome.value, version=entry.version,
-                     reason=entry.reason, record_id=entry.record_id, task_id=task_id)
-        if exhausted is not None:
-            self._retries_exhausted(outcome.record, exhausted, task_id)
-        return after
+        return self.store.drop_head(envelope.record_id, envelope.event_id, owner)
 
     def _outbox_entry(self, before: ProvisioningState | None, outcome: Outcome) -> str | None:
         """What the Dataverse mirror must send for this change (None: nothing it sees)."""
@@ -546,7 +727,7 @@ class Service:
                     body={"args": [record.id], "kwargs": {"version": record.version}})
 
     def _start_step(self, step: RunStep, report: DrainReport) -> _InFlight:
-        """Run a started step's backend calls in the background thread."""
+        """Run a started step's backend calls on a step thread."""
         report.steps += 1
         context = contextvars.copy_context()
         future = self._executor().submit(context.run, self._call_step, step)
@@ -554,7 +735,7 @@ class Service:
 
     def _executor(self) -> _StepRunner:
         if self._steps is None:
-            self._steps = _StepRunner()
+            self._steps = _StepRunner(self.settings.step_threads)
         return self._steps
 
     def _call_step(self, step: RunStep) -> StepResult:
@@ -584,26 +765,13 @@ class Service:
             return StepResult(step.record_id, step.event_id, step.kind, step.started_version,
                               ok=True, response=response, test_id=test_id)
 
-    def _apply_result(self, inflight: _InFlight, record: ProvisioningState | None,
-                      owner: str, task_id: str | None, report: DrainReport
-                      ) -> ProvisioningState | None:
-        """Apply a finished step's result to the record as it is now (maybe ``stale``)."""
-        result = inflight.future.result()  # a crash in the thread is raised here
-        if record is None:  # deleted by a Cascade meanwhile: nothing left to change
-            log.info("step_result_for_deleted_record", step=result.kind.value)
-            return None
-        with structlog.contextvars.bound_contextvars(event_id=result.event_id,
-                                                     trigger=trigger_of(result)):
-            return self._commit(record, result, self._apply(record, result), owner, task_id,
-                                report)
-
     # -- sweeps (beat) -----------------------------------------------------------------
 
     def recover(self) -> list[str]:
         """Kick a drain for every record with queued work and no live lease."""
         kicked = self.store.claim_orphans(RECOVERY_BATCH, self.settings.recovery_interval)
-        for record_id in kicked:
-            self.kick(record_id)
+        if kicked:
+            self.kick_many(kicked)
         if kicked:
             log.info("recovered", records=len(kicked))
         return kicked

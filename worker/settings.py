@@ -60,6 +60,8 @@ class Settings:
     lease_seconds: float = 30.0
     recovery_interval: float = 10.0
     drain_budget_seconds: float = 20.0
+    batch_records: int = 50  # records per drain task that submit and recovery send
+    step_threads: int = 16  # backend steps one worker process runs at once (one per record)
     visibility_timeout: int = 600
     max_deliveries: int = 5
     # Retries scheduled by beat (SPEC §2.1, §4).
@@ -154,7 +156,7 @@ class Settings:
         for name in ("soft_shutdown_timeout", "health_failed_max"):
             if values.get(name, 0) < 0:
                 problems.append(f"{PREFIX}{name.upper()}: must not be negative")
-        for name in ("health_beat_max_age", "health_timeout"):
+        for name in ("health_beat_max_age", "health_timeout", "batch_records", "step_threads"):
             if values.get(name, 1) <= 0:
                 problems.append(f"{PREFIX}{name.upper()}: must be positive")
         log_format = values.get("log_format")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
+from enum import IntEnum, StrEnum
 from typing import Protocol
 
 from statemachine import HistoryEntry, ProvisioningState, StatusReason
@@ -32,6 +32,14 @@ class CommitStatus(StrEnum):
     OK = "ok"
     CONFLICT = "conflict"  # the version, the inbox head or the lease was not as expected
     DUPLICATE = "duplicate"  # the dedupe key was already applied
+
+
+class Release(IntEnum):
+    """What releasing a lease did (``StateStore.release_many``)."""
+
+    NOT_HOLDER = -1  # the lease is not (or no longer) the caller's
+    BUSY = 0  # the inbox is not empty: the lease stays held, drain on
+    RELEASED = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +86,10 @@ class StateStore(Protocol):
         """The oldest event of the inbox, or None."""
         ...
 
+    def heads(self, record_ids: Sequence[str], count: int) -> list[list[InboxItem]]:
+        """The oldest ``count`` events of each record's inbox, in one round trip."""
+        ...
+
     def inbox_size(self, record_id: str) -> int: ...
 
     def drop_head(self, record_id: str, event_id: str, owner: str) -> bool:
@@ -86,9 +98,20 @@ class StateStore(Protocol):
 
     def load(self, record_id: str) -> ProvisioningState | None: ...
 
+    def load_many(self, record_ids: Sequence[str]) -> list[ProvisioningState | None]:
+        """``load`` for many records in one round trip."""
+        ...
+
     def is_applied(self, record_id: str, key: str) -> bool: ...
 
     def commit(self, commit: Commit) -> CommitStatus: ...
+
+    def commit_many(self, commits: Sequence[Commit]) -> list[CommitStatus]:
+        """Each commit as ``commit`` does it, in order, in one round trip: every one is
+        atomic on its own, and a later commit of the same record sees the earlier ones (so
+        a chain computed from versions v, v+1, ... lands up to its first refusal, and the
+        rest of that chain is refused as a CONFLICT)."""
+        ...
 
     def history(self, record_id: str) -> list[HistoryEntry]: ...
 
@@ -108,11 +131,20 @@ class StateStore(Protocol):
 
     def acquire_lease(self, record_id: str, owner: str, seconds: float) -> bool: ...
 
+    def acquire_leases(self, record_ids: Sequence[str], owner: str,
+                       seconds: float) -> list[bool]:
+        """``acquire_lease`` for many records in one round trip."""
+        ...
+
     def renew_lease(self, record_id: str, owner: str, seconds: float) -> bool: ...
 
     def release_lease(self, record_id: str, owner: str, *, hand_over: bool = False) -> bool:
         """Release when the inbox is empty; False leaves it held. ``hand_over`` releases
         whatever the inbox holds and keeps the record pending, for another worker."""
+        ...
+
+    def release_many(self, record_ids: Sequence[str], owner: str) -> list[Release]:
+        """``release_lease`` (not handing over) for many records in one round trip."""
         ...
 
     def lease_ttl(self, record_id: str) -> float | None:

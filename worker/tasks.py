@@ -9,15 +9,15 @@ import structlog
 from celery import Task
 
 from worker import bootstrap
-from worker.app import app, kick
+from worker.app import app, kick, kick_many
 from worker.errors import InvalidArguments, LeaseLost, PoisonMessage, StoreError
-from worker.service import DRAIN_RECORD, HANDLE_EVENT, Service
+from worker.service import DRAIN_RECORD, DRAIN_RECORDS, HANDLE_EVENT, Service
 
 log = structlog.get_logger("worker")
 
 
 def _service() -> Service:
-    return bootstrap.process_service(kick)
+    return bootstrap.process_service(kick, kick_many)
 
 
 def _message_body(task: Task[Any, Any]) -> dict[str, Any]:
@@ -90,6 +90,33 @@ def drain_record(self: Task[Any, Any], record_id: str) -> dict[str, Any]:
     if report.handed_over:
         kick(record_id)
     return {"applied": report.applied, "unchanged": report.unchanged, "steps": report.steps}
+
+
+@app.task(name=DRAIN_RECORDS, bind=True, acks_late=True, max_retries=10)
+def drain_records(self: Task[Any, Any], record_ids: Any) -> dict[str, Any]:
+    """Apply several records' queued events together, each in order (records another
+    worker holds are skipped: it drains them). A message whose argument is not a list of
+    record ids goes to the failed-task store."""
+    service = _service()
+    if not (isinstance(record_ids, list) and all(isinstance(r, str) for r in record_ids)):
+        entry = service.refuse(
+            record_ids, InvalidArguments(f"{DRAIN_RECORDS} takes a list of record ids"),
+            task=DRAIN_RECORDS, body=_message_body(self), task_id=self.request.id,
+            reasons=["args[0]: must be a list of record ids (strings)"])
+        return {"failed": entry.id}
+    try:
+        reports = service.drain_many(record_ids, task_id=self.request.id)
+    except StoreError as exc:
+        log.warning("task_retry", error=str(exc), records=len(record_ids))
+        raise self.retry(exc=exc, countdown=2) from exc
+    handed_over = [report.record_id for report in reports if report.handed_over]
+    if handed_over:
+        kick_many(handed_over)
+    return {"records": len(reports),
+            "applied": sum(report.applied for report in reports),
+            "unchanged": sum(report.unchanged for report in reports),
+            "steps": sum(report.steps for report in reports),
+            "lost": [report.record_id for report in reports if report.lost]}
 
 
 @app.task(name="provisioning.recover")

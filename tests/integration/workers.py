@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,7 +31,7 @@ from worker.api import SubmitReport, submit_events
 from worker.bootstrap import build_service
 from worker.emulator import Emulator, EmulatorServer, serve
 from worker.failed import FailedTask
-from worker.service import DRAIN_RECORD, HANDLE_EVENT, Service
+from worker.service import DRAIN_RECORD, DRAIN_RECORDS, HANDLE_EVENT, Service
 from worker.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -191,7 +191,7 @@ class Cluster:
             self.service: Service = build_service(
                 Settings.from_env({k: v for k, v in self.env.items()
                                    if k.startswith("PROVISIONING_")}),
-                kick=self.kick)
+                kick=self.kick, kick_many=self.kick_many)
         except BaseException:
             self.server.shutdown()
             raise
@@ -232,8 +232,13 @@ class Cluster:
     def kick(self, record_id: str) -> None:
         self.client.send_task(DRAIN_RECORD, args=[record_id])
 
+    def kick_many(self, record_ids: Sequence[str]) -> None:
+        """One ``drain_records`` task for the batch, as ``worker.app.kick_many`` sends."""
+        self.client.send_task(DRAIN_RECORDS, args=[list(record_ids)])
+
     def submit(self, events: Iterable[Mapping[str, Any]]) -> SubmitReport:
-        """``worker.api.submit_events``: validate, accept in order, kick each record."""
+        """``worker.api.submit_events``: validate, accept in order, kick the records in
+        one batch."""
         return submit_events(self.service, enumerate(events, start=1))
 
     def send(self, body: Any, **options: Any) -> None:

@@ -255,8 +255,7 @@ def test_stuck_sweep_kicks_a_processing_record_nobody_holds(
     assert store.acquire_lease(record_id, owner, 30)
     item = store.head(record_id)
     assert item is not None
-    memory_service._apply_item(None, _envelope(item.payload), owner, None,
-                               _report(record_id))  # applied, step never run: a crash
+    crash_after_commit(memory_service, item.event_id, item.payload, owner)
     store.release_lease(record_id, owner, hand_over=True)
     assert memory_service.sweep_stuck() == []  # not old enough yet
     later = datetime.now(UTC) + timedelta(hours=1)
@@ -271,13 +270,18 @@ def memory_service_event(raw: dict[str, Any]) -> Any:
     return parse_event(raw)
 
 
-def _envelope(payload: str) -> Any:
+def crash_after_commit(service: Service, event_id: str, payload: str, owner: str) -> None:
+    """What a worker killed between a commit and its step leaves: the event applied and
+    popped, the record Processing, no backend call made."""
+    from statemachine import apply, dedupe_key
     from worker.envelope import Envelope
+    from worker.store import Commit, CommitStatus
 
-    return Envelope.decode(payload)
-
-
-def _report(record_id: str) -> Any:
-    from worker.service import DrainReport
-
-    return DrainReport(record_id)
+    command = Envelope.decode(payload).command()
+    outcome = apply(None, command, now=datetime.now(UTC))
+    assert outcome.record is not None
+    status = service.store.commit(Commit(
+        record_id=outcome.record.id, expected_version=0, before=None, after=outcome.record,
+        entries=outcome.entries, dedupe_key=dedupe_key(command), pop_event_id=event_id,
+        lease_owner=owner))
+    assert status is CommitStatus.OK
