@@ -433,7 +433,7 @@ class Service:
                         lane.inflight = self._start_step(step, lane.report)
                     progressed = True
             idle = [lane for lane in live if not lane.done and lane.inflight is None
-                    and not lane.refill and not (lane.buffer and not late)]
+                    and (late or not (lane.refill or lane.buffer))]
             if idle:
                 progressed = True
                 self._release(idle, owner, late=late)
@@ -444,9 +444,8 @@ class Service:
         """Nothing to do but wait: for a step to end, or for the next look at the inboxes
         of records whose step runs (events that arrive meanwhile are applied)."""
         futures = [lane.inflight.future for lane in lanes if lane.inflight is not None]
-        if not futures:  # pragma: no cover - a live lane without a step is never idle here
-            return
-        wait(futures, timeout=INBOX_POLL_SECONDS, return_when=FIRST_COMPLETED)
+        if futures:
+            wait(futures, timeout=INBOX_POLL_SECONDS, return_when=FIRST_COMPLETED)
         now = time.monotonic()
         for lane in lanes:
             if not lane.buffer and now - lane.polled >= INBOX_POLL_SECONDS:
