@@ -65,7 +65,9 @@ from celery import Celery
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-TARGET_RATIO = 0.8
+TARGET_RATIO = 0.8  # issue 3: a per-event path against the bare no-op task
+BATCH_TARGET_RATIO = 5.0  # issue 6: the batch path against the bare no-op task
+TARGET_P99_MS = 25.0  # issue 6: p99 of the batch path at half its sustained rate
 
 # -- the bare no-op app (what ``celery -A bench.throughput:noop_app worker`` runs) ----------
 
@@ -272,6 +274,14 @@ class Processes:
 KINDS = ("whatsapp", "facebook", "teams", "line", "voice")
 TERMINAL = {"provision.requested": "provisioned", "deprovision.requested": "deprovisioned",
             "gatekeeper.reported": "report_error"}
+PROVISIONING, REPORTS = "provisioning", "reports"  # the two mixes (--mix)
+
+
+def terminal(event: dict[str, Any]) -> str:
+    """The trigger of the last history entry an event leads to (the change it caused)."""
+    if event["type"] == "gatekeeper.reported" and event["data"]["reason"] == "Running":
+        return "recover"
+    return TERMINAL[event["type"]]
 
 
 @dataclass
@@ -282,6 +292,13 @@ class Workload:
     provisions: int
     deprovisions: int
     reports: int
+    final: tuple[int, int, int] | None = None  # Running, Deprovisioned, Error at the end
+
+    def expect(self) -> tuple[int, int, int]:
+        if self.final is not None:
+            return self.final
+        return (self.seeded - self.deprovisions - self.reports + self.provisions,
+                self.deprovisions, self.reports)
 
     @property
     def mix(self) -> dict[str, int]:
@@ -345,9 +362,37 @@ def make_workload(tag: str, n: int, *, deprovision_share: float, report_share: f
     return Workload(seed_events, events, seeded, provisions, deprovisions, reports)
 
 
+def make_reports_workload(tag: str, n: int, *, records: int, seed: int) -> Workload:
+    """N gatekeeper.reported events on ``records`` records provisioned beforehand: each
+    record gets its share as Inactive/Error, Active/Running, ... flips (Running -> Error ->
+    Running: every event changes the record, none calls a backend), in order per record,
+    records interleaved at random. An even share per record leaves every record Running."""
+    rng = random.Random(f"{seed}:{tag}")
+    providers = [_uuid(rng) for _ in range(5)]
+    seed_events = [_provision(f"{tag}-seed", i, rng, providers) for i in range(records)]
+    subjects = [event["subject"] for event in seed_events]
+    queues = {subject: [] for subject in subjects}  # type: dict[str, list[dict[str, Any]]]
+    for number in range(n):
+        subject = subjects[number % records]
+        error = len(queues[subject]) % 2 == 0
+        queues[subject].append(_event(tag, number, "gatekeeper.reported", subject, {
+            "status": "Inactive" if error else "Active", "reason": "Error" if error
+            else "Running", "details": "bench: gate health flapping"}))
+    order = [subject for subject in subjects for _ in queues[subject]]
+    rng.shuffle(order)
+    cursor = dict.fromkeys(subjects, 0)
+    events = []
+    for subject in order:
+        events.append(queues[subject][cursor[subject]])
+        cursor[subject] += 1
+    errors = sum(len(queue) % 2 for queue in queues.values())
+    return Workload(seed_events, events, records, 0, 0, n, (records - errors, 0, errors))
+
+
 # -- the run ------------------------------------------------------------------------------
 
-NORMAL = "submit_events"  # worker.api.submit_events + provisioning.drain_record kicks
+NORMAL = "submit_events"  # worker.api.submit_events + provisioning.drain_records kicks (batch)
+PER_RECORD = "per_record"  # worker.api.submit_events + one drain_record kick per record
 RAW = "send_task"  # app.send_task("provisioning.handle_event", args=[event])
 NOOP = "noop"
 
@@ -478,14 +523,15 @@ class Submitter:
     """Sends events through one of the two paths; returns each event's submit time."""
 
     def __init__(self, path: str, settings: Any, batch: int) -> None:
-        from worker.app import app, kick
+        from worker.app import app, kick, kick_many
         from worker.bootstrap import build_service
 
         self.path = path
         self.batch = batch
         self.app = app
-        self.kick = kick
-        self.service = build_service(settings, kick=kick)
+        self.service = build_service(settings, kick=kick, kick_many=kick_many)
+        self.kick_many: Callable[[Sequence[str]], None] = (
+            kick_many if path == NORMAL else self.service._kick_each)
 
     def close(self) -> None:
         self.service.store.client.close()
@@ -504,12 +550,30 @@ class Submitter:
             chunk = events[start:start + self.batch]
             at = time.time()
             report = submit_events(self.service, list(enumerate(chunk, start + 1)),
-                                   kick=self.kick)
+                                   kick=self.kick_many)
             if report.refused or report.accepted != len(chunk):
                 problems = [line for refusal in report.refused for line in refusal.lines()]
                 raise BenchError(f"submit refused events: {problems[:3]} "
                                  f"(accepted {report.accepted} of {len(chunk)})")
             times.extend([at] * len(chunk))
+        return times
+
+    def paced(self, events: Sequence[dict[str, Any]], rate: float,
+              tick: float) -> list[float]:
+        """Submit at ``rate`` events/s: every ``tick`` seconds, the events due by then in
+        one call (one submit_events call, or one send_task each); returns each event's
+        submit time (latency counts from the call, not from when the event fell due)."""
+        times: list[float] = []
+        began = time.monotonic()
+        sent = 0
+        while sent < len(events):
+            called = time.monotonic()
+            due = min(len(events), int((called - began) * rate) + 1)
+            if due > sent:
+                times.extend(self(events[sent:due]))
+                sent = due
+            wake = max(called + tick, began + sent / rate)
+            time.sleep(max(0.0, wake - time.monotonic()))
         return times
 
 
@@ -566,24 +630,30 @@ def commit_times(ctx: Context, keys: Any, events: Sequence[dict[str, Any]],
             done.append(None)
             outcomes[f"{event['type']}: not applied"] += 1
             continue
-        ok = entry["trigger"] == TERMINAL[event["type"]] and entry["outcome"] == "applied"
+        ok = entry["trigger"] == terminal(event) and entry["outcome"] == "applied"
         done.append(epoch(entry["at"]) if ok else None)
         outcomes[f"{event['type']}: {entry['trigger']} {entry['outcome']}"] += 1
     return done, outcomes
 
 
-def run_worker_phase(ctx: Context, concurrency: int, path: str) -> dict[str, Any]:
-    """One measured phase of the provisioning worker, on a fresh worker and key prefix."""
+def run_worker_phase(ctx: Context, concurrency: int, path: str, *,
+                     rate: float | None = None) -> dict[str, Any]:
+    """One measured phase of the provisioning worker, on a fresh worker and key prefix: a
+    burst of N events, or (``rate``) events paced at that rate for --paced-seconds."""
     from worker.keys import Keys
     from worker.settings import Settings
 
     args = ctx.args
-    tag = f"c{concurrency}-{path}"
+    n = args.n if rate is None else max(2, round(rate * args.paced_seconds))
+    tag = f"c{concurrency}-{path}" + ("" if rate is None else "-paced")
     env = ctx.env(f"{ctx.prefix}:{tag}")
     keys = Keys(env["PROVISIONING_KEY_PREFIX"])
-    workload = make_workload(tag, args.n, deprovision_share=args.deprovision_share,
-                             report_share=args.report_share, warmup=2 * concurrency,
-                             seed=args.seed)
+    if args.mix == REPORTS:
+        workload = make_reports_workload(tag, n, records=args.records, seed=args.seed)
+    else:
+        workload = make_workload(tag, n, deprovision_share=args.deprovision_share,
+                                 report_share=args.report_share, warmup=2 * concurrency,
+                                 seed=args.seed)
     ctx.emulator.reset()
     submit = Submitter(path, Settings.from_env(env), args.batch)
     started = ctx.start_worker("worker.app", concurrency, tag, env)
@@ -600,11 +670,12 @@ def run_worker_phase(ctx: Context, concurrency: int, path: str) -> dict[str, Any
         if args.profile_dir and concurrency == args.profile_concurrency:
             profiler = start_profiler(ctx, started, tag)
         before = Resources.now(ctx, started)
-        submitted = submit(workload.events)
-        settled = wait_settled(
-            ctx, started, keys, running=workload.seeded - workload.deprovisions
-            - workload.reports + workload.provisions, deprovisioned=workload.deprovisions,
-            errors=workload.reports, deadline=ctx.deadline(args.phase_timeout))
+        submitted = (submit(workload.events) if rate is None
+                     else submit.paced(workload.events, rate, args.tick))
+        running, deprovisioned, errors = workload.expect()
+        settled = wait_settled(ctx, started, keys, running=running,
+                               deprovisioned=deprovisioned, errors=errors,
+                               deadline=ctx.deadline(args.phase_timeout))
         after = Resources.now(ctx, started)
         profile = stop_profiler(ctx, profiler) if profiler is not None else None
         profiler = None
@@ -616,7 +687,7 @@ def run_worker_phase(ctx: Context, concurrency: int, path: str) -> dict[str, Any
         ctx.procs.stop(started)
         submit.close()
     result = {"concurrency": concurrency, "path": path, "settled": settled,
-              "mix": workload.mix, **summarize(submitted, done),
+              "paced_rate": rate, "mix": workload.mix, **summarize(submitted, done),
               "cpu_per_event": before.per_item(after, len(workload.events)),
               "outcomes": dict(sorted(outcomes.items())), "log": str(started.log)}
     if profile is not None:
@@ -821,21 +892,26 @@ def _fmt(value: Any, width: int, digits: int = 1) -> str:
     return f"{value:{width}.{digits}f}"
 
 
+def label(row: dict[str, Any]) -> str:
+    rate = row.get("paced_rate")
+    return row["path"] if rate is None else f"{row['path']} @{rate:.0f}/s"
+
+
 def print_table(rows: list[dict[str, Any]]) -> None:
-    print(f"\n{'C':>2}  {'path':<14}{'events/s':>10}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"
-          f"{'no-op tasks/s':>15}{'ratio':>8}  target {TARGET_RATIO}x")
+    print(f"\n{'C':>2}  {'path':<24}{'events/s':>10}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"
+          f"{'no-op tasks/s':>15}{'ratio':>8}")
     for row in rows:
-        print(f"{row['concurrency']:>2}  {row['path']:<14}{_fmt(row['per_s'], 10)}"
+        print(f"{row['concurrency']:>2}  {label(row):<24}{_fmt(row['per_s'], 10)}"
               f"{_fmt(row['p50_ms'], 9)}{_fmt(row['p95_ms'], 9)}{_fmt(row['p99_ms'], 9)}"
               f"{_fmt(row['noop_per_s'], 15)}{_fmt(row['ratio'], 8, 2)}"
               f"{'' if row['settled'] else '  (incomplete)'}")
-    print(f"\n{'C':>2}  {'path':<14}{'completed':>10}{'submit s':>9}{'worker':>9}"
+    print(f"\n{'C':>2}  {'path':<24}{'completed':>10}{'submit s':>9}{'worker':>9}"
           f"{'redis':>8}{'bench':>8}{'cmds':>7}{'others %':>10}   per event (task): CPU ms "
           f"of the worker, Redis, this process (submitter+emulator); Redis commands; "
           f"machine CPU used by processes not ours")
     for row in rows:
         cpu = row["cpu_per_event"]
-        print(f"{row['concurrency']:>2}  {row['path']:<14}{row['completed']:>10}"
+        print(f"{row['concurrency']:>2}  {label(row):<24}{row['completed']:>10}"
               f"{_fmt(row['submit_s'], 9, 2)}{_fmt(cpu['worker_cpu_ms'], 9, 2)}"
               f"{_fmt(cpu['redis_cpu_ms'], 8, 2)}{_fmt(cpu['bench_cpu_ms'], 8, 2)}"
               f"{_fmt(cpu['redis_commands'], 7, 1)}{_fmt(cpu['others_cpu_pct'], 10)}")
@@ -847,10 +923,29 @@ def table_rows(phases: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for phase in phases:
         base = noop_rate.get(phase["concurrency"])
         ratio = (phase["per_s"] / base) if phase["path"] != NOOP and base and phase["per_s"] \
-            else None
+            and phase.get("paced_rate") is None else None
         rows.append({**{k: v for k, v in phase.items() if k not in ("outcomes", "profile")},
                      "noop_per_s": base, "ratio": None if ratio is None else round(ratio, 3)})
     return rows
+
+
+def print_verdicts(rows: list[dict[str, Any]]) -> None:
+    """Each path against its target: the batch path 5x the no-op rate and p99 <= 25 ms
+    at half its rate; a per-event path 0.8x the no-op rate."""
+    for path, target in ((NORMAL, BATCH_TARGET_RATIO), (PER_RECORD, TARGET_RATIO),
+                         (RAW, TARGET_RATIO)):
+        ratios = [r["ratio"] for r in rows if r["path"] == path and r["ratio"] is not None]
+        if ratios:
+            verdict = "met" if min(ratios) >= target else "NOT met"
+            print(f"{path}: target {target}x the no-op rate: {verdict} "
+                  f"(ratios {min(ratios):.2f} to {max(ratios):.2f})")
+    paced = [r for r in rows if r["path"] == NORMAL and r.get("paced_rate")
+             and r["p99_ms"] is not None]
+    if paced:
+        worst = max(r["p99_ms"] for r in paced)
+        verdict = "met" if worst <= TARGET_P99_MS else "NOT met"
+        print(f"{NORMAL}: target p99 <= {TARGET_P99_MS} ms at half the sustained rate: "
+              f"{verdict} (worst p99 {worst:.1f} ms)")
 
 
 # -- main ---------------------------------------------------------------------------------
@@ -863,8 +958,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("-n", type=int, default=2000, help="events (and no-op tasks) per phase")
     parser.add_argument("--concurrency", default="1,2,4",
                         help="comma-separated prefork pool sizes")
-    parser.add_argument("--paths", default=f"{NORMAL},{RAW}",
-                        help=f"which submit paths to measure: {NORMAL} and/or {RAW}")
+    parser.add_argument("--paths", default=f"{NORMAL},{PER_RECORD},{RAW}",
+                        help=f"which submit paths to measure: {NORMAL} (batch drain tasks), "
+                        f"{PER_RECORD} (a drain task per record), {RAW} (a Celery message "
+                        f"per event)")
+    parser.add_argument("--mix", choices=(PROVISIONING, REPORTS), default=PROVISIONING,
+                        help=f"{PROVISIONING}: mostly new channels provisioned (two backend "
+                        f"calls each); {REPORTS}: GateKeeper status flips on --records "
+                        f"provisioned records (no backend call)")
+    parser.add_argument("--records", type=int, default=200,
+                        help=f"records the {REPORTS} mix spreads its events over")
+    parser.add_argument("--paced", action="store_true",
+                        help="after each burst phase, a phase paced at half its rate "
+                        "(the latency target's load)")
+    parser.add_argument("--paced-seconds", type=float, default=10.0,
+                        help="length of a paced phase")
+    parser.add_argument("--tick", type=float, default=0.01,
+                        help="a paced submitter sends what fell due every TICK seconds")
     parser.add_argument("--redis-url", help="use this Redis (an EMPTY database, --db) instead "
                         "of starting a redis-server")
     parser.add_argument("--db", type=int, help="database number (required with --redis-url; "
@@ -904,8 +1014,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.path_list = [p.strip() for p in args.paths.split(",") if p.strip()]
     if not args.levels or any(c < 1 for c in args.levels):
         parser.error("--concurrency: every level must be at least 1")
-    if not set(args.path_list) <= {NORMAL, RAW}:
-        parser.error(f"--paths: {NORMAL} and/or {RAW}")
+    if not args.path_list or not set(args.path_list) <= {NORMAL, PER_RECORD, RAW}:
+        parser.error(f"--paths: any of {NORMAL}, {PER_RECORD}, {RAW}")
+    if args.records < 1 or args.paced_seconds <= 0 or args.tick < 0:
+        parser.error("--records and --paced-seconds must be positive, --tick not negative")
     if args.n < 2 or args.batch < 1:
         parser.error("-n must be at least 2 and --batch at least 1")
     if args.redis_url and args.db is None:
@@ -984,11 +1096,7 @@ def run(args: argparse.Namespace) -> int:
                 print_profile(f"c{phase['concurrency']}-{phase['path']}", phase["profile"])
         output = write_json(args, stamp, info, source, phases, rows)
         print(f"\nresults: {output}")
-        ratios = [r["ratio"] for r in rows if r["ratio"] is not None]
-        if ratios:
-            verdict = "met" if min(ratios) >= TARGET_RATIO else "NOT met"
-            print(f"target {TARGET_RATIO}x the no-op rate: {verdict} "
-                  f"(ratios {min(ratios):.2f} to {max(ratios):.2f})")
+        print_verdicts(rows)
         return 0
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -1035,7 +1143,8 @@ def run_phases(ctx: Context) -> list[dict[str, Any]]:
             steps.append((level, path, lambda c=level, p=path: run_worker_phase(ctx, c, p)))
         if not ctx.args.no_noop:
             steps.append((level, NOOP, lambda c=level: run_noop_phase(ctx, c)))
-    for level, path, step in steps:
+    while steps:
+        level, path, step = steps.pop(0)
         if time.monotonic() > ctx.run_deadline:
             print(f"skipped c{level} {path}: --max-runtime passed", file=sys.stderr)
             continue
@@ -1046,6 +1155,11 @@ def run_phases(ctx: Context) -> list[dict[str, Any]]:
         print(f" {result['completed']}/{result['submitted']} in {result['elapsed_s']} s, "
               f"{result['per_s']}/s, p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms "
               f"(phase {time.monotonic() - began:.1f} s)", flush=True)
+        if ctx.args.paced and path != NOOP and result["paced_rate"] is None \
+                and result["per_s"]:
+            rate = result["per_s"] / 2
+            steps.insert(0, (level, f"{path} @{rate:.0f}/s", lambda c=level, p=path, r=rate:
+                             run_worker_phase(ctx, c, p, rate=r)))
     return phases
 
 
@@ -1057,14 +1171,18 @@ def write_json(args: argparse.Namespace, stamp: datetime, info: dict[str, Any],
     document = {
         "benchmark": "bench/throughput.py", "started_at": stamp.isoformat(),
         "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
-        "target_ratio": TARGET_RATIO, "machine": info, "source": source,
+        "targets": {"ratio": TARGET_RATIO, "batch_ratio": BATCH_TARGET_RATIO,
+                    "batch_p99_ms": TARGET_P99_MS}, "machine": info, "source": source,
         "settings": {"n": args.n, "concurrency": args.levels, "paths": args.path_list,
-                     "batch": args.batch, "deprovision_share": args.deprovision_share,
+                     "batch": args.batch, "mix": args.mix, "records": args.records,
+                     "paced_seconds": args.paced_seconds, "tick": args.tick,
+                     "deprovision_share": args.deprovision_share,
                      "report_share": args.report_share, "seed": args.seed,
                      "emulator_latency_ms": 0, "pool": "prefork",
                      "emulator_tcp_nodelay": not args.emulator_nagle},
-        "table": [{k: row[k] for k in ("concurrency", "path", "per_s", "p50_ms", "p95_ms",
-                                       "p99_ms", "noop_per_s", "ratio", "settled")}
+        "table": [{k: row.get(k) for k in ("concurrency", "path", "paced_rate", "per_s",
+                                           "p50_ms", "p95_ms", "p99_ms", "noop_per_s",
+                                           "ratio", "settled")}
                   for row in rows],
         "phases": phases,
     }

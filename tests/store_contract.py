@@ -752,15 +752,18 @@ class StoreContract:
         assert accept(store, provision(R1, "evt-1"))
         assert accept(store, deprovision(R1, "evt-2"))
         assert accept(store, provision(R2, "evt-3"))
-        assert store.acquire_leases([R1, R2], OWNER, LEASE) == [True, True]
+        claims = store.acquire_many([R1, R2], OWNER, LEASE, 1)
+        assert [[item.event_id for item in claim.inbox] for claim in claims if claim] == [
+            ["evt-1"], ["evt-3"]]
         first = head_commit(store, R1)
         second = chained(first, deprovision(R1, "evt-2"))
         other = head_commit(store, R2)
-        assert store.commit_many([first, other, second]) == [CommitStatus.OK] * 3
+        assert store.commit_many([first, other, second], release=[R1, R2], owner=OWNER) == (
+            [CommitStatus.OK] * 3, [Release.RELEASED] * 2)
         record = store.load(R1)
         assert record is not None and record.version == second.after.version  # type: ignore[union-attr]
         assert store.heads([R1, R2], 5) == [[], []]
-        assert store.release_many([R1, R2], OWNER) == [Release.RELEASED] * 2
+        assert store.pending() == []
 
     def test_a_chain_stops_at_its_first_refusal(self, store: StateStore) -> None:
         for number in range(3):
@@ -770,14 +773,18 @@ class StoreContract:
         first = head_commit(store, R1)
         second = replace(chained(first, deprovision(R1, "evt-1")), lease_owner=OTHER)
         third = chained(second, deprovision(R1, "evt-2"))
-        assert store.commit_many([first, second, third]) == [
-            CommitStatus.OK, CommitStatus.CONFLICT, CommitStatus.CONFLICT]
+        assert store.commit_many([first, second, third], release=[R1], owner=OWNER) == (
+            [CommitStatus.OK, CommitStatus.CONFLICT, CommitStatus.CONFLICT], [Release.BUSY])
         assert store.load(R1) == first.after
         assert [item.event_id for item in store.heads([R1], 5)[0]] == ["evt-1", "evt-2"]
 
     def test_leases_are_taken_and_released_many_at_a_time(self, store: StateStore) -> None:
         assert store.acquire_lease(R2, OTHER, LEASE)
-        assert store.acquire_leases([R1, R2, R3], OWNER, LEASE) == [True, False, True]
+        deliver(store, provision(R1, "evt-1"))
+        claims = store.acquire_many([R1, R2, R3], OWNER, LEASE, 5)
+        assert [claim is not None for claim in claims] == [True, False, True]
+        assert claims[0] is not None and claims[0].record == store.load(R1)
+        assert claims[2] is not None and (claims[2].record, claims[2].inbox) == (None, [])
         assert accept(store, provision(R3, "evt-3"))
         assert store.release_many([R1, R2, R3], OWNER) == [
             Release.RELEASED, Release.NOT_HOLDER, Release.BUSY]

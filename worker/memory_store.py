@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from statemachine import HistoryEntry, ProvisioningState, StatusReason
 from worker.keys import Keys, decode_record, encode_record
-from worker.store import Commit, CommitStatus, InboxItem, Release
+from worker.store import Claim, Commit, CommitStatus, InboxItem, Release
 
 
 @dataclass
@@ -145,8 +145,11 @@ class MemoryStateStore:
                 data.outbox.append(commit.outbox_entry)
             return CommitStatus.OK
 
-    def commit_many(self, commits: Sequence[Commit]) -> list[CommitStatus]:
-        return [self.commit(commit) for commit in commits]
+    def commit_many(self, commits: Sequence[Commit], *, release: Sequence[str] = (),
+                    owner: str = "") -> tuple[list[CommitStatus], list[Release]]:
+        with self._lock:
+            return ([self.commit(commit) for commit in commits],
+                    self.release_many(release, owner))
 
     def _append(self, record_id: str, entries: Iterable[HistoryEntry]) -> None:
         history = self._data.history[record_id]
@@ -202,9 +205,12 @@ class MemoryStateStore:
             self._data.leases[record_id] = _Lease(owner, self.clock() + seconds)
             return True
 
-    def acquire_leases(self, record_ids: Sequence[str], owner: str,
-                       seconds: float) -> list[bool]:
-        return [self.acquire_lease(record_id, owner, seconds) for record_id in record_ids]
+    def acquire_many(self, record_ids: Sequence[str], owner: str, seconds: float,
+                     read: int) -> list[Claim | None]:
+        with self._lock:
+            return [Claim(self.load(record_id), self.heads([record_id], read)[0])
+                    if self.acquire_lease(record_id, owner, seconds) else None
+                    for record_id in record_ids]
 
     def release_many(self, record_ids: Sequence[str], owner: str) -> list[Release]:
         with self._lock:

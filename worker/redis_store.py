@@ -13,7 +13,7 @@ import redis
 from statemachine import HistoryEntry, ProvisioningState, StatusReason
 from worker.errors import StoreError
 from worker.keys import Keys, decode_record, dumps, encode_record
-from worker.store import Commit, CommitStatus, InboxItem, Release
+from worker.store import Claim, Commit, CommitStatus, InboxItem, Release
 
 
 def _script(name: str) -> str:
@@ -127,14 +127,21 @@ class RedisStateStore:
         with _translated():
             return CommitStatus(self._run_commit(commit, self.client))
 
-    def commit_many(self, commits: Sequence[Commit]) -> list[CommitStatus]:
-        if not commits:
-            return []
+    def commit_many(self, commits: Sequence[Commit], *, release: Sequence[str] = (),
+                    owner: str = "") -> tuple[list[CommitStatus], list[Release]]:
+        if not commits and not release:
+            return [], []
+        k = self.keys
         with _translated():
             pipe = self.client.pipeline(transaction=False)
             for commit in commits:
                 self._run_commit(commit, pipe)
-            return [CommitStatus(status) for status in pipe.execute()]
+            for record_id in release:
+                self._release(keys=[k.lease(record_id), k.inbox(record_id), k.pending],
+                              args=[owner, record_id, "0"], client=pipe)
+            answers = pipe.execute()
+        return ([CommitStatus(status) for status in answers[:len(commits)]],
+                [Release(int(result)) for result in answers[len(commits):]])
 
     def _run_commit(self, commit: Commit, client: Any) -> Any:
         """Call the commit script on ``client`` (the connection, or a pipeline)."""
@@ -212,13 +219,23 @@ class RedisStateStore:
             return bool(self.client.set(self.keys.lease(record_id), owner, nx=True,
                                         px=int(seconds * 1000)))
 
-    def acquire_leases(self, record_ids: Sequence[str], owner: str,
-                       seconds: float) -> list[bool]:
+    def acquire_many(self, record_ids: Sequence[str], owner: str, seconds: float,
+                     read: int) -> list[Claim | None]:
+        k = self.keys
         with _translated():
             pipe = self.client.pipeline(transaction=False)
             for record_id in record_ids:
-                pipe.set(self.keys.lease(record_id), owner, nx=True, px=int(seconds * 1000))
-            return [bool(ok) for ok in pipe.execute()]
+                pipe.set(k.lease(record_id), owner, nx=True, px=int(seconds * 1000))
+                pipe.hget(k.record(record_id), "json")
+                pipe.lrange(k.inbox(record_id), 0, read - 1)
+            answers = pipe.execute()
+        claims: list[Claim | None] = []
+        for start in range(0, len(answers), 3):
+            got, raw, items = answers[start:start + 3]
+            claims.append(Claim(None if raw is None else decode_record(raw),
+                                [InboxItem(*json.loads(item)) for item in items])
+                          if got else None)
+        return claims
 
     def renew_lease(self, record_id: str, owner: str, seconds: float) -> bool:
         with _translated():

@@ -380,19 +380,20 @@ class Service:
         if not ids:
             return reports
         owner = f"{self.hostname}:{uuid.uuid4().hex[:12]}"
-        held = self.store.acquire_leases(ids, owner, self.settings.lease_seconds)
-        mine = [report for report, ok in zip(reports, held, strict=True) if ok]
-        if not mine:
+        # Holding the leases, this drain is the records' only writer: it reads them once
+        # (with the head of each inbox, in the same round trip as the leases), then keeps
+        # the versions its commits stored.
+        claims = self.store.acquire_many(ids, owner, self.settings.lease_seconds, INBOX_READ)
+        now = time.monotonic()
+        lanes = [_Lane(report.record_id, claim.record, report, deque(claim.inbox),
+                       refill=False, polled=now)
+                 for report, claim in zip(reports, claims, strict=True) if claim is not None]
+        if not lanes:
             return reports
-        lanes: list[_Lane] = []
-        with self._keep_leases([report.record_id for report in mine], owner), \
+        mine = [lane.report for lane in lanes]
+        with self._keep_leases([lane.record_id for lane in lanes], owner), \
                 structlog.contextvars.bound_contextvars(task_id=task_id):
             try:
-                # Holding the leases, this drain is the records' only writer: it loads
-                # them once, then keeps the versions its commits stored.
-                records = self.store.load_many([report.record_id for report in mine])
-                lanes = [_Lane(report.record_id, record, report)
-                         for report, record in zip(mine, records, strict=True)]
                 self._run_lanes(lanes, owner, task_id)
             finally:
                 for lane in lanes:
@@ -418,12 +419,20 @@ class Service:
                 for lane, items in zip(reading, inboxes, strict=True):
                     lane.buffer = deque(items)
                     lane.refill, lane.polled = False, now
-            staged = [change for lane in live
-                      for change in self._chain(lane, owner, task_id, events=not late)]
-            progressed = bool(staged)
-            if staged:
-                statuses = self.store.commit_many([change.commit for change in staged])
+            staged: list[_Staged] = []
+            releasing: list[_Lane] = []  # done once their commits land: release with them
+            for lane in live:
+                chain = self._chain(lane, owner, task_id, events=not late)
+                staged.extend(chain)
+                if not late and self._finished_with(lane, chain):
+                    releasing.append(lane)
+            progressed = bool(staged or releasing)
+            if progressed:
+                statuses, answers = self.store.commit_many(
+                    [change.commit for change in staged],
+                    release=[lane.record_id for lane in releasing], owner=owner)
                 self._settle(staged, statuses, owner, task_id)
+                self._released(releasing, answers)
             for lane in live:
                 if lane.done or lane.inflight is not None or lane.record is None:
                     continue
@@ -432,13 +441,38 @@ class Service:
                     with structlog.contextvars.bound_contextvars(record_id=lane.record_id):
                         lane.inflight = self._start_step(step, lane.report)
                     progressed = True
-            idle = [lane for lane in live if not lane.done and lane.inflight is None
-                    and (late or not (lane.refill or lane.buffer))]
+            idle = [lane for lane in live if not lane.done and lane.inflight is None and late]
             if idle:
                 progressed = True
-                self._release(idle, owner, late=late)
+                self._hand_over_late(idle, owner)
             if not progressed:
                 self._wait_for_steps(live)
+
+    @staticmethod
+    def _finished_with(lane: _Lane, chain: list[_Staged]) -> bool:
+        """Whether the lane has nothing left to do once ``chain`` lands: no step running
+        or to start, no event read and not applied, and no step result in the chain (its
+        refusal could leave a step to run again)."""
+        if lane.done or lane.inflight is not None or lane.buffer or lane.refill:
+            return False
+        if any(change.envelope is None for change in chain):
+            return False
+        record = chain[-1].outcome.record if chain else lane.record
+        return record is None or pending_step(record) is None
+
+    def _released(self, lanes: list[_Lane], answers: list[Release]) -> None:
+        """The store's answers to releasing leases: BUSY means events arrived meanwhile
+        (or an event of the chain was refused): read the inbox again."""
+        for lane, answer in zip(lanes, answers, strict=True):
+            if lane.done:  # its chain was refused as lost already
+                continue
+            if answer is Release.RELEASED:
+                lane.report.released = True
+                self._finish_lane(lane)
+            elif answer is Release.BUSY:
+                lane.refill = True
+            else:
+                self._lost(lane)
 
     def _wait_for_steps(self, lanes: list[_Lane]) -> None:
         """Nothing to do but wait: for a step to end, or for the next look at the inboxes
@@ -451,26 +485,21 @@ class Service:
             if not lane.buffer and now - lane.polled >= INBOX_POLL_SECONDS:
                 lane.refill = True
 
-    def _release(self, lanes: list[_Lane], owner: str, *, late: bool) -> None:
-        """Let go of the leases of records with nothing left to do. The store refuses while
-        an inbox holds events (accepted meanwhile): those records are read again, or, past
-        the drain budget, handed over."""
+    def _hand_over_late(self, lanes: list[_Lane], owner: str) -> None:
+        """Past the drain budget: let go of the records with no step running. One whose
+        inbox is empty is released as usual; the others are handed over (their lease let
+        go, the record left pending) for a fresh task to drain."""
         waiting = [lane for lane in lanes if not lane.buffer]
         for lane in lanes:
-            if lane.buffer:  # past the budget with events left
+            if lane.buffer:
                 self._finish_lane(lane, handed_over=True, owner=owner)
-        if not waiting:
-            return
         answers = self.store.release_many([lane.record_id for lane in waiting], owner)
         for lane, answer in zip(waiting, answers, strict=True):
             if answer is Release.RELEASED:
                 lane.report.released = True
                 self._finish_lane(lane)
             elif answer is Release.BUSY:
-                if late:
-                    self._finish_lane(lane, handed_over=True, owner=owner)
-                else:
-                    lane.refill = True
+                self._finish_lane(lane, handed_over=True, owner=owner)
             else:
                 self._lost(lane)
 

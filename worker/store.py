@@ -34,6 +34,15 @@ class CommitStatus(StrEnum):
     DUPLICATE = "duplicate"  # the dedupe key was already applied
 
 
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A record whose lease ``acquire_many`` took: the record as stored, and the head of
+    its inbox."""
+
+    record: ProvisioningState | None
+    inbox: list[InboxItem]
+
+
 class Release(IntEnum):
     """What releasing a lease did (``StateStore.release_many``)."""
 
@@ -106,11 +115,13 @@ class StateStore(Protocol):
 
     def commit(self, commit: Commit) -> CommitStatus: ...
 
-    def commit_many(self, commits: Sequence[Commit]) -> list[CommitStatus]:
-        """Each commit as ``commit`` does it, in order, in one round trip: every one is
-        atomic on its own, and a later commit of the same record sees the earlier ones (so
-        a chain computed from versions v, v+1, ... lands up to its first refusal, and the
-        rest of that chain is refused as a CONFLICT)."""
+    def commit_many(self, commits: Sequence[Commit], *, release: Sequence[str] = (),
+                    owner: str = "") -> tuple[list[CommitStatus], list[Release]]:
+        """Each commit as ``commit`` does it, in order, then ``release_many(release,
+        owner)``, all in one round trip. Every commit is atomic on its own, and a later
+        commit of the same record sees the earlier ones (so a chain computed from versions
+        v, v+1, ... lands up to its first refusal, and the rest of that chain is refused
+        as a CONFLICT); a release after a refused pop finds the inbox not empty (BUSY)."""
         ...
 
     def history(self, record_id: str) -> list[HistoryEntry]: ...
@@ -131,9 +142,11 @@ class StateStore(Protocol):
 
     def acquire_lease(self, record_id: str, owner: str, seconds: float) -> bool: ...
 
-    def acquire_leases(self, record_ids: Sequence[str], owner: str,
-                       seconds: float) -> list[bool]:
-        """``acquire_lease`` for many records in one round trip."""
+    def acquire_many(self, record_ids: Sequence[str], owner: str, seconds: float,
+                     read: int) -> list[Claim | None]:
+        """``acquire_lease`` for many records in one round trip, with what a drain reads
+        first: for each record whose lease it got, the record and the oldest ``read``
+        events of its inbox (None for the others)."""
         ...
 
     def renew_lease(self, record_id: str, owner: str, seconds: float) -> bool: ...

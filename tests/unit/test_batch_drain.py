@@ -181,12 +181,12 @@ def test_a_lease_lost_underneath_leaves_that_record_to_its_new_holder(
     store = service.store
     original = store.commit_many
 
-    def steal_then_commit(commits: Any) -> Any:
+    def steal_then_commit(commits: Any, **release: Any) -> Any:
         # Another worker takes ``lost`` over between the drain's reads and its commits.
         if store.lease_ttl(lost) is not None:
             store.release_lease(lost, lease_owner(store, lost), hand_over=True)
             assert store.acquire_lease(lost, "thief", 30)
-        return original(commits)
+        return original(commits, **release)
 
     store.commit_many = steal_then_commit  # type: ignore[method-assign]
     reports = service.drain_many([lost, kept])
@@ -205,10 +205,10 @@ def test_drain_of_one_record_raises_lease_lost_as_before(service: Service) -> No
     store = service.store
     original = store.commit_many
 
-    def steal(commits: Any) -> Any:
+    def steal(commits: Any, **release: Any) -> Any:
         store.release_lease(record_id, lease_owner(store, record_id), hand_over=True)
         store.acquire_lease(record_id, "thief", 30)
-        return original(commits)
+        return original(commits, **release)
 
     store.commit_many = steal  # type: ignore[method-assign]
     with pytest.raises(LeaseLost, match=record_id):
