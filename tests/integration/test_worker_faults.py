@@ -139,7 +139,16 @@ def event_order(cluster: Cluster, record_id: str) -> list[str]:
 # -- many workers, one record's order --------------------------------------------------
 
 
-def test_two_workers_apply_each_records_events_in_acceptance_order(cluster: Cluster) -> None:
+def test_two_workers_apply_each_records_events_in_acceptance_order(
+    redis_url: str, tmp_path: Path, request: pytest.FixtureRequest,
+) -> None:
+    # Drain tasks of 3 records each: the 4 pool processes contend for the same records.
+    with running_cluster(redis_url, tmp_path, request, emulator=Emulator(),
+                         settings={"PROVISIONING_BATCH_RECORDS": "3"}) as cluster:
+        two_workers_apply_in_order(cluster)
+
+
+def two_workers_apply_in_order(cluster: Cluster) -> None:
     rng = random.Random(20261127)
     streams = [record_stream(rng, 20) for _ in range(20)]
     events = interleave(rng, streams)

@@ -233,8 +233,11 @@ class Cluster:
         self.client.send_task(DRAIN_RECORD, args=[record_id])
 
     def kick_many(self, record_ids: Sequence[str]) -> None:
-        """One ``drain_records`` task for the batch, as ``worker.app.kick_many`` sends."""
-        self.client.send_task(DRAIN_RECORDS, args=[list(record_ids)])
+        """``drain_records`` tasks of PROVISIONING_BATCH_RECORDS records each, as
+        ``worker.app.kick_many`` sends them."""
+        size = self.service.settings.batch_records
+        for start in range(0, len(record_ids), size):
+            self.client.send_task(DRAIN_RECORDS, args=[list(record_ids[start:start + size])])
 
     def submit(self, events: Iterable[Mapping[str, Any]]) -> SubmitReport:
         """``worker.api.submit_events``: validate, accept in order, kick the records in
