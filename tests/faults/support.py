@@ -270,6 +270,8 @@ class Crashes:
     cancelled: int = 0  # children Celery itself terminated after a connection loss
     worker_lost: int = 0  # WorkerLostError lines (a job whose child died)
     task_errors: int = 0  # "raised unexpected": a task failed with an exception
+    unrecoverable: int = 0  # "Unrecoverable error": Celery gave up and the worker exits
+    unready_killed: int = 0  # new pool children billiard killed for not reporting UP in time
     tracebacks: int = 0
 
     @property
@@ -278,7 +280,8 @@ class Crashes:
 
     def fill(self, figures: Figures) -> None:
         figures.crashes = self.count
-        for name in ("cancelled", "worker_lost", "task_errors", "tracebacks"):
+        for name in ("cancelled", "worker_lost", "task_errors", "unrecoverable",
+                     "unready_killed", "tracebacks"):
             if getattr(self, name):
                 figures.notes[name] = getattr(self, name)
 
@@ -302,6 +305,9 @@ def count_crashes(processes: Iterable[CeleryProcess]) -> Crashes:
             crashes.children.append(f"{process.name}: {match.group(0)}")
         crashes.worker_lost += text.count("WorkerLostError")
         crashes.task_errors += text.count("raised unexpected")
+        crashes.unrecoverable += text.count("Unrecoverable error")
+        # Counted in ``children`` too (it exits with SIGKILL): these say why.
+        crashes.unready_killed += text.count("Timed out waiting for UP message")
         crashes.tracebacks += text.count("Traceback (most recent call last)")
     return crashes
 
