@@ -39,9 +39,9 @@ class Figures:
     crashes: int = 0
     notes: dict[str, Any] = field(default_factory=dict)
 
-    def line(self) -> str:
+    def line(self, width: int = 34) -> str:
         notes = ", ".join(f"{key}={value}" for key, value in self.notes.items())
-        return (f"{self.scenario:<34} {self.accepted:>9} {self.applied:>9} {self.lost:>5} "
+        return (f"{self.scenario:<{width}} {self.accepted:>9} {self.applied:>9} {self.lost:>5} "
                 f"{self.doubled:>8} {self.crashes:>8}  {notes}")
 
     def check(self) -> None:
@@ -55,6 +55,19 @@ class Scale:
 
 
 _RESULTS: list[Figures] = []
+HERE = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """At ``--fault-scale long`` a scenario runs about ten times longer than the suite's
+    per-test timeout allows: give the fault scenarios ten times the timeout (unless a test
+    sets its own)."""
+    if config.getoption("--fault-scale") != "long":
+        return
+    timeout = float(config.getini("timeout") or 300) * 10
+    for item in items:
+        if item.path.is_relative_to(HERE) and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(timeout))
 
 
 @pytest.fixture
@@ -80,11 +93,12 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         return
     scale = config.getoption("--fault-scale")
     terminalreporter.write_sep("=", f"fault suite figures (scale {scale})")
+    width = max(34, *(len(result.scenario) for result in _RESULTS))
     terminalreporter.write_line(
-        f"{'scenario':<34} {'accepted':>9} {'applied':>9} {'lost':>5} {'doubled':>8} "
+        f"{'scenario':<{width}} {'accepted':>9} {'applied':>9} {'lost':>5} {'doubled':>8} "
         f"{'crashes':>8}  notes")
     for result in _RESULTS:
-        terminalreporter.write_line(result.line())
+        terminalreporter.write_line(result.line(width))
     report = config.getoption("--fault-report")
     if report:
         Path(report).write_text(json.dumps(
