@@ -20,7 +20,7 @@ from worker.settings import Settings
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings for at-least-once, JSON-only, one-message-at-a-time processing."""
-    return {
+    config: dict[str, Any] = {
         "broker_url": settings.broker,
         "broker_connection_retry_on_startup": True,
         # A message not acknowledged within this time is delivered again; it must be
@@ -73,6 +73,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             **_mirror_schedule(settings),
         },
     }
+    if settings.broker.partition("://")[0] in ("redis", "rediss"):
+        # Reconnects after a Redis restart instead of exiting (see worker/transport.py).
+        config["broker_transport"] = "worker.transport:Transport"
+    return config
 
 
 def _mirror_schedule(settings: Settings) -> dict[str, Any]:
