@@ -817,7 +817,8 @@ class Service:
             if self.store.accept(record_id, envelope.event_id, envelope.encode(),
                                  now=time.time()):
                 queued.append(record_id)
-                self.kick(record_id)
+        if queued:
+            self.kick_many(queued)
         return queued
 
     def sweep_stuck(self) -> list[str]:
@@ -830,9 +831,9 @@ class Service:
             for record in self.store.list_records(status=status):
                 stale = (now - record.modified_on).total_seconds() >= limit
                 if stale and self.store.lease_ttl(record.id) is None:
-                    self.kick(record.id)
                     kicked.append(record.id)
         if kicked:
+            self.kick_many(kicked)
             log.warning("stuck_records_kicked", records=len(kicked))
         return kicked
 
@@ -878,5 +879,6 @@ class Service:
             if self.store.accept(record.id, envelope.event_id, envelope.encode(),
                                  now=time.time()):
                 queued.append(record.id)
-                self.kick(record.id)
+        if queued:
+            self.kick_many(queued)
         return queued
