@@ -260,6 +260,10 @@ class Cluster:
     def failed(self) -> list[FailedTask]:
         return self.service.failed.all()
 
+    def failed_count(self) -> int:
+        """How many failed-task entries there are (one round trip, for polling)."""
+        return self.service.failed.count()
+
     def requests(self) -> list[dict[str, Any]]:
         """What the emulator answered, over its admin API (as any client would see it)."""
         reply = httpx.get(f"{self.server.url}/_emulator/requests", timeout=10)
