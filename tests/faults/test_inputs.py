@@ -34,7 +34,7 @@ from tests.faults.garbage import (
     non_utf8_lines,
     not_json_lines,
 )
-from tests.integration.workers import CeleryProcess, Cluster, running_cluster
+from tests.integration.workers import Cluster, running_cluster
 from worker.emulator import Emulator
 from worker.failed import FailedTask
 from worker.service import HANDLE_EVENT
@@ -44,6 +44,7 @@ pytestmark = pytest.mark.integration
 INPUTS = 10_000  # at ci scale; times scale.factor for long
 SHARES = {"cli": 0.4, "python": 0.3, "celery": 0.3}
 PATH = re.compile(r"^([A-Za-z0-9_.]+): ")
+CLI_LINES = 10_000  # lines per file: one `provisioning submit` stays well within its timeout
 LINE = re.compile(r"^line (\d+): (.*)$")
 
 
@@ -96,54 +97,30 @@ def renumber(inputs: Sequence[Input], rng: random.Random) -> list[Input]:
     return [replace(item, number=n) for n, item in enumerate(shuffled, start=1)]
 
 
-def pool_children(process: CeleryProcess) -> set[int]:
-    return set(process.group_members()) - {process.pid}
-
-
-# Celery logs these refusals with a traceback after worker.consumer kept the message in
-# the failed-task store: handled, not a crash.
-REFUSAL_LOGS = ("Can't decode message body", "Received invalid task message")
-
-
-def log_crashes(process: CeleryProcess) -> list[str]:
-    """One line per error in a worker's log outside the failed-task handling: a task that
-    raised, a lost pool child, an error logged, a traceback of anything else."""
-    text = process.log.read_text(encoding="utf-8", errors="replace")
-    found: list[str] = []
-    header = ""
-    counted = False
-    for line in text.splitlines():
-        if line.startswith(("[20", "{")):
-            header, counted = line, False
-        if ("raised unexpected" in line or "WorkerLostError" in line
-                or '"level": "error"' in line or '"level": "critical"' in line):
-            found.append(line[:300])
-            counted = True
-        elif line.startswith("Traceback") and not counted and not any(
-                refusal in header for refusal in REFUSAL_LOGS):
-            found.append(f"{header[:200]} ... {line}")
-            counted = True
-    return found
-
-
 # -- the three ways in -----------------------------------------------------------------
 
 
-def through_cli(cluster: Cluster, inputs: list[Input], ledger: Ledger, path: Path) -> None:
+def through_cli(cluster: Cluster, inputs: list[Input], ledger: Ledger, workdir: Path) -> None:
+    """``provisioning submit FILE``, one file per CLI_LINES inputs (numbered 1, 2, ...)."""
     ledger.entries["cli"] = inputs
-    if not inputs:
-        return
-    path.write_bytes(b"\n".join(item.jsonl() for item in inputs) + b"\n")
-    result = cluster.provisioning("submit", str(path))
-    if (result.returncode not in (0, 1) or "Traceback" in result.stderr
-            or "provisioning: unexpected" in result.stderr):
-        ledger.crashes.append(f"submit exited {result.returncode}: {result.stderr[-500:]}")
-    for text in result.stderr.splitlines():
-        match = LINE.match(text)
-        if match is None:
-            ledger.misreported.append(f"cli: a line without its line number: {text[:200]}")
-            continue
-        ledger.problems.setdefault(("cli", int(match.group(1))), []).append(match.group(2))
+    for first in range(0, len(inputs), CLI_LINES):
+        lines = inputs[first:first + CLI_LINES]
+        path = workdir / f"garbage-{first // CLI_LINES}.jsonl"
+        path.write_bytes(b"\n".join(item.jsonl() for item in lines) + b"\n")
+        result = cluster.provisioning("submit", str(path))
+        if (result.returncode not in (0, 1) or "Traceback" in result.stderr
+                or "provisioning: unexpected" in result.stderr):
+            ledger.crashes.append(f"submit exited {result.returncode}: {result.stderr[-500:]}")
+        for text in result.stderr.splitlines():
+            match = LINE.match(text)
+            if match is None:
+                ledger.misreported.append(f"cli: a line without its line number: {text[:200]}")
+                continue
+            if not 1 <= int(match.group(1)) <= len(lines):
+                ledger.misreported.append(f"cli: a line number out of the file: {text[:200]}")
+                continue
+            number = lines[int(match.group(1)) - 1].number
+            ledger.problems.setdefault(("cli", number), []).append(match.group(2))
 
 
 def through_python(cluster: Cluster, inputs: list[Input], ledger: Ledger) -> None:
@@ -341,9 +318,9 @@ def crashes(cluster: Cluster, children: dict[int, set[int]], ledger: Ledger) -> 
             count += 1
             ledger.crashes.append(f"{process.name} died with {process.process.returncode}")
             continue
-        lost_children = children[process.pid] - pool_children(process)
+        lost_children = children[process.pid] - process.pool_children()
         count += len(lost_children)
-        lines = log_crashes(process)
+        lines = process.error_lines()
         count += len(lines)
         ledger.crashes.extend(lines[:5])
         if lost_children:
@@ -369,11 +346,11 @@ def run(cluster: Cluster, figures: Figures, ledger: Ledger, *, cli: list[Input],
     """Send the inputs through the three ways in to one worker, wait, account."""
     started = time.monotonic()
     process = cluster.start_worker(concurrency=2)
-    cluster.wait_for(lambda: len(pool_children(process)) == 2, "the worker's pool")
-    children = {process.pid: pool_children(process)}
+    cluster.wait_for(lambda: len(process.pool_children()) == 2, "the worker's pool")
+    children = {process.pid: process.pool_children()}
     through_celery(cluster, celery, ledger, garbage, prefix=prefix, extras=extras)
     through_python(cluster, python, ledger)
-    through_cli(cluster, cli, ledger, workdir / "garbage.jsonl")
+    through_cli(cluster, cli, ledger, workdir)
     figures.notes["send_s"] = round(time.monotonic() - started, 1)
     settle(cluster, ledger, timeout=timeout)
     fates = account(cluster, ledger, figures)
