@@ -67,6 +67,7 @@ class Ledger:
     task_ids: dict[str, tuple[str, Input]] = field(default_factory=dict)  # celery task id
     misreported: list[str] = field(default_factory=list)
     crashes: list[str] = field(default_factory=list)
+    either_kept: int = 0  # valid-or-refused inputs a worker refused into the failed store
 
     def all(self) -> Iterator[tuple[str, Input]]:
         for entry, inputs in self.entries.items():
@@ -239,8 +240,9 @@ def applied_counts(cluster: Cluster, items: Iterable[Input]) -> dict[str, int]:
 def expected_failed(ledger: Ledger) -> int:
     """Failed-task entries due: every invalid input that reached a worker, every event for
     a record that does not exist (whatever its way in)."""
-    return sum(1 for entry, item in ledger.all()
-               if item.expect == UNKNOWN or (entry == "celery" and item.expect == INVALID))
+    return ledger.either_kept + sum(
+        1 for entry, item in ledger.all()
+        if item.expect == UNKNOWN or (entry == "celery" and item.expect == INVALID))
 
 
 def settle(cluster: Cluster, ledger: Ledger, timeout: float) -> None:
@@ -290,6 +292,7 @@ def account(cluster: Cluster, ledger: Ledger, figures: Figures) -> dict[str, Cou
         elif item.expect == EITHER:
             fate = "doubled" if times > 1 else (
                 "applied" if times == 1 else "refused" if refused or kept else "lost")
+            ledger.either_kept += fate == "refused" and bool(kept)
         else:
             reasons = refused or [r for e in kept for r in e.reasons]
             fate = "refused" if (refused or kept) and not times else (
@@ -372,6 +375,8 @@ def check(cluster: Cluster, figures: Figures, ledger: Ledger,
     figures.check()
 
 
+# ci scale takes about 30 s; long (100,000 inputs) about 10 minutes on two shared cores.
+@pytest.mark.timeout(1800)
 def test_ten_thousand_malformed_events_at_every_way_in_are_refused_or_kept(
     cluster: Cluster, figures: Figures, scale: Scale, tmp_path: Path,
 ) -> None:
