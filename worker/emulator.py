@@ -33,7 +33,9 @@ Behaviour, in the order it is decided for each backend request:
    key comes back with a different request, as in the IETF Idempotency-Key draft);
 3. a scripted answer for (step, target) is consumed, where target is the channel id or the
    record id of the request, or ``"*"`` for any; after the queue the ``then`` answer, if
-   any, is given forever, else normal behaviour resumes;
+   any, is given forever, else normal behaviour resumes; an answer with ``delay_ms``
+   is decided (and a success changes state) at once but sent only after that delay, as
+   a backend that acted and then answered too late for its client;
 4. with probability ``failure_rate`` (drawn from a seeded RNG) a 503;
 5. normal behaviour.
 
@@ -95,12 +97,18 @@ class Answer:
     ``body`` is a JSON value, or a ``str`` sent as is (to emulate a non-JSON body), or None
     for the default. A 2xx answer without a body means "behave normally" (the normal status
     and body, so ``[503, 503, 200]`` is two failures, then success); any other answer is
-    sent as given and changes no state.
+    sent as given and changes no state. ``delay_ms`` holds the answer back that long
+    (after deciding it), to provoke a client's read timeout.
     """
 
     status: int
     body: object = None
     headers: Mapping[str, str] = field(default_factory=dict)
+    delay_ms: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.delay_ms < 0:
+            raise ValueError(f"delay_ms must not be negative, not {self.delay_ms}")
 
     @classmethod
     def of(cls, value: AnswerLike) -> Answer:
@@ -115,7 +123,8 @@ class Answer:
     @classmethod
     def from_json(cls, value: object) -> Answer:
         """An Answer from the admin API's JSON: a status, ``[status, body]`` or an object
-        ``{"status", "body", "headers"}``. Raises ValueError when it is none of them."""
+        ``{"status", "body", "headers", "delay_ms"}``. Raises ValueError when it is none of
+        them."""
         if isinstance(value, int) and not isinstance(value, bool):
             return cls(_status(value))
         if isinstance(value, list) and len(value) == 2 and isinstance(value[0], int):
@@ -126,7 +135,10 @@ class Answer:
                 isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
             ):
                 raise ValueError("answer headers must be an object of strings")
-            return cls(_status(value["status"]), value.get("body"), headers)
+            delay = value.get("delay_ms", 0)
+            if isinstance(delay, bool) or not isinstance(delay, int | float):
+                raise ValueError("answer delay_ms must be a number")
+            return cls(_status(value["status"]), value.get("body"), headers, float(delay))
         raise ValueError(f"not an answer: {value!r}")
 
 
@@ -170,12 +182,14 @@ class RecordedRequest:
     target: str | None  # the channel id, or the record id for gates and calling tests
     payload: object  # the parsed JSON body, None when there was none
     replayed: bool = False  # answered from the idempotency store
+    delay_ms: float = 0.0  # a scripted delay before the answer was sent
 
     def as_json(self) -> dict[str, object]:
         return {"method": self.method, "path": self.path,
                 "idempotency_key": self.idempotency_key, "status": self.status,
                 "step": self.step.value if self.step else None, "target": self.target,
-                "payload": self.payload, "replayed": self.replayed}
+                "payload": self.payload, "replayed": self.replayed,
+                "delay_ms": self.delay_ms}
 
 
 @dataclass(frozen=True)
@@ -372,24 +386,35 @@ class Emulator:
         if self.latency_ms:
             self._sleep(self.latency_ms / 1000)
         with self._lock:
-            return self._answer(method, url.path, route, idempotency_key)
+            reply, delay_ms = self._answer(method, url.path, route, idempotency_key)
+        if delay_ms:  # decided (and acted on) already; only the answer is late
+            self._sleep(delay_ms / 1000)
+        return reply
 
-    def _answer(self, method: str, path: str, route: _Route, key: str | None) -> Reply:
-        """Steps 2-5 of the module docstring; the caller holds the lock."""
+    def _answer(self, method: str, path: str, route: _Route, key: str | None,
+                ) -> tuple[Reply, float]:
+        """Steps 2-5 of the module docstring, and the delay before the answer is sent;
+        the caller holds the lock."""
         fingerprint = json.dumps([method, path, route.payload], sort_keys=True)
         replayed = False
+        delay_ms = 0.0
         if key is not None and key in self._answered:
             first_fingerprint, reply = self._answered[key]
             replayed = True
             if first_fingerprint != fingerprint:
                 reply = Reply.of(422, {"error": "Idempotency-Key reused for another request"})
         else:
-            reply = self._scripted(route) or self._random_failure() or self._normal(route)
+            scripted = self._scripted(route)
+            if scripted is not None:
+                reply, delay_ms = scripted
+            else:
+                reply = self._random_failure() or self._normal(route)
             if key is not None and 200 <= reply.status < 300:
                 self._answered[key] = (fingerprint, reply)
         self._requests.append(RecordedRequest(method, path, key, reply.status, route.step,
-                                              route.targets[0], route.payload, replayed))
-        return reply
+                                              route.targets[0], route.payload, replayed,
+                                              delay_ms))
+        return reply, delay_ms
 
     def _script_targets(self, route: _Route) -> tuple[str, ...]:
         """What a script for this request may be keyed by, most specific first."""
@@ -400,7 +425,8 @@ class Emulator:
                 return (*route.targets, channel["record_id"], ANY_TARGET)
         return (*route.targets, ANY_TARGET)
 
-    def _scripted(self, route: _Route) -> Reply | None:
+    def _scripted(self, route: _Route) -> tuple[Reply, float] | None:
+        """The next scripted answer for this request and its delay, or None."""
         for target in self._script_targets(route):
             script = self._scripts.get((route.step, target))
             if script is None:
@@ -416,10 +442,10 @@ class Emulator:
                 # with what the client is told (a DELETE of an unknown channel stays a 404).
                 normal = self._normal(route)
                 return Reply(normal.status, normal.content,
-                             (*normal.headers, *answer.headers.items()))
+                             (*normal.headers, *answer.headers.items())), answer.delay_ms
             body = answer.body if answer.body is not None else {
                 "error": f"scripted {answer.status}"}
-            return Reply.of(answer.status, body, answer.headers)
+            return Reply.of(answer.status, body, answer.headers), answer.delay_ms
         return None
 
     def _random_failure(self) -> Reply | None:

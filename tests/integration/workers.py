@@ -92,6 +92,9 @@ def gatekeeper(record_id: str, status: str, reason: str, details: str | None = N
 # -- processes -------------------------------------------------------------------------
 
 
+_REFUSAL_LOGS = ("Can't decode message body", "Received invalid task message")
+
+
 class CeleryProcess:
     """One ``celery -A worker.app …`` subprocess, leader of its own process group."""
 
@@ -149,6 +152,34 @@ class CeleryProcess:
         if self.group_members():  # orphaned pool children of a dead main process
             with suppress(ProcessLookupError):
                 os.killpg(self.pid, signal.SIGKILL)
+
+    def pool_children(self) -> set[int]:
+        """The pids of the pool children now (the group's members but the main process)."""
+        return set(self.group_members()) - {self.pid}
+
+    def error_lines(self) -> list[str]:
+        """One line per error in the log outside the failed-task handling: a task that
+        raised, a lost pool child, an error logged, a traceback of anything else. Celery
+        logs a refused (undecodable, invalid) message with a traceback after
+        worker.consumer kept it in the failed-task store: handled, not counted."""
+        try:
+            text = self.log.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return []
+        found: list[str] = []
+        header, counted = "", False
+        for line in text.splitlines():
+            if line.startswith(("[20", "{")):
+                header, counted = line, False
+            if ("raised unexpected" in line or "WorkerLostError" in line
+                    or '"level": "error"' in line or '"level": "critical"' in line):
+                found.append(line[:300])
+                counted = True
+            elif line.startswith("Traceback") and not counted and not any(
+                    refusal in header for refusal in _REFUSAL_LOGS):
+                found.append(f"{header[:200]} ... {line}")
+                counted = True
+        return found
 
     def tail(self, lines: int = 80) -> str:
         try:
@@ -267,6 +298,10 @@ class Cluster:
 
     def failed(self) -> list[FailedTask]:
         return self.service.failed.all()
+
+    def failed_count(self) -> int:
+        """How many failed-task entries there are (one round trip, for polling)."""
+        return self.service.failed.count()
 
     def requests(self) -> list[dict[str, Any]]:
         """What the emulator answered, over its admin API (as any client would see it)."""

@@ -308,6 +308,40 @@ def test_latency_is_waited_before_each_backend_answer() -> None:
     assert waits == [0.25, 0.25]
 
 
+def test_a_delayed_answer_acts_at_once_and_answers_late() -> None:
+    """A backend that acted, then answered after the client gave up: the retry with the
+    same key gets the first answer replayed, without a second effect or another wait."""
+    waits: list[float] = []
+    emulator = Emulator(sleep=waits.append)
+    emulator.script(CHANNEL, BackendStep.PROVISION_CHANNEL, [Answer(200, delay_ms=1500)])
+    with httpx.Client(transport=emulator.transport(), base_url="http://e") as client:
+        first = provision(client, key="k1")
+        again = provision(client, key="k1")
+
+    assert (first.status_code, again.status_code) == (201, 201)
+    assert waits == [1.5]
+    assert emulator.channels[("whatsapp", CHANNEL)]["revision"] == 1
+    assert [(r.delay_ms, r.replayed) for r in emulator.requests] == [(1500, False), (0, True)]
+
+
+def test_a_delayed_failure_is_scripted_over_http() -> None:
+    waits: list[float] = []
+    emulator = Emulator(sleep=waits.append)
+    script = {"target": "*", "step": "activate_gate",
+              "answers": [{"status": 503, "delay_ms": 20}]}
+    bad = {**script, "answers": [{"status": 503, "delay_ms": "soon"}]}
+    with httpx.Client(transport=emulator.transport(), base_url="http://e") as client:
+        assert client.post("/_emulator/script", json=script).status_code == 200
+        assert client.put(GATE_PATH, json=ACTIVE).status_code == 503
+        recorded = client.get("/_emulator/requests").json()
+        assert client.post("/_emulator/script", json=bad).status_code == 400
+
+    assert waits == [0.02]
+    assert recorded[0]["delay_ms"] == 20
+    with pytest.raises(ValueError, match="delay_ms"):
+        Answer(200, delay_ms=-1)
+
+
 @pytest.mark.parametrize("kwargs", [{"failure_rate": 1.5}, {"latency_ms": -1}])
 def test_nonsense_configuration_is_refused(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="must"):
