@@ -153,6 +153,9 @@ class _Reader:
         if required and not value.strip():
             self.problem(path, "must not be empty")
             return None
+        if not _is_unicode(value):
+            self.problem(path, "must be Unicode text, not hold a lone surrogate")
+            return None
         if max_length is not None and len(value) > max_length:
             self.problem(path, f"must be at most {max_length} characters, not {len(value)}")
             return None
@@ -342,3 +345,12 @@ def _parse_parent_deleted(read: _Reader, data: Mapping[str, Any]) -> ParentDelet
     if table is None or parent_id is None:
         return None
     return ParentDeleted(table=table, parent_id=parent_id)
+
+
+def _is_unicode(text: str) -> bool:
+    """False for a string holding a lone surrogate (legal as a JSON escape, not UTF-8)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

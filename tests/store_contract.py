@@ -735,6 +735,15 @@ class StoreContract:
         assert store.lease_ttl(R1) is not None
         assert not store.acquire_lease(R1, OTHER, LEASE)
 
+    def test_a_non_ascii_event_id_is_popped_by_the_commit_that_applied_it(
+        self, store: StateStore,
+    ) -> None:
+        # Stored JSON escapes non-ASCII; the commit script decodes the inbox head's id.
+        commit = deliver(store, provision(R1, "évènement-✓-1"))
+        assert commit.pop_event_id == "évènement-✓-1"
+        assert store.heads([R1], 5) == [[]]
+        assert [entry.event_id for entry in store.history(R1)][-1] == "évènement-✓-1"
+
     # -- many records in one round trip ------------------------------------------------
 
     def test_heads_and_load_many_read_many_records_at_once(self, store: StateStore) -> None:

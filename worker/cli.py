@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO
 
 from statemachine import (
     ChannelKind,
@@ -206,13 +206,14 @@ def _service() -> Any:
     return bootstrap.process_service(kick, kick_many)
 
 
-def _lines(path: str) -> Iterator[tuple[int, str]]:
-    stream: TextIO
+def _lines(path: str) -> Iterator[tuple[int, bytes]]:
+    """The file's lines as bytes: each is decoded on its own, so one line that is not
+    UTF-8 is refused by its number instead of ending the whole submit."""
+    stream: BinaryIO
     if path == "-":
-        stream = sys.stdin
-        yield from enumerate(stream, start=1)
+        yield from enumerate(sys.stdin.buffer, start=1)
         return
-    with open(path, encoding="utf-8") as stream:
+    with open(path, "rb") as stream:
         yield from enumerate(stream, start=1)
 
 
@@ -226,10 +227,15 @@ def cmd_submit(args: argparse.Namespace) -> int:
         if not line.strip():
             continue
         try:
-            items.append((number, json.loads(line)))
+            items.append((number, json.loads(line.decode("utf-8"))))
+        except UnicodeDecodeError as exc:
+            bad_json.append(Refusal(number, (Problem("", f"not UTF-8 (byte {exc.start + 1})"),)))
         except json.JSONDecodeError as exc:
             bad_json.append(Refusal(number, (Problem("", f"not valid JSON ({exc.msg} at "
                                                          f"column {exc.colno})"),)))
+        except RecursionError:
+            bad_json.append(Refusal(number, (Problem("", "not valid JSON (nested too "
+                                                         "deep)"),)))
     report = submit_events(_service(), items)
     report.refused = sorted(bad_json + report.refused, key=lambda r: r.line)
     for refusal in report.refused:

@@ -65,7 +65,8 @@ class FailedTask:
 def entry_id(task: str, event_id: str | None, body: Mapping[str, Any]) -> str:
     """A short stable id: the same event failing in the same task keeps one entry."""
     basis = f"{task}\0{event_id}" if event_id else f"{task}\0{dumps(body)}"
-    return hashlib.sha256(basis.encode()).hexdigest()[:12]
+    # surrogatepass: an invalid event id may hold a lone surrogate; it still needs an id.
+    return hashlib.sha256(basis.encode("utf-8", "surrogatepass")).hexdigest()[:12]
 
 
 class FailedStore(Protocol):

@@ -130,8 +130,9 @@ class Keys:
 
 
 def dumps(value: Any) -> str:
-    """Compact, stable JSON for everything stored."""
-    return json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+    """Compact, stable JSON for everything stored. ASCII only: a lone surrogate that came
+    in as a JSON escape cannot be encoded as UTF-8 for Redis; escaped, it is kept."""
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
 
 def encode_record(record: ProvisioningState) -> str:

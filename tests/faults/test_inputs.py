@@ -406,13 +406,9 @@ def test_ten_thousand_malformed_events_at_every_way_in_are_refused_or_kept(
     check(cluster, figures, ledger, fates)
 
 
-# -- known bugs: strict xfail, so that a fix turns them into failures to remove the mark --
+# -- what the garbage run found (fixed: worker/cli.py, worker/keys.py, statemachine/events.py) --
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "worker/cli.py reads FILE as UTF-8 text and only catches JSONDecodeError: one "
-    "non-UTF-8 line (UnicodeDecodeError) or one line nested too deep (RecursionError) "
-    "ends the whole submit with 'unexpected ...', no line number, nothing accepted"))
 def test_a_line_that_is_not_utf8_or_nests_too_deep_is_refused_by_its_number(
     cluster: Cluster, figures: Figures, tmp_path: Path,
 ) -> None:
@@ -429,10 +425,6 @@ def test_a_line_that_is_not_utf8_or_nests_too_deep_is_refused_by_its_number(
     check(cluster, figures, ledger, fates)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a lone surrogate (JSON escape \\ud800) passes validation, then redis-py cannot "
-    "encode it (worker.keys.dumps uses ensure_ascii=False): worker.submit raises, the CLI "
-    "refuses the whole file, and a Celery message is lost (the task raises; no entry)"))
 def test_an_event_with_a_lone_surrogate_is_refused_or_applied_at_every_way_in(
     cluster: Cluster, figures: Figures, tmp_path: Path,
 ) -> None:
@@ -446,6 +438,6 @@ def test_an_event_with_a_lone_surrogate_is_refused_or_applied_at_every_way_in(
     ledger = Ledger()
     fates = run(cluster, figures, ledger, cli=mix(), python=mix(), celery=mix(),
                 garbage=garbage, workdir=tmp_path, timeout=8.0, prefix="surrogate",
-               extras=False)
+                extras=False)
 
     check(cluster, figures, ledger, fates)

@@ -65,6 +65,22 @@ def test_submit_accepts_good_lines_and_names_each_bad_one(run: Any, tmp_path: Pa
     assert memory_service.store.inbox_size(good) == 1
 
 
+def test_submit_refuses_a_line_that_is_not_utf8_or_nests_too_deep_by_its_number(
+    run: Any, tmp_path: Path, memory_service: Service,
+) -> None:
+    good = str(uuid.uuid4())
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"\n".join([
+        json.dumps(provision(good)).encode(), b'{"id": "\xff\xfe"}',
+        b"[" * 100_000 + b"]" * 100_000, b""]))
+    code, out, err = run("submit", str(path))
+    assert code == 1
+    assert out.strip() == "accepted 1, refused 2"
+    assert err.splitlines() == ["line 2: not UTF-8 (byte 9)",
+                                "line 3: not valid JSON (nested too deep)"]
+    assert memory_service.store.inbox_size(good) == 1
+
+
 def test_submit_of_a_missing_file_is_a_usage_error(run: Any, tmp_path: Path) -> None:
     code, _, err = run("submit", str(tmp_path / "nope.jsonl"))
     assert code == 2

@@ -225,6 +225,15 @@ def test_every_data_problem_is_reported_with_its_path():
     assert "whatsapp" in problems["data.channel.kind"]
 
 
+def test_text_with_a_lone_surrogate_is_refused_with_its_path():
+    raw = cloudevent("provision.requested", {
+        "name": "Contoso \ud800", "channel": {"kind": "line", "id": CHANNEL_ID}})
+    raw["id"] = "evt-\udfff"
+    problems = problems_of(raw)
+    assert problems.keys() == {"id", "data.name"}
+    assert "lone surrogate" in problems["data.name"]
+
+
 def test_missing_required_fields_are_each_reported():
     assert problems_of({}).keys() == {"specversion", "id", "source", "type", "subject"}
     assert problems_of(cloudevent("provision.requested", {})).keys() == {
