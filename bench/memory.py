@@ -220,13 +220,12 @@ def growth(rows: list[dict[str, Any]]) -> dict[str, Any]:
 # -- part 3: worker memory -----------------------------------------------------------------
 
 
-def worker_part(url: str, args: argparse.Namespace) -> list[dict[str, Any]]:
-    """RSS/Pss of a real worker: started, then after each total of events."""
+def worker_part(url: str, args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
+    """RSS/Pss of a real worker: started, then after each total of events (into rows)."""
     from statemachine import StatusReason
     from worker.keys import Keys
     from worker.settings import Settings
 
-    rows: list[dict[str, Any]] = []
     stamp = datetime.now(UTC)
     with harness(url, f"bench-memory-{stamp:%Y%m%d%H%M%S}") as h:
         ctx = h.ctx
@@ -273,17 +272,19 @@ def worker_part(url: str, args: argparse.Namespace) -> list[dict[str, Any]]:
         finally:
             ctx.procs.stop(started)
             submit.close()
-    return rows
 
 
 def settle(ctx: Any, started: Any, keys: Any, running: int, deprovisioned: int,
            errors: int, events: int) -> None:
-    deadline = ctx.deadline(60 + events / 20)  # 20 events/s at the least
+    seconds = 60 + events / 20  # 20 events/s at the least
     if not throughput.wait_settled(ctx, started, keys, running=running,
                                    deprovisioned=deprovisioned, errors=errors,
-                                   deadline=deadline):
+                                   deadline=ctx.deadline(seconds)):
         raise throughput.BenchError(f"the worker did not settle; see {started.log}")
-    if not ctx.queue_idle(started, 30):
+    # The records can settle before the queue empties: in a backlog, the recovery timer
+    # kicks again every record still pending after recovery_interval (duplicate drain
+    # tasks, each a no-op by then).
+    if not ctx.queue_idle(started, seconds):
         raise throughput.BenchError("the Celery queue did not empty")
 
 
@@ -378,7 +379,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> int:
-    from worker import embedded
     from worker.logs import configure
     from worker.settings import Settings
 
@@ -389,14 +389,27 @@ def run(args: argparse.Namespace) -> int:
         "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
         "settings": {k: v for k, v in vars(args).items() if k != "output"},
         "history_limit": Settings().history_limit, "source": throughput.source_state()}
+    output = args.output or RESULTS / f"memory-{stamp:%Y-%m-%d}.json"
+    try:
+        parts(args, document)
+    finally:  # what was measured is kept, even when a later part fails
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+        print(f"\nresults: {output}")
+    return 0
+
+
+def parts(args: argparse.Namespace, document: dict[str, Any]) -> None:
+    from worker import embedded
+
     sizes: list[dict[str, Any]] = []
+    document["records"] = sizes
     for size in args.sizes:
         with embedded.start("redis-server") as server:
             if not document.get("machine"):
                 document["machine"] = machine(server.url)
                 print_machine(document["machine"])
             sizes.append(populate(server.url, args, size))
-    document["records"] = sizes
     if sizes:
         print_records(sizes)
     if args.long_events:
@@ -412,12 +425,9 @@ def run(args: argparse.Namespace) -> int:
                 print_machine(document["machine"])
             print(f"\nworker memory (celery -A worker.app worker --concurrency "
                   f"{args.concurrency}):", flush=True)
-            document["worker"] = worker_part(server.url, args)
-    output = args.output or RESULTS / f"memory-{stamp:%Y-%m-%d}.json"
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
-    print(f"\nresults: {output}")
-    return 0
+            readings: list[dict[str, Any]] = []
+            document["worker"] = readings
+            worker_part(server.url, args, readings)
 
 
 def machine(url: str) -> dict[str, Any]:
