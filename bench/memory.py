@@ -1,0 +1,466 @@
+"""Memory benchmark: Redis bytes per stored record, what a long-lived record costs, and the
+resident memory of real worker processes.
+
+Run it from the project root::
+
+    .venv/bin/python bench/memory.py                      # 10,000 and 100,000 records
+    .venv/bin/python bench/memory.py --records 2000 --long-events 300 --worker-events 1000
+    .venv/bin/python bench/memory.py --help
+
+Three parts, each on a ``redis-server`` of its own (``worker.embedded``, a free loopback
+port, no persistence), stopped by its pid at the end:
+
+1. *Records.* For each ``--records`` size, a fresh server is filled through the real code
+   path (bench/population.py: ``Service.accept_all`` + ``Service.drain``, the emulator as an
+   in-process httpx transport; ``--populate clone`` copies template records instead, much
+   faster) with the default history bound. Reported: ``used_memory`` after - before,
+   per record; keys per record; ``MEMORY USAGE … SAMPLES 0`` of each kind of key on a sample
+   of records of each life, and of the shared index sets divided by the records.
+2. *A long-lived record.* One record takes ``--long-events`` events through the real path
+   (cycles of re-provision, GateKeeper Inactive/Error, GateKeeper Active/Running); at
+   checkpoints, the size of each of its keys. The history stops at the bound; the
+   accepted-ids and applied-keys sets do not.
+3. *Worker memory.* A real ``celery -A worker.app worker --concurrency C`` (bench/harness.py,
+   on bench/throughput.py): VmRSS and Pss of its main process and pool children once
+   started, then after each ``--worker-events`` total of events of throughput.py's mix
+   (submitted through ``worker.api.submit_events``).
+
+Prints tables and writes JSON to bench/results/memory-<date>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import population
+import redis
+import throughput
+from harness import cpu_count, harness, start_worker, worker_env, worker_memory
+from population import (
+    KINDS,
+    LIFE_NAMES,
+    PROVIDER_COLUMN,
+    Progress,
+    life_of,
+    memory_usage,
+    provider_id,
+    record_id,
+    used_memory,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+PREFIX = "provisioning"
+PER_RECORD = ("record", "history", "accepted", "applied", "channel_link")
+
+
+# -- part 1: records ----------------------------------------------------------------------
+
+
+def populate(url: str, args: argparse.Namespace, size: int) -> dict[str, Any]:
+    """Fill a fresh server with ``size`` records; returns the memory it took."""
+    from worker.emulator import Emulator
+
+    client = redis.Redis.from_url(url, decode_responses=True)
+    emulator = Emulator()
+    # Templates run first in both modes: the scripts are loaded and the clients connected
+    # before the baseline, so the delta is the records' own.
+    templates = population.make_templates(url, PREFIX, emulator, args.seed)
+    service = population.make_service(url, PREFIX, emulator)
+    service.store.ping()
+    before = used_memory(client)
+    began, cpu = time.monotonic(), time.process_time()
+    progress = Progress(f"{args.populate} {size:,}", 0, size)
+    if args.populate == "real":
+        population.populate_real(service, emulator, args.seed, 0, size, progress)
+    else:
+        population.populate_clone(client, PREFIX, templates, args.seed, 0, size,
+                                  progress=progress)
+    seconds, cpu_s = time.monotonic() - began, time.process_time() - cpu
+    service.close()
+    service.store.client.close()
+    after = used_memory(client)
+    keys = int(client.dbsize())
+    result = {
+        "records": size, "populate": args.populate, "populate_s": round(seconds, 1),
+        "populate_cpu_s": round(cpu_s, 1), "keys": keys,
+        "keys_per_record": round(keys / size, 3),
+        "used_memory_before": before["used_memory"], "used_memory_after": after["used_memory"],
+        "bytes_per_record": round((after["used_memory"] - before["used_memory"]) / size, 1),
+        "rss_bytes_per_record": round(
+            (after["used_memory_rss"] - before["used_memory_rss"]) / size, 1),
+        "breakdown": breakdown(client, args, size),
+    }
+    client.close()
+    return result
+
+
+def breakdown(client: redis.Redis, args: argparse.Namespace, size: int) -> dict[str, Any]:
+    """MEMORY USAGE of each kind of key: a sample of records per life, the shared sets."""
+    from statemachine import ChannelKind, StatusReason
+    from worker.keys import Keys, decode_record
+
+    keys = Keys(PREFIX)
+    rng = random.Random(args.seed)
+    by_life: dict[str, dict[str, float]] = {}
+    for life in LIFE_NAMES:
+        pool = [i for i in range(size) if life_of(i) == life]
+        sample = rng.sample(pool, min(args.sample, len(pool)))
+        totals = dict.fromkeys(PER_RECORD, 0)
+        for i in sample:
+            rid = record_id(args.seed, i)
+            record = decode_record(client.hget(keys.record(rid), "json"))
+            channel = record.channel_id
+            kind = record.tracking.channel_kind
+            assert channel is not None and kind is not None
+            names = {"record": keys.record(rid), "history": keys.history(rid),
+                     "accepted": keys.accepted(rid), "applied": keys.applied(rid),
+                     "channel_link": keys.by_link(ChannelKind(kind).lookup.column, channel)}
+            for name, key in names.items():
+                totals[name] += memory_usage(client, key)
+        by_life[life] = {name: round(total / len(sample), 1) for name, total in totals.items()}
+        by_life[life]["records"] = len(pool)
+    mean = {name: round(sum(by_life[life][name] * by_life[life]["records"]
+                            for life in LIFE_NAMES) / size, 1) for name in PER_RECORD}
+    shared_keys = [keys.all_records, keys.retries, keys.pending, keys.calling_in_progress,
+                   *(keys.by_status(int(s)) for s in StatusReason),
+                   *(keys.by_kind(k) for k in KINDS),
+                   *(keys.by_link(PROVIDER_COLUMN, provider_id(args.seed, 50 * n))
+                     for n in range(5))]
+    shared = {key.removeprefix(PREFIX + ":"): memory_usage(client, key) for key in shared_keys}
+    shared = {key: value for key, value in shared.items() if value}
+    return {"per_record_key_bytes": mean, "by_life": by_life,
+            "shared_bytes": shared,
+            "shared_bytes_per_record": round(sum(shared.values()) / size, 1),
+            "keys_sum_bytes_per_record": round(sum(mean.values())
+                                               + sum(shared.values()) / size, 1)}
+
+
+# -- part 2: a long-lived record ----------------------------------------------------------
+
+
+def long_lived(url: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """One record through ``--long-events`` events; its keys' sizes at checkpoints."""
+    from worker.emulator import Emulator
+    from worker.keys import Keys
+
+    prefix = "bench-long"
+    emulator = Emulator()
+    service = population.make_service(url, prefix, emulator)
+    client = redis.Redis.from_url(url, decode_responses=True)
+    keys = Keys(prefix)
+    i = 0
+    rid = record_id(args.seed, i)
+    first = population.life_events(args.seed, i, "provisioned", "whatsapp")[0]
+    provision = first[0]
+    population.apply_rounds(service, [first])
+    checkpoints = sorted({c for c in (3, 30, 300, 750, 1500, 3000, args.long_events)
+                          if c <= args.long_events})
+    rows: list[dict[str, Any]] = []
+    events = 1
+    try:
+        for target in checkpoints:
+            while events < target:
+                n = events
+                step = n % 3
+                if step == 0:
+                    raw = {**provision, "id": f"mem-long-{n}"}
+                elif step == 1:
+                    raw = population.event(i, n, "gatekeeper.reported", rid, {
+                        "status": "Inactive", "reason": "Error",
+                        "details": "bench: the gate's health check failed"})
+                else:
+                    raw = population.event(i, n, "gatekeeper.reported", rid,
+                                           {"status": "Active", "reason": "Running"})
+                population.apply_rounds(service, [[raw]])
+                emulator.reset()
+                events += 1
+            sizes = {name: memory_usage(client, key) for name, key in (
+                ("record", keys.record(rid)), ("history", keys.history(rid)),
+                ("accepted", keys.accepted(rid)), ("applied", keys.applied(rid)))}
+            row = {"events": events, "history_entries": int(client.llen(keys.history(rid))),
+                   "accepted_ids": int(client.scard(keys.accepted(rid))),
+                   "applied_keys": int(client.scard(keys.applied(rid))),
+                   "bytes": sizes, "total_bytes": sum(sizes.values())}
+            rows.append(row)
+            print(f"  long-lived record: {events} events, {row['history_entries']} history "
+                  f"entries, {row['total_bytes']:,} bytes", flush=True)
+    finally:
+        service.close()
+        service.store.client.close()
+        client.close()
+    return rows
+
+
+def growth(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Bytes per accepted id and per applied key, between the last two checkpoints; bytes
+    per history entry at the last one."""
+    if len(rows) < 2:
+        return {}
+    a, b = rows[-2], rows[-1]
+
+    def slope(name: str, count: str) -> float | None:
+        members = b[count] - a[count]
+        return round((b["bytes"][name] - a["bytes"][name]) / members, 1) if members else None
+
+    return {"bytes_per_accepted_id": slope("accepted", "accepted_ids"),
+            "bytes_per_applied_key": slope("applied", "applied_keys"),
+            "bytes_per_history_entry": round(b["bytes"]["history"] / b["history_entries"], 1)}
+
+
+# -- part 3: worker memory -----------------------------------------------------------------
+
+
+def worker_part(url: str, args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
+    """RSS/Pss of a real worker: started, then after each total of events (into rows)."""
+    from statemachine import StatusReason
+    from worker.keys import Keys
+    from worker.settings import Settings
+
+    stamp = datetime.now(UTC)
+    with harness(url, f"bench-memory-{stamp:%Y%m%d%H%M%S}") as h:
+        ctx = h.ctx
+        env = worker_env(ctx, f"{ctx.prefix}:worker")
+        keys = Keys(env["PROVISIONING_KEY_PREFIX"])
+        submit = throughput.Submitter(throughput.NORMAL, Settings.from_env(env), 50)
+        started = start_worker(ctx, args.concurrency, "memory", env)
+        try:
+            time.sleep(args.settle)
+            rows.append({"events": 0, "state": "started, idle", **worker_memory(started)})
+            print_worker_row(rows[-1])
+            done = 0
+            running = deprovisioned = errors = 0
+            for stage, total in enumerate(args.worker_event_list):
+                n = total - done
+                # throughput.py's mix: the seeds are provisioned first (they count as
+                # events); then the measured events, 80 % of them new records.
+                work = throughput.make_workload(
+                    f"m{stage}", max(2, round(n / (1 + args.deprovision_share
+                                                   + args.report_share))),
+                    deprovision_share=args.deprovision_share, report_share=args.report_share,
+                    warmup=0, seed=args.seed)
+                running += work.seeded
+                submit(work.seed)
+                settle(ctx, started, keys, running, deprovisioned, errors, len(work.seed))
+                running += work.provisions - work.deprovisions - work.reports
+                deprovisioned += work.deprovisions
+                errors += work.reports
+                began = time.monotonic()
+                submit(work.events)
+                settle(ctx, started, keys, running, deprovisioned, errors, len(work.events))
+                seconds = time.monotonic() - began
+                done += len(work.seed) + len(work.events)
+                ctx.emulator.reset()
+                time.sleep(args.settle)
+                records = int(ctx.client.scard(keys.all_records))
+                rows.append({"events": done, "records": records,
+                             "state": f"idle after {done:,} events "
+                                      f"({len(work.events) / seconds:.0f} events/s)",
+                             "running": int(ctx.client.scard(
+                                 keys.by_status(int(StatusReason.RUNNING)))),
+                             **worker_memory(started)})
+                print_worker_row(rows[-1])
+        finally:
+            ctx.procs.stop(started)
+            submit.close()
+
+
+def settle(ctx: Any, started: Any, keys: Any, running: int, deprovisioned: int,
+           errors: int, events: int) -> None:
+    seconds = 60 + events / 20  # 20 events/s at the least
+    if not throughput.wait_settled(ctx, started, keys, running=running,
+                                   deprovisioned=deprovisioned, errors=errors,
+                                   deadline=ctx.deadline(seconds)):
+        raise throughput.BenchError(f"the worker did not settle; see {started.log}")
+    # The records can settle before the queue empties: in a backlog, the recovery timer
+    # kicks again every record still pending after recovery_interval (duplicate drain
+    # tasks, each a no-op by then).
+    if not ctx.queue_idle(started, seconds):
+        raise throughput.BenchError("the Celery queue did not empty")
+
+
+# -- output --------------------------------------------------------------------------------
+
+
+def mib(kib: int) -> str:
+    return f"{kib / 1024:7.1f}"
+
+
+def print_worker_row(row: dict[str, Any]) -> None:
+    main = row["main"] or {"rss_kib": 0, "pss_kib": 0}
+    pool = " ".join(f"{mib(p['rss_kib']).strip()}/{mib(p['pss_kib']).strip()}"
+                    for p in row["pool"])
+    print(f"  worker {row['state']}: main RSS {mib(main['rss_kib'])} MiB (Pss "
+          f"{mib(main['pss_kib']).strip()}), pool RSS/Pss MiB {pool}; total RSS "
+          f"{mib(row['total_rss_kib']).strip()} MiB, total Pss "
+          f"{mib(row['total_pss_kib']).strip()} MiB", flush=True)
+
+
+def print_records(sizes: list[dict[str, Any]]) -> None:
+    print("\nRedis memory per record (default history bound):")
+    print(f"{'records':>10} {'populate':>9} {'s':>7} {'keys/rec':>9} {'B/record':>9} "
+          f"{'RSS B/rec':>10} {'sum of keys':>12}")
+    for s in sizes:
+        print(f"{s['records']:>10,} {s['populate']:>9} {s['populate_s']:>7} "
+              f"{s['keys_per_record']:>9} {s['bytes_per_record']:>9,.0f} "
+              f"{s['rss_bytes_per_record']:>10,.0f} "
+              f"{s['breakdown']['keys_sum_bytes_per_record']:>12,.0f}")
+    last = sizes[-1]["breakdown"]
+    print(f"\nMEMORY USAGE per key, bytes (sample of {sizes[-1]['records']:,} records):")
+    print(f"{'key':<14}" + "".join(f"{life:>15}" for life in LIFE_NAMES) + f"{'mean':>10}")
+    for name in PER_RECORD:
+        print(f"{name:<14}" + "".join(f"{last['by_life'][life][name]:>15,.0f}"
+                                     for life in LIFE_NAMES)
+              + f"{last['per_record_key_bytes'][name]:>10,.0f}")
+    print(f"{'shared sets':<14}{'':>45}{last['shared_bytes_per_record']:>10,.0f}"
+          f"   (idx:all, idx:status:*, idx:kind:*, provider links, per record)")
+
+
+def print_long(rows: list[dict[str, Any]], slopes: dict[str, Any]) -> None:
+    print("\nA long-lived record (history bound 1000):")
+    print(f"{'events':>7} {'entries':>8} {'accepted':>9} {'applied':>8} {'history B':>10} "
+          f"{'accepted B':>11} {'applied B':>10} {'record B':>9} {'total B':>10}")
+    for r in rows:
+        b = r["bytes"]
+        print(f"{r['events']:>7} {r['history_entries']:>8} {r['accepted_ids']:>9} "
+              f"{r['applied_keys']:>8} {b['history']:>10,} {b['accepted']:>11,} "
+              f"{b['applied']:>10,} {b['record']:>9,} {r['total_bytes']:>10,}")
+    if slopes:
+        print(f"  per accepted id {slopes['bytes_per_accepted_id']} B, per applied key "
+              f"{slopes['bytes_per_applied_key']} B (no bound); per history entry "
+              f"{slopes['bytes_per_history_entry']} B (bounded)")
+
+
+# -- main ----------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="bench/memory.py", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--records", default="10000,100000",
+                        help="comma-separated numbers of records (0: skip the part)")
+    parser.add_argument("--populate", choices=("real", "clone"), default="real",
+                        help="real: accept_all + drain per record; clone: copies of template "
+                             "records, same keys (bench/population.py)")
+    parser.add_argument("--sample", type=int, default=200,
+                        help="records per life whose keys MEMORY USAGE measures")
+    parser.add_argument("--long-events", type=int, default=3000,
+                        help="events on the long-lived record (0: skip the part)")
+    parser.add_argument("--worker-events", default="10000,50000",
+                        help="comma-separated totals of events at which the worker's memory "
+                             "is read (empty: skip the part)")
+    parser.add_argument("--concurrency", type=int, default=cpu_count(),
+                        help="prefork pool processes of the worker")
+    parser.add_argument("--deprovision-share", type=float, default=0.1)
+    parser.add_argument("--report-share", type=float, default=0.1)
+    parser.add_argument("--settle", type=float, default=3.0,
+                        help="seconds the worker idles before each reading")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--output", type=Path,
+                        help="JSON file (default bench/results/memory-<date>.json)")
+    args = parser.parse_args(argv)
+    try:
+        args.sizes = [int(v) for v in args.records.split(",") if v.strip() and int(v)]
+        args.worker_event_list = sorted(int(v) for v in args.worker_events.split(",")
+                                        if v.strip())
+    except ValueError:
+        parser.error("--records and --worker-events: comma-separated integers")
+    return args
+
+
+def run(args: argparse.Namespace) -> int:
+    from worker.logs import configure
+    from worker.settings import Settings
+
+    configure(Settings(log_level="WARNING", log_format="json"))
+    stamp = datetime.now(UTC)
+    document: dict[str, Any] = {
+        "benchmark": "bench/memory.py", "started_at": stamp.isoformat(),
+        "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
+        "settings": {k: v for k, v in vars(args).items() if k != "output"},
+        "history_limit": Settings().history_limit, "source": throughput.source_state()}
+    output = args.output or RESULTS / f"memory-{stamp:%Y-%m-%d}.json"
+    try:
+        parts(args, document)
+    finally:  # what was measured is kept, even when a later part fails
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+        print(f"\nresults: {output}")
+    return 0
+
+
+def parts(args: argparse.Namespace, document: dict[str, Any]) -> None:
+    from worker import embedded
+
+    sizes: list[dict[str, Any]] = []
+    document["records"] = sizes
+    for size in args.sizes:
+        with embedded.start("redis-server") as server:
+            if not document.get("machine"):
+                document["machine"] = machine(server.url)
+                print_machine(document["machine"])
+            sizes.append(populate(server.url, args, size))
+    if sizes:
+        print_records(sizes)
+    if args.long_events:
+        with embedded.start("redis-server") as server:
+            print("\nlong-lived record:", flush=True)
+            rows = long_lived(server.url, args)
+        document["long_lived"] = {"checkpoints": rows, "growth": growth(rows)}
+        print_long(rows, document["long_lived"]["growth"])
+    if args.worker_event_list:
+        with embedded.start("redis-server") as server:
+            if not document.get("machine"):
+                document["machine"] = machine(server.url)
+                print_machine(document["machine"])
+            print(f"\nworker memory (celery -A worker.app worker --concurrency "
+                  f"{args.concurrency}):", flush=True)
+            readings: list[dict[str, Any]] = []
+            document["worker"] = readings
+            worker_part(server.url, args, readings)
+
+
+def machine(url: str) -> dict[str, Any]:
+    """throughput.py's description of the machine, plus its memory."""
+    client = redis.Redis.from_url(url, decode_responses=True)
+    try:
+        info = throughput.machine(argparse.Namespace(client=client))  # type: ignore[arg-type]
+    finally:
+        client.close()
+    meminfo = Path("/proc/meminfo").read_text().split("\n", 1)[0].split()
+    info["memory_gib"] = round(int(meminfo[1]) / 1024 / 1024, 1)
+    return info
+
+
+def print_machine(info: dict[str, Any]) -> None:
+    print(f"machine: {info['nproc']} CPUs, {info['cpu_model']}, {info['memory_gib']} GiB; "
+          f"Python {info['python']}, Celery {info['celery']}, redis-server "
+          f"{info['redis_server']}", flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, throughput._interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return run(args)
+    except throughput.BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted; every process this run started was stopped", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
