@@ -744,6 +744,17 @@ class StoreContract:
         assert store.heads([R1], 5) == [[]]
         assert [entry.event_id for entry in store.history(R1)][-1] == "évènement-✓-1"
 
+    def test_records_accepted_with_a_claim_are_no_orphans_until_it_expires(
+        self, store: StateStore, elapse: Callable[[float], None],
+    ) -> None:
+        raws = [provision(R1, "evt-1"), provision(R2, "evt-2")]
+        assert store.accept_many([(R1, "evt-1", json.dumps(raws[0]))], now=1.0,
+                                 claim_seconds=SHORT_LEASE) == [True]
+        assert store.accept_many([(R2, "evt-2", json.dumps(raws[1]))], now=1.0) == [True]
+        assert store.claim_orphans(10, LEASE) == [R2]  # R1's submitter kicked it itself
+        elapse(PAST_SHORT_LEASE)
+        assert store.claim_orphans(10, LEASE) == [R1]
+
     # -- many records in one round trip ------------------------------------------------
 
     def test_heads_and_load_many_read_many_records_at_once(self, store: StateStore) -> None:

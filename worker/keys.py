@@ -7,7 +7,8 @@ Per record ``<id>``:
   ``<p>:accepted:<id>``    set of event ids accepted into the inbox (accept dedupe)
   ``<p>:applied:<id>``     set of dedupe keys already applied (invariant 8)
   ``<p>:lease:<id>``       string: the owner draining the inbox; expires (PX)
-  ``<p>:claimed:<id>``     string: a recovery sweep kicked this record recently; expires
+  ``<p>:claimed:<id>``     string: a recovery sweep or a submit kicked this record recently;
+                           expires (recovery sweeps leave it alone until then)
 Global:
   ``<p>:pending``          zset record id -> time it got work; left when drained
   ``<p>:retries``          zset record id -> when its retry is due (beat's sweep)
@@ -57,6 +58,10 @@ class Keys:
 
     def lease(self, record_id: str) -> str:
         return f"{self.prefix}:lease:{record_id}"
+
+    def claimed(self, record_id: str) -> str:
+        """Read by lua/claim_orphans.lua as ``<prefix>:claimed:<id>``."""
+        return f"{self.prefix}:claimed:{record_id}"
 
     @property
     def pending(self) -> str:

@@ -63,8 +63,14 @@ class MemoryStateStore:
             self._data.pending.setdefault(record_id, now)
             return True
 
-    def accept_many(self, items: Sequence[tuple[str, str, str]], *, now: float) -> list[bool]:
-        return [self.accept(r, e, p, now=now) for r, e, p in items]
+    def accept_many(self, items: Sequence[tuple[str, str, str]], *, now: float,
+                    claim_seconds: float = 0.0) -> list[bool]:
+        with self._lock:
+            added = [self.accept(r, e, p, now=now) for r, e, p in items]
+            if claim_seconds > 0:
+                for record_id, _, _ in items:
+                    self._data.claimed[record_id] = self.clock() + claim_seconds
+            return added
 
     def forget_accepted(self, record_id: str, event_id: str) -> None:
         with self._lock:

@@ -60,7 +60,8 @@ class RedisStateStore:
             )
         return bool(added)
 
-    def accept_many(self, items: Sequence[tuple[str, str, str]], *, now: float) -> list[bool]:
+    def accept_many(self, items: Sequence[tuple[str, str, str]], *, now: float,
+                    claim_seconds: float = 0.0) -> list[bool]:
         k = self.keys
         with _translated():
             pipe = self.client.pipeline(transaction=False)
@@ -70,7 +71,11 @@ class RedisStateStore:
                     args=[event_id, inbox_item(event_id, payload), now, record_id],
                     client=pipe,
                 )
-            return [bool(added) for added in pipe.execute()]
+            if claim_seconds > 0:
+                for record_id in dict.fromkeys(record_id for record_id, _, _ in items):
+                    pipe.set(k.claimed(record_id), "1", px=max(1, int(claim_seconds * 1000)))
+            answers = pipe.execute()
+        return [bool(added) for added in answers[:len(items)]]
 
     def forget_accepted(self, record_id: str, event_id: str) -> None:
         with _translated():

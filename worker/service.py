@@ -274,7 +274,11 @@ class Service:
             for event, record_ids in zip(events, targets, strict=True)
             for record_id in record_ids
         ]
-        added = self.store.accept_many(items, now=time.time()) if items else []
+        # The caller kicks a drain for these records: recovery sweeps leave them alone for
+        # a lease time (a record waiting its turn in a backlog is not an orphan).
+        added = (self.store.accept_many(items, now=time.time(),
+                                        claim_seconds=self.settings.lease_seconds)
+                 if items else [])
         results, start = [], 0
         for event, record_ids in zip(events, targets, strict=True):
             flags = added[start:start + len(record_ids)]  # one per target, in order

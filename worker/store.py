@@ -83,8 +83,11 @@ class StateStore(Protocol):
         """Append to the inbox unless ``event_id`` was accepted before; True when appended."""
         ...
 
-    def accept_many(self, items: Sequence[tuple[str, str, str]], *, now: float) -> list[bool]:
-        """``accept`` for many (record id, event id, payload) at once, pipelined."""
+    def accept_many(self, items: Sequence[tuple[str, str, str]], *, now: float,
+                    claim_seconds: float = 0.0) -> list[bool]:
+        """``accept`` for many (record id, event id, payload) at once, pipelined. With
+        ``claim_seconds``, each record is also claimed as ``claim_orphans`` claims it: the
+        caller kicks a drain itself, so recovery sweeps leave it alone that long."""
         ...
 
     def forget_accepted(self, record_id: str, event_id: str) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import time
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -201,12 +203,15 @@ def test_drain_returns_at_once_when_another_worker_holds_the_lease(
     memory_service: Service, kicks: Any
 ) -> None:
     record_id = new_id()
+    # Accepting claims the record for a lease time (its acceptor drains or kicks it).
+    memory_service.settings = dataclasses.replace(memory_service.settings, lease_seconds=0.2)
     assert memory_service.store.acquire_lease(record_id, "other", 30)
     handle(memory_service, provision(record_id, new_id()))
     assert memory_service.store.load(record_id) is None
     assert memory_service.store.inbox_size(record_id) == 1
     assert memory_service.recover() == []  # leased: not orphaned
     memory_service.store.renew_lease(record_id, "other", 0.000001)
+    time.sleep(0.3)  # past the claim
     assert memory_service.recover() == [record_id]
     assert kicks.records == [record_id]
 
