@@ -341,11 +341,11 @@ class Service:
         accepted = self.accept(event, context=context, message=body)
         log.info("event_accepted", event_id=event.id, event_type=event.type.value,
                  records=len(accepted.record_ids), new=accepted.new, task_id=task_id)
-        if drain:
-            for record_id in accepted.record_ids:
-                report = self.drain(record_id, task_id=task_id)
-                if report.handed_over:
-                    self.kick(record_id)
+        if drain and accepted.record_ids:
+            reports = self.drain_many(accepted.record_ids, task_id=task_id)
+            handed_over = [report.record_id for report in reports if report.handed_over]
+            if handed_over:
+                self.kick_many(handed_over)
         return accepted
 
     # -- draining ----------------------------------------------------------------------
