@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
@@ -63,18 +63,17 @@ class RedisStateStore:
     def accept_many(self, items: Sequence[tuple[str, str, str]], *, now: float,
                     claim_seconds: float = 0.0) -> list[bool]:
         k = self.keys
-        with _translated():
-            pipe = self.client.pipeline(transaction=False)
+
+        def fill(pipe: Any) -> None:
             for record_id, event_id, payload in items:
-                self._accept(
-                    keys=[k.accepted(record_id), k.inbox(record_id), k.pending],
-                    args=[event_id, inbox_item(event_id, payload), now, record_id],
-                    client=pipe,
-                )
+                _evalsha(pipe, self._accept,
+                         [k.accepted(record_id), k.inbox(record_id), k.pending],
+                         [event_id, inbox_item(event_id, payload), now, record_id])
             if claim_seconds > 0:
                 for record_id in dict.fromkeys(record_id for record_id, _, _ in items):
                     pipe.set(k.claimed(record_id), "1", px=max(1, int(claim_seconds * 1000)))
-            answers = pipe.execute()
+
+        answers = self._pipelined(fill)
         return [bool(added) for added in answers[:len(items)]]
 
     def forget_accepted(self, record_id: str, event_id: str) -> None:
@@ -137,19 +136,46 @@ class RedisStateStore:
         if not commits and not release:
             return [], []
         k = self.keys
-        with _translated():
-            pipe = self.client.pipeline(transaction=False)
+
+        def fill(pipe: Any) -> None:
             for commit in commits:
-                self._run_commit(commit, pipe)
+                _evalsha(pipe, self._commit, *self._commit_call(commit))
             for record_id in release:
-                self._release(keys=[k.lease(record_id), k.inbox(record_id), k.pending],
-                              args=[owner, record_id, "0"], client=pipe)
-            answers = pipe.execute()
+                _evalsha(pipe, self._release,
+                         [k.lease(record_id), k.inbox(record_id), k.pending],
+                         [owner, record_id, "0"])
+
+        answers = self._pipelined(fill)
         return ([CommitStatus(status) for status in answers[:len(commits)]],
                 [Release(int(result)) for result in answers[len(commits):]])
 
+    def _pipelined(self, fill: Callable[[Any], None]) -> list[Any]:
+        """Run the commands ``fill`` queues in one non-transactional pipeline. Scripts go
+        as EVALSHA (redis-py's Script objects would add a SCRIPT EXISTS round trip to every
+        pipeline); a Redis that lost its scripts (restarted, flushed) answers NOSCRIPT to
+        every one of them, nothing of the scripts ran, so they are loaded and the pipeline
+        is sent again."""
+        with _translated():
+            for attempt in (1, 2):
+                pipe = self.client.pipeline(transaction=False)
+                fill(pipe)
+                try:
+                    answers: list[Any] = pipe.execute()
+                    return answers
+                except redis.exceptions.NoScriptError:
+                    if attempt == 2:
+                        raise
+                    for script in (self._accept, self._commit, self._release):
+                        self.client.script_load(script.script)
+        raise AssertionError("unreachable")  # pragma: no cover
+
     def _run_commit(self, commit: Commit, client: Any) -> Any:
         """Call the commit script on ``client`` (the connection, or a pipeline)."""
+        keys, args = self._commit_call(commit)
+        return self._commit(keys=keys, args=args, client=client)
+
+    def _commit_call(self, commit: Commit) -> tuple[list[str], list[Any]]:
+        """The keys and arguments of the commit script for ``commit``."""
         k = self.keys
         rid = commit.record_id
         old, new = k.index_keys(commit.before), k.index_keys(commit.after)
@@ -171,11 +197,8 @@ class RedisStateStore:
             commit.outbox_entry or "",
             *(dumps(entry.to_json()) for entry in commit.entries),
         ]
-        return self._commit(
-            keys=[k.record(rid), k.history(rid), k.inbox(rid), k.applied(rid), k.lease(rid),
-                  k.retries, k.outbox, *remove, *add],
-            args=args, client=client,
-        )
+        return ([k.record(rid), k.history(rid), k.inbox(rid), k.applied(rid), k.lease(rid),
+                 k.retries, k.outbox, *remove, *add], args)
 
     def history(self, record_id: str) -> list[HistoryEntry]:
         with _translated():
@@ -255,13 +278,7 @@ class RedisStateStore:
         return int(result) == 1
 
     def release_many(self, record_ids: Sequence[str], owner: str) -> list[Release]:
-        k = self.keys
-        with _translated():
-            pipe = self.client.pipeline(transaction=False)
-            for record_id in record_ids:
-                self._release(keys=[k.lease(record_id), k.inbox(record_id), k.pending],
-                              args=[owner, record_id, "0"], client=pipe)
-            return [Release(int(result)) for result in pipe.execute()]
+        return self.commit_many([], release=record_ids, owner=owner)[1]
 
     def lease_ttl(self, record_id: str) -> float | None:
         with _translated():
@@ -308,6 +325,11 @@ class RedisStateStore:
     def ping(self) -> bool:
         with _translated():
             return bool(self.client.ping())
+
+
+def _evalsha(pipe: Any, script: Any, keys: list[str], args: list[Any]) -> None:
+    """Queue ``script`` on ``pipe`` by its SHA1 (see ``RedisStateStore._pipelined``)."""
+    pipe.evalsha(script.sha, len(keys), *keys, *args)
 
 
 @contextmanager

@@ -52,3 +52,23 @@ def failed_store(client: redis.Redis) -> FailedStore:
 
 class TestRedisStoreContract(StoreContract):
     """Every contract test, on redis-server."""
+
+
+def test_pipelines_reload_the_scripts_a_restarted_redis_lost(
+    client: redis.Redis, store: StateStore,
+) -> None:
+    """Batches send scripts by SHA1; a Redis without them (restarted, or SCRIPT FLUSH on
+    this session's own server) answers NOSCRIPT, and the store loads them and goes on."""
+    import json
+
+    from tests.store_contract import LEASE, OWNER, R1, head_commit, provision
+    from worker.store import CommitStatus, Release
+
+    client.script_flush()
+    raw = provision(R1, "evt-1")
+    assert store.accept_many([(R1, "evt-1", json.dumps(raw))], now=1.0) == [True]
+    assert store.acquire_many([R1], OWNER, LEASE, 5)[0] is not None
+    commit = head_commit(store, R1)
+    client.script_flush()
+    assert store.commit_many([commit], release=[R1], owner=OWNER) == (
+        [CommitStatus.OK], [Release.RELEASED])
