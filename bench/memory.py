@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -449,17 +448,7 @@ def print_machine(info: dict[str, Any]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    signal.signal(signal.SIGTERM, throughput._interrupt)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        return run(args)
-    except throughput.BenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\ninterrupted; every process this run started was stopped", file=sys.stderr)
-        return 130
+    return throughput.entry(parse_args, run, argv)
 
 
 if __name__ == "__main__":

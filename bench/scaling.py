@@ -44,7 +44,6 @@ import contextlib
 import csv
 import json
 import random
-import signal
 import sys
 import time
 import uuid
@@ -527,17 +526,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    signal.signal(signal.SIGTERM, throughput._interrupt)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        return run(args)
-    except throughput.BenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\ninterrupted; every process this run started was stopped", file=sys.stderr)
-        return 130
+    return throughput.entry(parse_args, run, argv)
 
 
 if __name__ == "__main__":

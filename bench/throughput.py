@@ -1199,19 +1199,30 @@ def write_json(args: argparse.Namespace, stamp: datetime, info: dict[str, Any],
     return output
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+def entry(parse: Callable[[Sequence[str] | None], argparse.Namespace],
+          run_with: Callable[[argparse.Namespace], int],
+          argv: Sequence[str] | None = None) -> int:
+    """A benchmark's main: parse, then run with SIGTERM and Ctrl-C stopping the run (every
+    process it started is stopped by the run's own clean-up); a BenchError is one line."""
+    args = parse(argv)
     signal.signal(signal.SIGTERM, _interrupt)
     # Even when started in the background of a shell, which starts it ignoring SIGINT.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        return run(args)
+        return run_with(args)
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("\ninterrupted; every process this run started was stopped", file=sys.stderr)
         return 130
 
 
-__all__ = ["main", "noop", "noop_app"]
+def main(argv: Sequence[str] | None = None) -> int:
+    return entry(parse_args, run, argv)
+
+
+__all__ = ["entry", "main", "noop", "noop_app"]
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -315,7 +315,37 @@ def count_crashes(processes: Iterable[CeleryProcess]) -> Crashes:
 # -- killing ---------------------------------------------------------------------------
 
 
-class Killer(threading.Thread):
+class Background(threading.Thread):
+    """A scenario's helper thread: whatever it raises is raised again in the test's thread
+    by ``finish``; ``stopping`` asks it to stop early."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name=name, daemon=True)
+        self.error: BaseException | None = None
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        try:
+            self.work()
+        except BaseException as exc:  # noqa: BLE001 - raised in the test's thread by finish()
+            self.error = exc
+
+    def work(self) -> None:
+        raise NotImplementedError
+
+    def finish(self, timeout: float, *, must_end: bool = False) -> None:
+        """Wait up to ``timeout``; then stop it (an AssertionError with ``must_end``)."""
+        self.join(timeout)
+        if self.is_alive():
+            self.stopping.set()
+            self.join(10)
+            if must_end:
+                raise AssertionError(f"{self.name} did not finish within {timeout:.0f} s")
+        if self.error is not None:
+            raise self.error
+
+
+class Killer(Background):
     """SIGKILLs a worker's whole process group at random moments and starts a new one.
 
     The moments are drawn by progress (history entries written, read from Redis), one in
@@ -326,7 +356,7 @@ class Killer(threading.Thread):
     def __init__(self, cluster: Cluster, rng: random.Random, kills: int, total: int,
                  progress: Callable[[], int], *, concurrency: int = 2,
                  jitter: float = 0.4) -> None:
-        super().__init__(name="killer", daemon=True)
+        super().__init__("killer")
         low, high = 0.05, 0.90
         width = (high - low) / kills
         self.thresholds = [int(total * (low + width * (i + rng.random()))) for i in range(kills)]
@@ -336,39 +366,26 @@ class Killer(threading.Thread):
         self.concurrency = concurrency
         self.jitter = jitter
         self.killed: list[tuple[str, int, int]] = []  # (name, pids in the group, progress)
-        self.error: BaseException | None = None
-        self.stopping = threading.Event()
 
-    def run(self) -> None:
-        try:
-            for threshold in self.thresholds:
-                while self.progress() < threshold:
-                    if self.stopping.wait(0.05):
-                        return
-                if self.stopping.wait(self.rng.random() * self.jitter):
+    def work(self) -> None:
+        for threshold in self.thresholds:
+            while self.progress() < threshold:
+                if self.stopping.wait(0.05):
                     return
-                # A worker whose pool is up (main process and its children).
-                live: list[CeleryProcess] = []
-                while not live:
-                    live = [p for p in self.cluster.processes
-                            if p.expected_alive and len(p.group_members()) > self.concurrency]
-                    if not live and self.stopping.wait(0.05):
-                        return
-                victim = self.rng.choice(live)
-                members = len(victim.group_members())
-                victim.kill()
-                self.killed.append((victim.name, members, self.progress()))
-                self.cluster.start_worker(concurrency=self.concurrency)
-        except BaseException as exc:  # noqa: BLE001 - raised in the test's thread by finish()
-            self.error = exc
-
-    def finish(self, timeout: float) -> None:
-        self.join(timeout)
-        if self.is_alive():
-            self.stopping.set()
-            self.join(10)
-        if self.error is not None:
-            raise self.error
+            if self.stopping.wait(self.rng.random() * self.jitter):
+                return
+            # A worker whose pool is up (main process and its children).
+            live: list[CeleryProcess] = []
+            while not live:
+                live = [p for p in self.cluster.processes
+                        if p.expected_alive and len(p.group_members()) > self.concurrency]
+                if not live and self.stopping.wait(0.05):
+                    return
+            victim = self.rng.choice(live)
+            members = len(victim.group_members())
+            victim.kill()
+            self.killed.append((victim.name, members, self.progress()))
+            self.cluster.start_worker(concurrency=self.concurrency)
 
 
 # -- a redis-server of a scenario's own ------------------------------------------------

@@ -22,7 +22,6 @@ failed calls, and the time to drain everything after Redis came back.
 from __future__ import annotations
 
 import random
-import threading
 import time
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from kombu.exceptions import OperationalError
 from tests.conftest import IN_CI
 from tests.faults.conftest import Figures, Scale
 from tests.faults.support import (
+    Background,
     Event,
     RedisServer,
     audit,
@@ -54,49 +54,36 @@ SEED = 7001
 DOWN = (StoreError, OperationalError, redis.RedisError, OSError)
 
 
-class Submitter(threading.Thread):
+class Submitter(Background):
     """Sends the batches in order; retries a failed call until it succeeds."""
 
     def __init__(self, cluster: Cluster, batches: list[list[Event]]) -> None:
-        super().__init__(name="submitter", daemon=True)
+        super().__init__("submitter")
         self.cluster = cluster
         self.batches = batches
         self.accepted: list[Event] = []
         self.failed_calls: dict[str, int] = {}
         self.retried_duplicates = 0
-        self.error: BaseException | None = None
-        self.stopping = threading.Event()
 
-    def run(self) -> None:
-        try:
-            for batch in self.batches:
-                while not self.stopping.is_set():
-                    try:
-                        report = self.cluster.submit(batch)
-                    except DOWN as exc:
-                        name = type(exc).__name__
-                        self.failed_calls[name] = self.failed_calls.get(name, 0) + 1
-                        time.sleep(0.2)
-                        continue
-                    # Every id is new, so a duplicate is an event that an interrupted
-                    # call of ours accepted before it failed: accepted once, all the same.
-                    if not report.ok or report.accepted + report.duplicates != len(batch):
-                        raise AssertionError(f"batch not accepted whole: {report}")
-                    self.retried_duplicates += report.duplicates
-                    self.accepted.extend(batch)
-                    break
-                time.sleep(0.05)
-        except BaseException as exc:  # noqa: BLE001 - raised in the test's thread by finish()
-            self.error = exc
+    def work(self) -> None:
+        for batch in self.batches:
+            while not self.stopping.is_set():
+                try:
+                    report = self.cluster.submit(batch)
+                except DOWN as exc:
+                    name = type(exc).__name__
+                    self.failed_calls[name] = self.failed_calls.get(name, 0) + 1
+                    time.sleep(0.2)
+                    continue
+                # Every id is new, so a duplicate is an event that an interrupted
+                # call of ours accepted before it failed: accepted once, all the same.
+                if not report.ok or report.accepted + report.duplicates != len(batch):
+                    raise AssertionError(f"batch not accepted whole: {report}")
+                self.retried_duplicates += report.duplicates
+                self.accepted.extend(batch)
+                break
+            time.sleep(0.05)
 
-    def finish(self, timeout: float) -> None:
-        self.join(timeout)
-        if self.is_alive():
-            self.stopping.set()
-            self.join(10)
-            raise AssertionError(f"the submitter did not finish within {timeout:.0f} s")
-        if self.error is not None:
-            raise self.error
 
 
 @pytest.fixture
@@ -161,7 +148,7 @@ def test_redis_restart_loses_and_doubles_nothing(
             own_redis.start()
             up_at = time.monotonic()
 
-            submitter.finish(timeout=120 * scale.factor)
+            submitter.finish(timeout=120 * scale.factor, must_end=True)
             waited = settle(cluster, submitter.accepted, timeout=120 * scale.factor)
             settled = time.monotonic()
             # One worker may have drained everything while the other was still in its
