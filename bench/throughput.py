@@ -430,6 +430,7 @@ class Context:
             NOOP_REDIS_ENV: self.url,
             NOOP_CONFIG_ENV: os.environ[NOOP_CONFIG_ENV],
         })
+        env.update(self.args.worker_settings)
         return env
 
     def start_worker(self, app: str, concurrency: int, tag: str,
@@ -1006,6 +1007,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="the concurrency whose phases are profiled")
     parser.add_argument("--profile-idle", action="store_true",
                         help="sample waiting threads too (wall clock instead of CPU)")
+    parser.add_argument("--set", dest="settings", action="append", default=[],
+                        metavar="PROVISIONING_NAME=VALUE",
+                        help="a setting of the workers (and the submitter), e.g. "
+                        "--set PROVISIONING_STEP_THREADS=4; repeatable")
     parser.add_argument("--no-noop", action="store_true", help="skip the no-op baseline")
     parser.add_argument("--emulator-nagle", action="store_true",
                         help="serve the emulator as worker.emulator does (Nagle on: each "
@@ -1016,6 +1021,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     except ValueError:
         parser.error("--concurrency: comma-separated integers, e.g. 1,2,4")
     args.path_list = [p.strip() for p in args.paths.split(",") if p.strip()]
+    args.worker_settings = worker_settings(parser, args.settings)
     if not args.levels or any(c < 1 for c in args.levels):
         parser.error("--concurrency: every level must be at least 1")
     if not args.path_list or not set(args.path_list) <= {NORMAL, PER_RECORD, RAW}:
@@ -1029,6 +1035,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.redis_url and args.db is None:
         parser.error("--redis-url needs --db N, the number of an EMPTY database to use")
     return args
+
+
+def worker_settings(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, str]:
+    """The --set PROVISIONING_NAME=VALUE pairs."""
+    settings = {}
+    for item in items:
+        name, equals, value = item.partition("=")
+        if not name.startswith("PROVISIONING_") or not equals:
+            parser.error(f"--set {item!r}: expected PROVISIONING_NAME=VALUE")
+        settings[name] = value
+    return settings
 
 
 def open_redis(args: argparse.Namespace) -> tuple[str, Any]:
@@ -1181,6 +1198,7 @@ def write_json(args: argparse.Namespace, stamp: datetime, info: dict[str, Any],
                     "batch_p99_ms": TARGET_P99_MS}, "machine": info, "source": source,
         "settings": {"n": args.n, "concurrency": args.levels, "paths": args.path_list,
                      "batch": args.batch, "mix": args.mix, "records": args.records,
+                     "worker_settings": args.worker_settings,
                      "paced_seconds": args.paced_seconds, "paced_share": args.paced_share,
                      "tick": args.tick,
                      "deprovision_share": args.deprovision_share,

@@ -61,7 +61,7 @@ class Settings:
     recovery_interval: float = 10.0
     drain_budget_seconds: float = 20.0
     batch_records: int = 50  # records per drain task that submit and recovery send
-    step_threads: int = 16  # backend steps one worker process runs at once (one per record)
+    step_threads: int = 8  # backend steps one worker process runs at once (one per record)
     visibility_timeout: int = 600
     max_deliveries: int = 5
     # Retries scheduled by beat (SPEC §2.1, §4).
