@@ -321,8 +321,11 @@ class Cluster:
             # The processes' logs are printed when the test fails (running_cluster).
             if time.monotonic() > deadline:
                 pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-            for process in self.processes:
-                if process.expected_alive and not process.alive():
+            for process in list(self.processes):
+                # alive() first: a kill clears expected_alive before it signals, so a
+                # process found dead with the flag still set died on its own (the other
+                # order races with a killer thread).
+                if not process.alive() and process.expected_alive:
                     pytest.fail(f"{process.name} exited with {process.process.returncode} "
                                 f"while waiting for {what}")
             time.sleep(interval)
