@@ -107,9 +107,6 @@ class MemoryStateStore:
         # Decoding a copy keeps callers from sharing state with the store, as on Redis.
         return None if raw is None else decode_record(raw)
 
-    def load_many(self, record_ids: Sequence[str]) -> list[ProvisioningState | None]:
-        return [self.load(record_id) for record_id in record_ids]
-
     def is_applied(self, record_id: str, key: str) -> bool:
         with self._lock:
             return key in self._data.applied[record_id]

@@ -115,14 +115,6 @@ class RedisStateStore:
             raw = cast(str | None, self.client.hget(self.keys.record(record_id), "json"))
         return None if raw is None else decode_record(raw)
 
-    def load_many(self, record_ids: Sequence[str]) -> list[ProvisioningState | None]:
-        with _translated():
-            pipe = self.client.pipeline(transaction=False)
-            for record_id in record_ids:
-                pipe.hget(self.keys.record(record_id), "json")
-            rows = cast(list[str | None], pipe.execute())
-        return [None if raw is None else decode_record(raw) for raw in rows]
-
     def is_applied(self, record_id: str, key: str) -> bool:
         with _translated():
             return bool(self.client.sismember(self.keys.applied(record_id), key))

@@ -613,6 +613,10 @@ class Service:
             if status is CommitStatus.OK:
                 lane.record = change.outcome.record
                 self._committed(change, change.commit.entries, change.outcome, task_id)
+                if change.commit.retry_at is not None:
+                    for effect in change.outcome.effects:
+                        if isinstance(effect, ScheduleRetry):
+                            self.observer.retry_scheduled(effect.attempt)
                 if change.exhausted is not None:
                     self._retries_exhausted(change.outcome.record, change.exhausted, task_id)
                 continue
@@ -655,10 +659,6 @@ class Service:
             log.info("history", event_id=entry.event_id, event_type=entry.event_type,
                      trigger=entry.trigger, outcome=entry.outcome.value, version=entry.version,
                      reason=entry.reason, record_id=entry.record_id, task_id=task_id)
-        if change.commit.retry_at is not None and change.commit.entries is entries:
-            for effect in outcome.effects:
-                if isinstance(effect, ScheduleRetry):
-                    self.observer.retry_scheduled(effect.attempt)
         self.observer.transition_seconds(trigger, time.perf_counter() - change.started)
         envelope = change.envelope
         if envelope is not None and envelope.context.get("replay_of"):
