@@ -116,13 +116,15 @@ def make_service(url: str, prefix: str, emulator: Any, *, history_limit: int | N
                  kick: Callable[[str], None] | None = None, **overrides: Any) -> Any:
     """A Service on the Redis store at ``url`` under ``prefix`` (``build_service``), the
     emulator answering in process; default settings otherwise."""
-    from worker.bootstrap import build_service
-    from worker.settings import Settings
+    from worker.bootstrap.services import build_service
+    from worker.settings import BackendSettings, Settings
 
     values: dict[str, Any] = {
-        "redis_url": url, "key_prefix": prefix, "provisioner_url": "http://emulator.local",
-        "gatekeeper_url": "http://emulator.local", "calling_test_url": "http://emulator.local",
-        "log_level": "WARNING", "log_format": "json", **overrides}
+        "redis_url": url, "key_prefix": prefix, "log_level": "WARNING", "log_format": "json",
+        "backends": BackendSettings(provisioner_url="http://emulator.local",
+                                    gatekeeper_url="http://emulator.local",
+                                    calling_test_url="http://emulator.local"),
+        **overrides}
     if history_limit is not None:
         values["history_limit"] = history_limit
     return build_service(Settings(**values), transport=emulator.transport(), kick=kick)

@@ -524,22 +524,22 @@ class Submitter:
     """Sends events through one of the two paths; returns each event's submit time."""
 
     def __init__(self, path: str, settings: Any, batch: int) -> None:
-        from worker.app import app, kick, kick_many
-        from worker.bootstrap import build_service
+        from worker.app import app
+        from worker.bootstrap.services import build_service
 
         self.path = path
         self.batch = batch
         self.app = app
-        self.service = build_service(settings, kick=kick, kick_many=kick_many)
+        self.service = build_service(settings, app=app)
         self.kick_many: Callable[[Sequence[str]], None] = (
-            kick_many if path == NORMAL else self.service._kick_each)
+            self.service.kick_many if path == NORMAL else self.service._kick_each)
 
     def close(self) -> None:
         self.service.store.client.close()
 
     def __call__(self, events: Sequence[dict[str, Any]]) -> list[float]:
-        from worker.api import submit_events
-        from worker.service import HANDLE_EVENT
+        from worker.service import submit_events
+        from worker.service.service import HANDLE_EVENT
 
         times: list[float] = []
         if self.path == RAW:

@@ -12,6 +12,7 @@ import pytest
 import redis
 
 from worker import embedded
+from worker.settings import BackendSettings
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 _databases = itertools.count(1)
@@ -90,15 +91,16 @@ def memory_service(emulator: object, kicks: Kicks) -> object:
 
     from worker.backends import Backends
     from worker.emulator import Emulator
-    from worker.failed import MemoryFailedStore
-    from worker.memory_store import MemoryStateStore
-    from worker.service import Service
+    from worker.service.service import Service
     from worker.settings import Settings
+    from worker.store.failed import MemoryFailedStore
+    from worker.store.memory import MemoryStateStore
 
     assert isinstance(emulator, Emulator)
     settings = Settings(
-        provisioner_url="http://backends.test", gatekeeper_url="http://backends.test",
-        calling_test_url="http://backends.test", backoff_base=0.0, backoff_cap=0.0,
+        backends=BackendSettings(
+            provisioner_url="http://backends.test", gatekeeper_url="http://backends.test",
+            calling_test_url="http://backends.test", backoff_base=0.0, backoff_cap=0.0),
         retry_base_seconds=0.0, retry_cap_seconds=0.0, max_retries=2,
     )
     client = httpx.Client(transport=emulator.transport())

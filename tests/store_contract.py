@@ -37,8 +37,8 @@ from statemachine import (
     parse_event,
     pending_step,
 )
-from worker.failed import FailedStore, FailedTask, entry_id
-from worker.store import Commit, CommitStatus, Release, StateStore
+from worker.store.failed import FailedStore, FailedTask, entry_id
+from worker.store.protocol import Commit, CommitStatus, Release, StateStore
 
 NOW = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
 OWNER = "host-a:worker-1"

@@ -2,11 +2,24 @@
 
 ``worker.submit(event)`` validates and enqueues one event (or a list of events) from
 Python; ``celery -A worker.app worker`` runs the worker. Importing this package opens no
-connection and reads no environment.
+connection, reads no environment, and loads neither Celery nor httpx: ``submit`` is
+loaded on first use (PEP 562), so that ``provisioning list`` and the other read-only
+commands, which live in this package too, start in a fraction of a second.
 """
 
 from __future__ import annotations
 
-from worker.api import SubmitReport, submit
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from worker.api import SubmitReport, submit
 
 __all__ = ["SubmitReport", "submit"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from worker import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'worker' has no attribute {name!r}")

@@ -1,21 +1,32 @@
 """The Celery application: ``celery -A worker.app worker`` and ``celery -A worker.app beat``.
 
-Configuration is read from the environment lazily, the first time Celery needs it, so
-importing this module opens no connection and reads no variable.
+The composition root of Celery processes: the app, its configuration, the ``Service`` of
+each worker process (``process_service``, built by ``worker.bootstrap`` with this app's kick
+functions), and the worker's bootsteps (recovery timer, metrics endpoint). Configuration is
+read from the environment lazily, the first time Celery needs it, so importing this module
+opens no connection and reads no variable.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import threading
 from typing import Any
 
+import structlog
 from celery import Celery, bootsteps
 from celery.signals import celeryd_after_setup, worker_process_init, worker_process_shutdown
 
-from worker import bootstrap
-from worker.service import DRAIN_RECORD, DRAIN_RECORDS
+from worker import bootstrap, task_names
+from worker.bootstrap.mirror import build_mirror, mirror_settings
+from worker.bootstrap.services import build_service
+from worker.dataverse import Mirror
+from worker.logs import configure
+from worker.ops import metrics
+from worker.service import Service
 from worker.settings import Settings
+
+log = structlog.get_logger("worker")
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -45,8 +56,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # terminationGracePeriodSeconds and systemd's TimeoutStopSec are longer than this.
         "worker_soft_shutdown_timeout": settings.soft_shutdown_timeout,
         "worker_enable_soft_shutdown_on_idle": False,
-        # beat writes a heartbeat for `provisioning health` (worker/health.py).
-        "beat_scheduler": "worker.health:HeartbeatScheduler",
+        # beat writes a heartbeat for `provisioning health` (worker/ops/heartbeat.py).
+        "beat_scheduler": "worker.beat:HeartbeatScheduler",
         "worker_hijack_root_logger": False,
         # Keeps refused (non-JSON, malformed) messages in the failed-task store.
         "worker_consumer": "worker.consumer:Consumer",
@@ -54,21 +65,21 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_redirect_stdouts": False,
         "beat_schedule": {
             "recover-orphaned-inboxes": {
-                "task": "provisioning.recover", "schedule": settings.recovery_interval,
+                "task": task_names.RECOVER, "schedule": settings.recovery_interval,
             },
             "retry-sweep": {
-                "task": "provisioning.sweep_retries", "schedule": settings.retry_sweep_interval,
+                "task": task_names.SWEEP_RETRIES, "schedule": settings.retry_sweep_interval,
             },
             "calling-test-timeouts": {
-                "task": "provisioning.sweep_calling_tests",
+                "task": task_names.SWEEP_CALLING_TESTS,
                 "schedule": settings.retry_sweep_interval,
             },
             "stuck-records": {
-                "task": "provisioning.sweep_stuck",
+                "task": task_names.SWEEP_STUCK,
                 "schedule": max(10.0, settings.stuck_after_seconds / 5),
             },
             "failed-task-age-out": {
-                "task": "provisioning.expire_failed", "schedule": 3600.0,
+                "task": task_names.EXPIRE_FAILED, "schedule": 3600.0,
             },
             **_mirror_schedule(settings),
         },
@@ -84,11 +95,9 @@ def _mirror_schedule(settings: Settings) -> dict[str, Any]:
     not started within a few intervals expires: busy workers never pile runs up."""
     if not settings.dataverse_url:
         return {}
-    from worker.dataverse import MirrorSettings
-
-    mirror = MirrorSettings.from_env(settings)
+    mirror = mirror_settings(settings)
     return {"dataverse-mirror": {
-        "task": "provisioning.mirror_outbox", "schedule": mirror.interval,
+        "task": task_names.MIRROR_OUTBOX, "schedule": mirror.interval,
         "options": {"queue": mirror.queue, "expires": max(5.0, mirror.interval * 3)},
     }}
 
@@ -97,22 +106,35 @@ app = Celery("provisioning", include=["worker.tasks"])
 app.add_defaults(lambda: celery_config(bootstrap.current_settings()))
 
 
-def kick(record_id: str) -> None:
-    """Ask some worker to drain ``record_id``'s inbox."""
-    app.send_task(DRAIN_RECORD, args=[record_id])
+_services: dict[int, Service] = {}
+_mirrors: dict[int, Mirror | None] = {}
+_services_lock = threading.Lock()
 
 
-def kick_many(record_ids: Sequence[str]) -> None:
-    """Ask workers to drain these records' inboxes: one ``drain_records`` task per
-    ``PROVISIONING_BATCH_RECORDS`` records, sent in one broker round trip."""
-    size = bootstrap.current_settings().batch_records
-    chunks = [list(record_ids[start:start + size]) for start in range(0, len(record_ids), size)]
-    if len(chunks) == 1:
-        app.send_task(DRAIN_RECORDS, args=[chunks[0]])
-        return
-    with app.producer_or_acquire() as producer:
-        for chunk in chunks:
-            app.send_task(DRAIN_RECORDS, args=[chunk], producer=producer)
+def process_service() -> Service:
+    """The Service of this process, built once (and again in a forked child): on Redis,
+    with real HTTP backends, kicking drains through this app, observed by the metrics when
+    this worker serves them."""
+    pid = os.getpid()
+    with _services_lock:
+        service = _services.get(pid)
+        if service is None:
+            _services.clear()  # a forked child drops its parent's (and its connections)
+            settings = bootstrap.current_settings()
+            service = _services[pid] = build_service(
+                settings, app=app, observer=metrics.observer(settings))
+        return service
+
+
+def process_mirror() -> Mirror | None:
+    """This process's Dataverse mirror, built once (again in a forked child); None when
+    PROVISIONING_DATAVERSE_URL is not set."""
+    pid = os.getpid()
+    with _services_lock:
+        if pid not in _mirrors:
+            _mirrors.clear()
+            _mirrors[pid] = build_mirror(bootstrap.current_settings())
+        return _mirrors[pid]
 
 
 class Recovery(bootsteps.StartStopStep):
@@ -135,20 +157,16 @@ class Recovery(bootsteps.StartStopStep):
 
 
 def _recover() -> None:
-    from worker.logs import configure
-
     configure(bootstrap.current_settings())
     try:
-        bootstrap.process_service(kick).recover()
+        process_service().recover()
     except Exception as exc:  # noqa: BLE001 - a timer callback must never kill the worker
-        import structlog
-
-        structlog.get_logger("worker").warning("recovery_failed", error=str(exc))
+        log.warning("recovery_failed", error=str(exc))
 
 
 class Metrics(bootsteps.StartStopStep):
     """Serves ``/metrics`` and ``/healthz`` from the worker's main process on
-    PROVISIONING_METRICS_ADDRESS:PROVISIONING_METRICS_PORT (0: off), see worker/metrics.py.
+    PROVISIONING_METRICS_ADDRESS:PROVISIONING_METRICS_PORT (0: off), see worker/ops/metrics.py.
 
     The multiprocess directory is prepared when the step is created, before the pool forks
     its children, so that every child writes its samples there."""
@@ -162,24 +180,17 @@ class Metrics(bootsteps.StartStopStep):
         settings = bootstrap.current_settings()
         self.enabled = settings.metrics_port != 0
         if self.enabled:
-            from worker import metrics
-
             metrics.prepare(settings)
 
     def start(self, parent: Any) -> None:
-        from worker import metrics
-        from worker.logs import configure
-
         settings = bootstrap.current_settings()
         configure(settings)
-        self.endpoint = metrics.serve(settings)
+        self.endpoint = metrics.serve(settings, bootstrap.redis_client(settings, probe=True))
         if self.endpoint is not None:
             self.tref = parent.timer.call_repeatedly(
                 metrics.LIVENESS_TICK, self.endpoint.tick, priority=0)
 
     def stop(self, parent: Any) -> None:
-        from worker import metrics
-
         if self.tref is not None:
             self.tref.cancel()
         if self.endpoint is not None:
@@ -198,28 +209,28 @@ app.steps["worker"].add(Metrics)
 @celeryd_after_setup.connect
 def _log_settings(sender: str, **_: Any) -> None:
     """One startup line with every setting, passwords redacted (Settings.describe)."""
-    import structlog
-
-    from worker.logs import configure
-
     settings = bootstrap.current_settings()
     configure(settings)
-    structlog.get_logger("worker").info("worker_settings", worker=sender,
+    log.info("worker_settings", worker=sender,
                                         settings=settings.describe())
+
+
+def reset() -> None:
+    """Forget the settings and the services built so far (tests, and a forked child)."""
+    bootstrap.reset()
+    with _services_lock:
+        _services.clear()
+        _mirrors.clear()
 
 
 @worker_process_init.connect
 def _fresh_process(**_: Any) -> None:
     """A prefork child must not reuse the parent's connections."""
-    from worker.logs import configure
-
-    bootstrap.reset()
+    reset()
     configure(bootstrap.current_settings())
 
 
 @worker_process_shutdown.connect
 def _process_gone(pid: int | None = None, **_: Any) -> None:
     """prometheus-client's multiprocess bookkeeping for an exiting pool child."""
-    from worker import metrics
-
     metrics.process_exited(pid or os.getpid())

@@ -15,6 +15,7 @@ from typing import Any
 import structlog
 from celery.worker.consumer import Consumer as CeleryConsumer
 
+from worker.app import process_service
 from worker.errors import UndecodableMessage
 
 log = structlog.get_logger("worker")
@@ -37,9 +38,6 @@ class Consumer(CeleryConsumer):
 def _keep(message: Any, why: str) -> None:
     """Record the raw message in the failed-task store; never raises."""
     try:
-        from worker import bootstrap
-        from worker.app import kick
-
         raw = message.body
         data = raw if isinstance(raw, bytes) else str(raw).encode("utf-8", "replace")
         headers = json.loads(json.dumps(dict(message.headers or {}), default=repr))
@@ -50,7 +48,7 @@ def _keep(message: Any, why: str) -> None:
             "body_base64": base64.b64encode(data).decode("ascii"),
         }
         task = str(headers.get("task") or "unknown")
-        bootstrap.process_service(kick).refuse(
+        process_service().refuse(
             None, UndecodableMessage(why), task=task, body=body,
             reasons=[f"content type {message.content_type!r}: only application/json is "
                      "accepted", why])

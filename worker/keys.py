@@ -20,6 +20,7 @@ Global:
   ``<p>:failed:<entry>``   failed-task entry (JSON); ``<p>:failed`` zset entry -> last failure
   ``<p>:deliveries:<task id>``  counter of deliveries of one Celery message (expires)
   ``<p>:audit``            list of operator actions (JSON)
+  ``<p>:beat:heartbeat``   string: beat's last heartbeat (host, pid); expires (PX)
 Dataverse mirror (worker/dataverse/):
   ``<p>:dataverse:lock``   string: the one mirror consumer sending the outbox; expires (PX)
   ``<p>:dataverse:etags``  hash record id -> the row's etag in Dataverse (for If-Match)
@@ -105,6 +106,11 @@ class Keys:
     @property
     def audit(self) -> str:
         return f"{self.prefix}:audit"
+
+    @property
+    def beat_heartbeat(self) -> str:
+        """Written by beat on its ticks, with a time to live (worker/ops/heartbeat.py)."""
+        return f"{self.prefix}:beat:heartbeat"
 
     @property
     def dataverse_lock(self) -> str:

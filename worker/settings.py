@@ -13,7 +13,6 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from worker.backends import BackendSettings
 from worker.errors import ConfigurationError
 
 PREFIX = "PROVISIONING_"
@@ -35,6 +34,35 @@ def redact_url(url: str | None) -> str | None:
 
 
 @dataclass(frozen=True)
+class BackendSettings:
+    """Where the backends are and how patiently to call them.
+
+    SPEC §4 asks for at least 3 in-task tries of a step; the default allows 4.
+    """
+
+    provisioner_url: str | None = field(default=None, repr=False)
+    gatekeeper_url: str | None = field(default=None, repr=False)
+    calling_test_url: str | None = field(default=None, repr=False)
+    connect_timeout: float = 3.0
+    read_timeout: float = 10.0
+    max_tries: int = 4
+    backoff_base: float = 0.2
+    backoff_cap: float = 5.0
+    retry_after_cap: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.max_tries < 1:
+            raise ValueError(f"max_tries must be at least 1, not {self.max_tries}")
+        for name in ("connect_timeout", "read_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        for name in ("backoff_base", "backoff_cap", "retry_after_cap"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+
+
+
+@dataclass(frozen=True)
 class Settings:
     """Every setting of the worker. Build it with ``Settings.from_env()``.
 
@@ -43,19 +71,12 @@ class Settings:
 
     redis_url: str = field(default=DEFAULT_REDIS_URL, repr=False)
     broker_url: str | None = field(default=None, repr=False)
-    provisioner_url: str | None = field(default=None, repr=False)
-    gatekeeper_url: str | None = field(default=None, repr=False)
-    calling_test_url: str | None = field(default=None, repr=False)
     log_format: str | None = None  # "json" or "console"; None: console on a terminal
     log_level: str = "INFO"
     key_prefix: str = "provisioning"
-    # Backend calls (SPEC §4).
-    connect_timeout: float = 3.0
-    read_timeout: float = 10.0
-    max_tries: int = 4
-    backoff_base: float = 0.2
-    backoff_cap: float = 5.0
-    retry_after_cap: float = 10.0
+    # Backend calls (SPEC §4): PROVISIONING_PROVISIONER_URL, ..._CONNECT_TIMEOUT, ... (the
+    # fields of BackendSettings, read under the same prefix).
+    backends: BackendSettings = field(default_factory=BackendSettings)
     # Ordering and recovery (SPEC §3, §7).
     lease_seconds: float = 30.0
     recovery_interval: float = 10.0
@@ -97,20 +118,6 @@ class Settings:
         return self.broker_url or self.redis_url
 
     @property
-    def backends(self) -> BackendSettings:
-        return BackendSettings(
-            provisioner_url=self.provisioner_url,
-            gatekeeper_url=self.gatekeeper_url,
-            calling_test_url=self.calling_test_url,
-            connect_timeout=self.connect_timeout,
-            read_timeout=self.read_timeout,
-            max_tries=self.max_tries,
-            backoff_base=self.backoff_base,
-            backoff_cap=self.backoff_cap,
-            retry_after_cap=self.retry_after_cap,
-        )
-
-    @property
     def json_logs(self) -> bool:
         if self.log_format is None:
             return not sys.stderr.isatty()
@@ -119,36 +126,23 @@ class Settings:
     def describe(self) -> dict[str, Any]:
         """Every setting, secrets redacted: for logs and ``provisioning config``."""
         shown: dict[str, Any] = {}
-        for item in fields(self):
-            value = getattr(self, item.name)
+        for item, value in _flat(self):
             if item.name.endswith("_url"):
-                value = redact_url(value)
+                shown[item.name] = redact_url(value)
             elif item.name.endswith("_secret"):
-                value = None if value is None else "***"
-            shown[item.name] = value
+                shown[item.name] = None if value is None else "***"
+            else:
+                shown[item.name] = value
         return shown
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Read every ``PROVISIONING_*`` variable; raise ConfigurationError naming bad ones."""
         env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
         problems: list[str] = []
-        for item in fields(cls):
-            name = PREFIX + item.name.upper()
-            raw = env.get(name)
-            if raw is None or raw == "":
-                continue
-            kind = item.type if isinstance(item.type, str) else str(item.type)
-            try:
-                if kind.startswith("float"):
-                    values[item.name] = float(raw)
-                elif kind.startswith("int"):
-                    values[item.name] = int(raw)
-                else:
-                    values[item.name] = raw
-            except ValueError:
-                problems.append(f"{name}: must be a number, not {raw!r}")
+        values = _read(cls, env, problems, skip={"backends"})
+        backend_values = _read(BackendSettings, env, problems)
+        values.update(backend_values)  # checked below with the rest
         if values.get("max_tries", 3) < 3:
             problems.append(f"{PREFIX}MAX_TRIES: must be at least 3 (SPEC §4)")
         if not 0 <= values.get("metrics_port", 0) <= 65535:
@@ -164,4 +158,54 @@ class Settings:
             problems.append(f"{PREFIX}LOG_FORMAT: must be json or console, not {log_format!r}")
         if problems:
             raise ConfigurationError("; ".join(problems))
-        return cls(**values)
+        for name in backend_values:
+            del values[name]
+        try:
+            backends = BackendSettings(**backend_values)
+        except ValueError as exc:
+            raise ConfigurationError(f"{PREFIX}BACKENDS: {exc}") from exc
+        return cls(**values, backends=backends)
+
+
+def _read(kind: type[Any], env: Mapping[str, str], problems: list[str], *,
+          skip: frozenset[str] | set[str] = frozenset()) -> dict[str, Any]:
+    """The values of ``kind``'s fields that ``env`` sets (``PROVISIONING_<FIELD>``),
+    converted to the field's type; a value that does not convert is a problem."""
+    values: dict[str, Any] = {}
+    for item in fields(kind):
+        if item.name in skip:
+            continue
+        name = PREFIX + item.name.upper()
+        raw = env.get(name)
+        if raw is None or raw == "":
+            continue
+        type_name = item.type if isinstance(item.type, str) else str(item.type)
+        try:
+            if type_name.startswith("float"):
+                values[item.name] = float(raw)
+            elif type_name.startswith("int"):
+                values[item.name] = int(raw)
+            else:
+                values[item.name] = raw
+        except ValueError:
+            problems.append(f"{name}: must be a number, not {raw!r}")
+    return values
+
+
+def setting_names() -> list[str]:
+    """Every setting's name, as ``Settings.describe`` and the environment spell them
+    (``provisioner_url`` for ``PROVISIONING_PROVISIONER_URL``): the backends' fields in
+    place of ``backends``."""
+    return [item.name for item, _ in _flat(Settings())]
+
+
+def _flat(settings: Settings) -> list[tuple[Any, Any]]:
+    """Every (field, value) of ``settings``, the backends' fields in place of ``backends``."""
+    flat: list[tuple[Any, Any]] = []
+    for item in fields(settings):
+        if item.name == "backends":
+            flat.extend((sub, getattr(settings.backends, sub.name))
+                        for sub in fields(settings.backends))
+        else:
+            flat.append((item, getattr(settings, item.name)))
+    return flat

@@ -8,16 +8,12 @@ from typing import Any
 import structlog
 from celery import Task
 
-from worker import bootstrap
-from worker.app import app, kick, kick_many
+from worker import task_names
+from worker.app import app, process_mirror, process_service
 from worker.errors import InvalidArguments, LeaseLost, PoisonMessage, StoreError
-from worker.service import DRAIN_RECORD, DRAIN_RECORDS, HANDLE_EVENT, Service
+from worker.task_names import DRAIN_RECORD, DRAIN_RECORDS, HANDLE_EVENT
 
 log = structlog.get_logger("worker")
-
-
-def _service() -> Service:
-    return bootstrap.process_service(kick, kick_many)
 
 
 def _message_body(task: Task[Any, Any]) -> dict[str, Any]:
@@ -45,7 +41,7 @@ def handle_event(self: Task[Any, Any], *args: Any, **kwargs: Any) -> dict[str, A
     entry this message replays; the entry leaves the store once the event is processed.
     Any other shape of arguments goes to the failed-task store: nothing is lost.
     """
-    service = _service()
+    service = process_service()
     body = _message_body(self)
     replay_of = kwargs.pop("replay_of", None)
     with structlog.contextvars.bound_contextvars(task_id=self.request.id):
@@ -81,14 +77,14 @@ def handle_event(self: Task[Any, Any], *args: Any, **kwargs: Any) -> dict[str, A
 @app.task(name=DRAIN_RECORD, bind=True, acks_late=True, max_retries=10)
 def drain_record(self: Task[Any, Any], record_id: str) -> dict[str, Any]:
     """Apply a record's queued events in order (no-op when another worker holds it)."""
-    service = _service()
+    service = process_service()
     try:
         report = service.drain(str(record_id), task_id=self.request.id)
     except (StoreError, LeaseLost) as exc:
         log.warning("task_retry", error=str(exc), record_id=record_id)
         raise self.retry(exc=exc, countdown=2) from exc
     if report.handed_over:
-        kick(record_id)
+        service.kick(record_id)
     return {"applied": report.applied, "unchanged": report.unchanged, "steps": report.steps}
 
 
@@ -97,7 +93,7 @@ def drain_records(self: Task[Any, Any], record_ids: Any) -> dict[str, Any]:
     """Apply several records' queued events together, each in order (records another
     worker holds are skipped: it drains them). A message whose argument is not a list of
     record ids goes to the failed-task store."""
-    service = _service()
+    service = process_service()
     if not (isinstance(record_ids, list) and all(isinstance(r, str) for r in record_ids)):
         entry = service.refuse(
             record_ids, InvalidArguments(f"{DRAIN_RECORDS} takes a list of record ids"),
@@ -111,7 +107,7 @@ def drain_records(self: Task[Any, Any], record_ids: Any) -> dict[str, Any]:
         raise self.retry(exc=exc, countdown=2) from exc
     handed_over = [report.record_id for report in reports if report.handed_over]
     if handed_over:
-        kick_many(handed_over)
+        service.kick_many(handed_over)
     return {"records": len(reports),
             "applied": sum(report.applied for report in reports),
             "unchanged": sum(report.unchanged for report in reports),
@@ -119,38 +115,36 @@ def drain_records(self: Task[Any, Any], record_ids: Any) -> dict[str, Any]:
             "lost": [report.record_id for report in reports if report.lost]}
 
 
-@app.task(name="provisioning.recover")
+@app.task(name=task_names.RECOVER)
 def recover() -> int:
-    return len(_service().recover())
+    return len(process_service().recover())
 
 
-@app.task(name="provisioning.sweep_retries")
+@app.task(name=task_names.SWEEP_RETRIES)
 def sweep_retries() -> int:
-    return len(_service().sweep_retries())
+    return len(process_service().sweep_retries())
 
 
-@app.task(name="provisioning.sweep_stuck")
+@app.task(name=task_names.SWEEP_STUCK)
 def sweep_stuck() -> int:
-    return len(_service().sweep_stuck())
+    return len(process_service().sweep_stuck())
 
 
-@app.task(name="provisioning.expire_failed")
+@app.task(name=task_names.EXPIRE_FAILED)
 def expire_failed() -> int:
-    return len(_service().expire_failed())
+    return len(process_service().expire_failed())
 
 
-@app.task(name="provisioning.sweep_calling_tests")
+@app.task(name=task_names.SWEEP_CALLING_TESTS)
 def sweep_calling_tests() -> int:
-    return len(_service().sweep_calling_tests())
+    return len(process_service().sweep_calling_tests())
 
 
-@app.task(name="provisioning.mirror_outbox")
+@app.task(name=task_names.MIRROR_OUTBOX)
 def mirror_outbox() -> dict[str, Any]:
     """Send the Dataverse mirror's outbox in order (one consumer at a time, under a lock;
     a no-op when the mirror is off). Dataverse errors are recorded by the mirror, never
     raised; a store error is logged and the next beat run tries again."""
-    from worker.dataverse.runtime import process_mirror
-
     try:
         mirror = process_mirror()
         if mirror is None:

@@ -36,8 +36,8 @@ from tests.faults.garbage import (
 )
 from tests.integration.workers import Cluster, running_cluster
 from worker.emulator import Emulator
-from worker.failed import FailedTask
-from worker.service import HANDLE_EVENT
+from worker.service.service import HANDLE_EVENT
+from worker.store.failed import FailedTask
 
 pytestmark = pytest.mark.integration
 

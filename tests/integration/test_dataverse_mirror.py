@@ -18,13 +18,14 @@ import pytest
 
 from statemachine import PRIMARY_KEY, StatusReason
 from tests.integration.workers import event, new_id, provision, running_cluster
-from worker.api import submit_events
-from worker.bootstrap import build_mirror, build_service
+from worker.bootstrap.mirror import build_mirror
+from worker.bootstrap.services import build_service
 from worker.dataverse import DataverseEmulator, Mirror, OutboxEntry, RunReport
 from worker.dataverse.mirror import differing
 from worker.dataverse.status import mirror_status
 from worker.emulator import Emulator, EmulatorServer, serve
-from worker.service import Service
+from worker.service import submit_events
+from worker.service.service import Service
 from worker.settings import Settings
 
 pytestmark = pytest.mark.integration

@@ -17,8 +17,9 @@ import pytest
 
 from statemachine.effects import BackendCall, BackendStep, idempotency_key
 from statemachine.table import ChannelKind
-from worker.backends import Backends, BackendSettings
+from worker.backends import Backends
 from worker.emulator import Emulator, EmulatorServer, serve
+from worker.settings import BackendSettings
 
 pytestmark = pytest.mark.integration
 

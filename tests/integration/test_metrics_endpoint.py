@@ -146,7 +146,8 @@ def _get(url: str) -> int:
 
 def test_an_unreachable_store_is_a_scrape_not_an_error(tmp_path: Path) -> None:
     """The endpoint keeps answering with provisioning_store_up 0 while Redis is away."""
-    from worker.metrics import MetricsEndpoint, prepare, release
+    from worker import bootstrap
+    from worker.ops.metrics import MetricsEndpoint, StoreCollector, prepare, release
     from worker.settings import Settings
 
     closed = free_port()
@@ -159,7 +160,8 @@ def test_an_unreachable_store_is_a_scrape_not_an_error(tmp_path: Path) -> None:
         from prometheus_client import values
 
         monkeypatch.setattr(values, "ValueClass", values.ValueClass)
-        endpoint = MetricsEndpoint(settings, prepare(settings)).start()
+        endpoint = MetricsEndpoint(settings, prepare(settings), StoreCollector(
+            settings, bootstrap.redis_client(settings, probe=True))).start()
         try:
             samples = scrape(f"http://127.0.0.1:{endpoint.port}/metrics")
             assert samples == {("provisioning_store_up", ()): 0.0}

@@ -12,10 +12,10 @@ from collections.abc import Callable, Iterator
 import pytest
 import redis
 
-from worker.failed import FailedStore, RedisFailedStore
 from worker.keys import Keys
-from worker.redis_store import RedisStateStore
-from worker.store import StateStore
+from worker.store.failed import FailedStore, RedisFailedStore
+from worker.store.protocol import StateStore
+from worker.store.redis import RedisStateStore
 
 # Before the import: pytest rewrites the asserts of the shared contract too.
 pytest.register_assert_rewrite("tests.store_contract")
@@ -62,7 +62,7 @@ def test_pipelines_reload_the_scripts_a_restarted_redis_lost(
     import json
 
     from tests.store_contract import LEASE, OWNER, R1, head_commit, provision
-    from worker.store import CommitStatus, Release
+    from worker.store.protocol import CommitStatus, Release
 
     client.script_flush()
     raw = provision(R1, "evt-1")

@@ -25,7 +25,7 @@ from tests.integration.workers import (
     running_cluster,
 )
 from worker.emulator import Emulator
-from worker.service import HANDLE_EVENT
+from worker.service.service import HANDLE_EVENT
 
 pytestmark = pytest.mark.integration
 

@@ -27,12 +27,12 @@ import httpx
 import pytest
 
 from statemachine import HistoryEntry, ProvisioningState, Result
-from worker.api import SubmitReport, submit_events
-from worker.bootstrap import build_service
+from worker.bootstrap.services import build_service
 from worker.emulator import Emulator, EmulatorServer, serve
-from worker.failed import FailedTask
-from worker.service import DRAIN_RECORD, DRAIN_RECORDS, HANDLE_EVENT, Service
+from worker.service import SubmitReport, submit_events
+from worker.service.service import DRAIN_RECORD, DRAIN_RECORDS, HANDLE_EVENT, Service
 from worker.settings import Settings
+from worker.store.failed import FailedTask
 
 ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")

@@ -17,12 +17,12 @@ from statemachine.effects import BackendCall, BackendStep, idempotency_key
 from statemachine.table import EXCEPTION_DETAILS_MAX, PROVISIONING_RESPONSE_MAX, ChannelKind
 from worker.backends import (
     Backends,
-    BackendSettings,
     CallFailure,
     CallResult,
     InvalidCallError,
 )
 from worker.emulator import Emulator
+from worker.settings import BackendSettings
 
 RECORD_ID = "4f9d1c1e-0000-4000-8000-000000000001"
 CHANNEL_ID = "9a0b7c2d-0000-4000-8000-000000000002"

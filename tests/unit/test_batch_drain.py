@@ -21,11 +21,11 @@ from hypothesis import strategies as st
 
 from statemachine import Result, StatusReason, check_invariants, dedupe_key, parse_event
 from worker.emulator import Emulator
-from worker.failed import RedisFailedStore
 from worker.keys import Keys
-from worker.redis_store import RedisStateStore
-from worker.service import Service
-from worker.store import StateStore
+from worker.service.service import Service
+from worker.store.failed import RedisFailedStore
+from worker.store.protocol import StateStore
+from worker.store.redis import RedisStateStore
 
 
 @pytest.fixture(params=["memory", "fakeredis"])
@@ -242,7 +242,7 @@ def test_events_arriving_during_a_step_are_applied_while_it_runs(
     records = [new_id() for _ in range(3)]
     accept(service, *(provision(rid) for rid in records))
     gate = threading.Event()
-    original = service._call_step
+    original = service.call_step
     seen: list[str] = []
 
     def slow(step: Any) -> Any:
@@ -250,7 +250,7 @@ def test_events_arriving_during_a_step_are_applied_while_it_runs(
         assert gate.wait(10)
         return original(step)
 
-    service._call_step = slow  # type: ignore[method-assign]
+    service.call_step = slow  # type: ignore[method-assign]
     again = {rid: provision(rid) for rid in records}
     timer = threading.Timer(0.3, lambda: (accept(service, *again.values()),
                                           threading.Timer(0.3, gate.set).start()))

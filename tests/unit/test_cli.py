@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from worker import cli
-from worker.service import Service
+from tests.factories import run_cli_on
+from worker.cli import console as cli
+from worker.service.service import Service
 
 FORMATTED = "@OData.Community.Display.V1.FormattedValue"
 
@@ -18,7 +19,7 @@ FORMATTED = "@OData.Community.Display.V1.FormattedValue"
 @pytest.fixture
 def run(memory_service: Service, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> Any:
-    monkeypatch.setattr(cli, "_service", lambda: memory_service)
+    run_cli_on(monkeypatch, memory_service)
 
     def invoke(*argv: str) -> tuple[int, str, str]:
         try:

@@ -8,9 +8,10 @@ from typing import Any
 import pytest
 
 from statemachine import PRIMARY_KEY
+from tests.factories import run_cli_on
 from tests.unit.test_dataverse_support import Rig, event, make_rig, new_id, provision
-from worker import cli
-from worker.dataverse import commands
+from worker.cli import console as cli
+from worker.cli import dataverse as commands
 from worker.dataverse.emulator import Fault
 
 
@@ -22,7 +23,7 @@ def rig() -> Rig:
 @pytest.fixture
 def run(rig: Rig, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> Any:
-    monkeypatch.setattr(cli, "_service", lambda: rig.service)
+    run_cli_on(monkeypatch, rig.service)
     monkeypatch.setattr(commands, "_mirror", lambda: rig.mirror)
 
     def invoke(*argv: str) -> tuple[int, str, str]:

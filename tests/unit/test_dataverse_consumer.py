@@ -18,7 +18,7 @@ from worker.dataverse.errors import MirrorBusy, UnreadableEntry
 from worker.dataverse.mirror import create_body, differing
 from worker.dataverse.status import format_status, mirror_status
 from worker.keys import dumps
-from worker.store import Commit
+from worker.store.protocol import Commit
 
 WHATSAPP_BIND = "msdyn_ocwhatsappchannelaccountId@odata.bind"
 PROVIDER = "msdyn_communicationprovidersettingid"

@@ -19,7 +19,7 @@ from tests.unit.test_dataverse_support import Rig, event, make_rig, new_id, prov
 from worker.dataverse import Imported, Importer, import_record
 from worker.dataverse.importer import channel_kind_of, record_from_row
 from worker.keys import Keys
-from worker.redis_store import RedisStateStore
+from worker.store.redis import RedisStateStore
 
 ACCOUNT, PROVIDER, PHONE, VOICE = new_id(), new_id(), new_id(), new_id()
 

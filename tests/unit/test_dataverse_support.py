@@ -14,7 +14,6 @@ from typing import Any
 import httpx
 
 from statemachine import ProvisioningState
-from worker.api import submit_events
 from worker.backends import Backends
 from worker.dataverse import (
     SERVICE_WINDOW_SECONDS,
@@ -29,10 +28,11 @@ from worker.dataverse import (
 )
 from worker.dataverse.emulator import RecordedCall
 from worker.emulator import Emulator
-from worker.failed import MemoryFailedStore
-from worker.memory_store import MemoryStateStore
-from worker.service import Service
-from worker.settings import Settings
+from worker.service import submit_events
+from worker.service.service import Service
+from worker.settings import BackendSettings, Settings
+from worker.store.failed import MemoryFailedStore
+from worker.store.memory import MemoryStateStore
 
 ORG = "https://contoso-sandbox.crm4.dynamics.com"
 AUTHORITY = "https://login.example.test"
@@ -59,8 +59,9 @@ class Clock:
 
 def settings(**changes: Any) -> Settings:
     values: dict[str, Any] = {
-        "provisioner_url": "http://backends.test", "gatekeeper_url": "http://backends.test",
-        "calling_test_url": "http://backends.test", "backoff_base": 0.0, "backoff_cap": 0.0,
+        "backends": BackendSettings(
+            provisioner_url="http://backends.test", gatekeeper_url="http://backends.test",
+            calling_test_url="http://backends.test", backoff_base=0.0, backoff_cap=0.0),
         "retry_base_seconds": 0.0, "retry_cap_seconds": 0.0, "max_retries": 2,
         "dataverse_url": ORG, "dataverse_tenant_id": TENANT, "dataverse_client_id": CLIENT,
         "dataverse_client_secret": SECRET, "dataverse_authority_url": AUTHORITY,

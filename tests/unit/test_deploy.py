@@ -13,7 +13,6 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from worker.settings import PREFIX, Settings
+from worker.settings import PREFIX, Settings, setting_names
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -30,7 +29,7 @@ KUBERNETES = sorted((DEPLOY / "kubernetes").glob("*.yaml"))
 UNITS = sorted((DEPLOY / "systemd").glob("*.service"))
 ENV_EXAMPLE = DEPLOY / "systemd" / "provisioning.env.example"
 KUBERNETES_VERSION = "1.30.0"  # the oldest minor still in upstream support when written
-SETTINGS = {PREFIX + item.name.upper() for item in fields(Settings)}
+SETTINGS = {PREFIX + name.upper() for name in setting_names()}
 
 
 def soft_shutdown_default() -> float:

@@ -1,4 +1,4 @@
-"""worker.health and ``provisioning health``: beat's heartbeat, each check's verdict, the
+"""worker.ops.health and ``provisioning health``: beat's heartbeat, each check's verdict, the
 CLI's lines, JSON and exit codes. fakeredis stands in for the store; an unreachable store
 is a closed loopback port."""
 
@@ -14,12 +14,15 @@ import pytest
 import redis
 from celery.beat import PersistentScheduler
 
-from worker import bootstrap, health
-from worker.cli import HEALTH_CHECKS, main
+from worker import beat, bootstrap
+from worker.cli import health as cli_health
+from worker.cli.console import main
+from worker.cli.parser import HEALTH_CHECKS
 from worker.embedded import free_port
-from worker.failed import FailedTask, RedisFailedStore
 from worker.keys import Keys
-from worker.settings import Settings
+from worker.ops import health, heartbeat
+from worker.settings import BackendSettings, Settings
+from worker.store.failed import FailedTask, RedisFailedStore
 
 KEYS = Keys("provisioning")
 
@@ -36,7 +39,7 @@ def broker_ok(settings: Settings) -> str:
 
 
 def check(settings: Settings, client: redis.Redis, *names: str) -> dict[str, health.Check]:
-    results = health.run_checks(settings, names or health.CHECKS, client=client,
+    results = health.run_checks(settings, client, names or health.CHECKS,
                                 broker_check=broker_ok)
     return {c.name: c for c in results}
 
@@ -56,53 +59,54 @@ def add_failed_tasks(client: redis.Redis, count: int) -> None:
 
 
 def test_heartbeat_is_read_back_with_its_age_and_expires(client: fakeredis.FakeRedis) -> None:
-    assert health.read_heartbeat(client, KEYS, 60) is None
-    health.write_heartbeat(client, KEYS, max_age=60)
-    beat = health.read_heartbeat(client, KEYS, 60)
+    assert heartbeat.read_heartbeat(client, KEYS, 60) is None
+    heartbeat.write_heartbeat(client, KEYS, max_age=60)
+    beat = heartbeat.read_heartbeat(client, KEYS, 60)
     assert beat is not None
     assert beat.pid > 0
     assert 0 <= beat.age < 5
-    assert 59_000 < client.pttl(health.heartbeat_key(KEYS)) <= 60_000
-    client.pexpire(health.heartbeat_key(KEYS), 10_000)  # 50 s later
-    beat = health.read_heartbeat(client, KEYS, 60)
+    assert 59_000 < client.pttl(KEYS.beat_heartbeat) <= 60_000
+    client.pexpire(KEYS.beat_heartbeat, 10_000)  # 50 s later
+    beat = heartbeat.read_heartbeat(client, KEYS, 60)
     assert beat is not None
     assert 49 < beat.age < 51
-    client.delete(health.heartbeat_key(KEYS))
-    assert health.read_heartbeat(client, KEYS, 60) is None
+    client.delete(KEYS.beat_heartbeat)
+    assert heartbeat.read_heartbeat(client, KEYS, 60) is None
 
 
 def test_a_garbled_heartbeat_still_counts_as_one(client: fakeredis.FakeRedis) -> None:
-    client.set(health.heartbeat_key(KEYS), "not json", px=30_000)
-    beat = health.read_heartbeat(client, KEYS, 60)
+    client.set(KEYS.beat_heartbeat, "not json", px=30_000)
+    beat = heartbeat.read_heartbeat(client, KEYS, 60)
     assert beat is not None
     assert (beat.host, beat.pid) == ("?", 0)
 
 
 def test_beat_writes_at_most_once_per_interval(client: fakeredis.FakeRedis) -> None:
     settings = Settings(health_beat_max_age=20)
-    heartbeat = health.BeatHeartbeat(settings, client=client)
-    assert heartbeat.interval == 5.0
-    assert 4.9 < heartbeat() <= 5.0  # written now; the next one in 5 s
-    client.delete(health.heartbeat_key(KEYS))
-    assert 0 < heartbeat() <= 5.0  # not due: nothing written
-    assert health.read_heartbeat(client, KEYS, 20) is None
-    heartbeat._next = time.monotonic() - 1
-    heartbeat()
-    assert health.read_heartbeat(client, KEYS, 20) is not None
+    beats = heartbeat.BeatHeartbeat(KEYS, settings.health_beat_max_age, connect=lambda: client)
+    assert beats.interval == 5.0
+    assert 4.9 < beats() <= 5.0  # written now; the next one in 5 s
+    client.delete(KEYS.beat_heartbeat)
+    assert 0 < beats() <= 5.0  # not due: nothing written
+    assert heartbeat.read_heartbeat(client, KEYS, 20) is None
+    beats._next = time.monotonic() - 1
+    beats()
+    assert heartbeat.read_heartbeat(client, KEYS, 20) is not None
 
 
 def test_heartbeat_interval_stays_between_half_a_second_and_ten() -> None:
-    assert health.heartbeat_interval(60) == 10.0
-    assert health.heartbeat_interval(8) == 2.0
-    assert health.heartbeat_interval(1) == 0.5
+    assert heartbeat.heartbeat_interval(60) == 10.0
+    assert heartbeat.heartbeat_interval(8) == 2.0
+    assert heartbeat.heartbeat_interval(1) == 0.5
 
 
 def test_beat_goes_on_when_redis_is_away(capsys: pytest.CaptureFixture[str]) -> None:
     settings = Settings(redis_url=f"redis://:s3cret@127.0.0.1:{free_port()}/0",
                         health_timeout=0.5)
-    heartbeat = health.BeatHeartbeat(settings)
-    assert heartbeat() > 0
-    heartbeat.close()
+    beats = heartbeat.BeatHeartbeat(KEYS, settings.health_beat_max_age,
+                                    connect=lambda: bootstrap.redis_client(settings, probe=True))
+    assert beats() > 0
+    beats.close()
     err = capsys.readouterr().err
     assert "beat_heartbeat_failed" in err
     assert "s3cret" not in err
@@ -111,15 +115,15 @@ def test_beat_goes_on_when_redis_is_away(capsys: pytest.CaptureFixture[str]) -> 
 def test_beat_uses_the_heartbeat_scheduler() -> None:
     from worker.app import celery_config
 
-    assert celery_config(Settings())["beat_scheduler"] == "worker.health:HeartbeatScheduler"
-    assert issubclass(health.HeartbeatScheduler, PersistentScheduler)
+    assert celery_config(Settings())["beat_scheduler"] == "worker.beat:HeartbeatScheduler"
+    assert issubclass(beat.HeartbeatScheduler, PersistentScheduler)
 
 
 # -- the checks ----------------------------------------------------------------------------
 
 
 def test_all_checks_pass_on_a_healthy_store(client: fakeredis.FakeRedis) -> None:
-    health.write_heartbeat(client, KEYS, max_age=60)
+    heartbeat.write_heartbeat(client, KEYS, max_age=60)
     add_failed_tasks(client, 2)
     results = check(Settings(), client)
     assert list(results) == ["store", "broker", "beat", "failed_tasks"]
@@ -149,7 +153,8 @@ def test_more_failed_tasks_than_the_threshold_fails(client: fakeredis.FakeRedis)
 def test_an_unreachable_store_fails_every_check_that_reads_it() -> None:
     port = free_port()
     settings = Settings(redis_url=f"redis://:s3cret@127.0.0.1:{port}/0", health_timeout=0.5)
-    results = {c.name: c for c in health.run_checks(settings)}
+    probe = bootstrap.redis_client(settings, probe=True)
+    results = {c.name: c for c in health.run_checks(settings, probe)}
     assert not any(c.ok for c in results.values())
     assert results["store"].detail.startswith("ConnectionError: ")
     assert results["store"].detail.endswith(f"(redis://:***@127.0.0.1:{port}/0)")
@@ -162,14 +167,15 @@ def test_a_broken_check_is_a_failing_line(client: fakeredis.FakeRedis) -> None:
     def broken(settings: Settings) -> str:
         raise RuntimeError("kaput")
 
-    [result] = health.run_checks(Settings(), ["broker"], client=client, broker_check=broken)
+    [result] = health.run_checks(Settings(), client, ["broker"], broker_check=broken)
     assert (result.ok, result.detail) == (False, "RuntimeError: kaput (redis://localhost:6379/0)")
 
 
 def test_scrub_removes_every_configured_password() -> None:
     settings = Settings(redis_url="redis://u:p%40ss@h:1/0",
                         broker_url="amqp://guest:brokerpw@mq:5672//",
-                        provisioner_url="https://svc:backendpw@prov.example")
+                        backends=BackendSettings(
+                            provisioner_url="https://svc:backendpw@prov.example"))
     text = ("redis://u:p%40ss@h:1/0 failed, p@ss, amqp://guest:brokerpw@mq:5672// "
             "and backendpw")
     scrubbed = health.scrub(text, settings)
@@ -227,13 +233,13 @@ def test_cli_health_exits_0_when_every_check_passes(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
     client: fakeredis.FakeRedis,
 ) -> None:
-    health.write_heartbeat(client, KEYS, max_age=60)
+    heartbeat.write_heartbeat(client, KEYS, max_age=60)
     real = health.run_checks
 
-    def on_fake_redis(settings: Settings, names: Any, **_: Any) -> list[health.Check]:
-        return real(settings, names, client=client, broker_check=broker_ok)
+    def on_fake_redis(settings: Settings, _: Any, names: Any) -> list[health.Check]:
+        return real(settings, client, names, broker_check=broker_ok)
 
-    monkeypatch.setattr(health, "run_checks", on_fake_redis)
+    monkeypatch.setattr(cli_health, "run_checks", on_fake_redis)
     assert main(["health"]) == 0
     out, err = capsys.readouterr()
     assert len(out.splitlines()) == 4

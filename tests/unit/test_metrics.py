@@ -1,4 +1,4 @@
-"""worker.metrics: the observer's samples in multiprocess mode, the scrape-time store gauges,
+"""worker.ops.metrics: the observer's samples in multiprocess mode, the scrape-time store gauges,
 the /healthz and /metrics WSGI app. No servers: the service runs on the in-memory twin or
 on fakeredis, and the WSGI app is called directly."""
 
@@ -21,24 +21,27 @@ from prometheus_client import CollectorRegistry, multiprocess, values
 from prometheus_client.parser import text_string_to_metric_families
 
 from statemachine import BackendStep
-from worker import metrics
-from worker.api import submit_events
+from worker import bootstrap
 from worker.backends import Backends
 from worker.emulator import Emulator
-from worker.failed import MemoryFailedStore, RedisFailedStore
-from worker.health import write_heartbeat
 from worker.keys import Keys
-from worker.memory_store import MemoryStateStore
-from worker.redis_store import RedisStateStore
-from worker.service import Service
-from worker.settings import Settings
+from worker.ops import metrics
+from worker.ops.heartbeat import write_heartbeat
+from worker.service import submit_events
+from worker.service.service import Service
+from worker.settings import BackendSettings, Settings
+from worker.store.failed import MemoryFailedStore, RedisFailedStore
+from worker.store.memory import MemoryStateStore
+from worker.store.redis import RedisStateStore
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 SETTINGS = Settings(
-    provisioner_url="http://backends.test", gatekeeper_url="http://backends.test",
-    calling_test_url="http://backends.test", backoff_base=0.0, backoff_cap=0.0,
-    retry_base_seconds=0.0, retry_cap_seconds=0.0, max_retries=2, max_tries=3,
+    backends=BackendSettings(
+        provisioner_url="http://backends.test", gatekeeper_url="http://backends.test",
+        calling_test_url="http://backends.test", backoff_base=0.0, backoff_cap=0.0,
+        max_tries=3),
+    retry_base_seconds=0.0, retry_cap_seconds=0.0, max_retries=2,
 )
 
 
@@ -140,7 +143,7 @@ def test_samples_of_several_processes_are_summed(metrics_dir: Path) -> None:
     """What prefork needs: a child process's counts land in the same sums."""
     metrics.PrometheusObserver().task_failed("provisioning.handle_event", "InvalidEvent")
     child = textwrap.dedent("""
-        from worker import metrics
+        from worker.ops import metrics
         metrics.PrometheusObserver().task_failed("provisioning.handle_event", "InvalidEvent")
     """)
     env = {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), "PATH": "/usr/bin:/bin"}
@@ -211,7 +214,7 @@ def test_store_gauges_count_records_by_status_and_failed_tasks(redis_service: Se
     client = redis_service.store.client  # type: ignore[attr-defined]
     write_heartbeat(client, Keys("provisioning"), max_age=60)
 
-    collector = metrics.StoreCollector(SETTINGS, client=client)
+    collector = metrics.StoreCollector(SETTINGS, client)
     families = {f.name: f for f in collector.collect()}
     records = {s.labels["status"]: s.value for s in families["provisioning_records"].samples}
     assert records == {"Draft": 0, "Processing": 0, "Running": 2, "Error": 0,
@@ -226,7 +229,7 @@ def test_an_unreachable_store_scrapes_as_store_up_zero(tmp_path: Path) -> None:
     from worker.embedded import free_port
 
     settings = Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0", health_timeout=0.5)
-    collector = metrics.StoreCollector(settings)
+    collector = metrics.StoreCollector(settings, bootstrap.redis_client(settings, probe=True))
     families = list(collector.collect())
     collector.close()
     assert [(f.name, f.samples[0].value) for f in families] == [("provisioning_store_up", 0)]
@@ -247,7 +250,9 @@ def call(app: metrics.MetricsEndpoint, path: str) -> tuple[str, str]:
 
 
 def test_healthz_follows_the_event_loop(metrics_dir: Path) -> None:
-    endpoint = metrics.MetricsEndpoint(Settings(), str(metrics_dir))
+    settings = Settings()
+    endpoint = metrics.MetricsEndpoint(settings, str(metrics_dir), metrics.StoreCollector(
+        settings, bootstrap.redis_client(settings, probe=True)))
     try:
         assert call(endpoint, "/healthz")[0].startswith("503")  # before the first tick
         endpoint.tick()
@@ -272,8 +277,8 @@ def test_metrics_serves_every_family(metrics_dir: Path, redis_service: Service) 
     service.handle_message({"specversion": "1.0"}, drain=False)
     client = redis_service.store.client  # type: ignore[attr-defined]
     write_heartbeat(client, Keys("provisioning"), max_age=60)
-    store = metrics.StoreCollector(SETTINGS, client=client)
-    endpoint = metrics.MetricsEndpoint(SETTINGS, str(metrics_dir), store=store)
+    store = metrics.StoreCollector(SETTINGS, client)
+    endpoint = metrics.MetricsEndpoint(SETTINGS, str(metrics_dir), store)
 
     status, text = call(endpoint, "/metrics")
     assert status == "200 OK"
@@ -293,14 +298,15 @@ def test_the_endpoint_is_not_started_when_its_port_is_taken(
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        assert metrics.serve(Settings(metrics_port=port)) is None
+        settings = Settings(metrics_port=port)
+        assert metrics.serve(settings, bootstrap.redis_client(settings, probe=True)) is None
     assert "metrics_endpoint_unavailable" in capsys.readouterr().err
 
 
 def test_serve_needs_prepare() -> None:
     metrics.release()
     with pytest.raises(RuntimeError, match="prepare"):
-        metrics.serve(Settings())
+        metrics.serve(Settings(), bootstrap.redis_client(Settings(), probe=True))
 
 
 def test_a_killed_workers_temporary_directory_is_removed_by_the_next_worker(

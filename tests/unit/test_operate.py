@@ -11,11 +11,14 @@ from typing import Any
 import pytest
 
 from statemachine import BackendStep, StatusReason, format_time
-from worker import cli
+from tests.factories import run_cli_on
+from worker.cli import console as cli
+from worker.cli import operate
+from worker.cli.common import parse_moment
 from worker.emulator import Emulator
-from worker.failed import FailedTask
-from worker.operate import FailedFilter, parse_moment, select
-from worker.service import Service
+from worker.service.service import Service
+from worker.store.failed import FailedTask
+from worker.store.failed_filter import FailedFilter, select
 
 
 def new_id() -> str:
@@ -38,9 +41,7 @@ def run(memory_service: Service, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> Any:
     """Run the CLI on the in-memory service; a replayed message is handled at once, as a
     worker would."""
-    monkeypatch.setattr(cli, "_service", lambda: memory_service)
-    monkeypatch.setattr(cli, "_send_replay", lambda event, entry_id: memory_service
-                        .handle_message(dict(event), replay_of=entry_id))
+    run_cli_on(monkeypatch, memory_service)
 
     def invoke(*argv: str) -> tuple[int, str, str]:
         try:
@@ -116,7 +117,7 @@ def test_bulk_replay_acts_on_a_snapshot_and_leaves_other_entries_alone(
             arrived.append(late["id"])
         memory_service.handle_message(dict(event), replay_of=entry_id)
 
-    monkeypatch.setattr(cli, "_send_replay", send)
+    monkeypatch.setattr(operate, "_send_replay", send)
     code, out, _ = run("failed", "replay", "--all", "--exception", "UnknownRecord", "--yes")
     assert code == 0
     assert out.count("sent deprovision.requested") == 2
@@ -275,7 +276,7 @@ def crash_after_commit(service: Service, event_id: str, payload: str, owner: str
     popped, the record Processing, no backend call made."""
     from statemachine import apply, dedupe_key
     from worker.envelope import Envelope
-    from worker.store import Commit, CommitStatus
+    from worker.store.protocol import Commit, CommitStatus
 
     command = Envelope.decode(payload).command()
     outcome = apply(None, command, now=datetime.now(UTC))

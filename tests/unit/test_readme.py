@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
 from statemachine import COLUMNS, LOOKUPS, AutomatedCallingStatus, Lookup, StatusReason
-from worker.settings import PREFIX, Settings
+from worker.settings import PREFIX, setting_names
 
 README = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
 
 
-@pytest.mark.parametrize("name", [f.name for f in fields(Settings)])
+@pytest.mark.parametrize("name", setting_names())
 def test_every_setting_is_in_the_readme(name: str) -> None:
     assert f"`{PREFIX}{name.upper()}`" in README
 

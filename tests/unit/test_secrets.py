@@ -18,11 +18,11 @@ from statemachine import BackendCall, BackendStep, ChannelKind
 from worker import bootstrap
 from worker.app import celery_config
 from worker.backends import Backends
-from worker.cli import main
+from worker.cli.console import main
 from worker.embedded import free_port
 from worker.errors import StoreError
-from worker.health import run_checks
-from worker.settings import Settings, redact_url
+from worker.ops.health import run_checks
+from worker.settings import BackendSettings, Settings, redact_url
 
 SECRET = "s3cret-P4ss"
 
@@ -35,10 +35,12 @@ def closed_url(scheme: str = "redis", user: str = "") -> str:
 @pytest.fixture
 def settings() -> Settings:
     return Settings(redis_url=closed_url(), broker_url=closed_url(user="celery"),
-                    provisioner_url=closed_url("http", "svc"),
-                    gatekeeper_url=closed_url("http", "svc"),
-                    calling_test_url=closed_url("http", "svc"), health_timeout=0.5,
-                    max_tries=3, backoff_base=0.0, backoff_cap=0.0)
+                    backends=BackendSettings(
+                        provisioner_url=closed_url("http", "svc"),
+                        gatekeeper_url=closed_url("http", "svc"),
+                        calling_test_url=closed_url("http", "svc"),
+                        max_tries=3, backoff_base=0.0, backoff_cap=0.0),
+                    health_timeout=0.5)
 
 
 def test_settings_repr_and_describe_hide_every_password(settings: Settings) -> None:
@@ -59,7 +61,7 @@ def test_redact_url_keeps_everything_but_the_password() -> None:
 
 
 def test_a_store_error_from_an_unreachable_redis_names_no_password(settings: Settings) -> None:
-    from worker.redis_store import RedisStateStore
+    from worker.store.redis import RedisStateStore
 
     store = RedisStateStore(bootstrap.redis_client(settings))
     with pytest.raises(StoreError) as caught:
@@ -71,7 +73,7 @@ def test_a_store_error_from_an_unreachable_redis_names_no_password(settings: Set
 
 
 def test_health_lines_name_the_server_without_its_password(settings: Settings) -> None:
-    results = run_checks(settings)
+    results = run_checks(settings, bootstrap.redis_client(settings, probe=True))
     assert not any(check.ok for check in results)
     assert all(SECRET not in check.line() for check in results)
     assert "redis://:***@127.0.0.1:" in results[0].line()

@@ -21,12 +21,12 @@ from statemachine import (
     Result,
     StatusReason,
 )
-from worker.api import submit_events
 from worker.backends import Backends
 from worker.emulator import Emulator
 from worker.envelope import Envelope
 from worker.logs import configure
-from worker.service import Service
+from worker.service import submit_events
+from worker.service.service import Service
 from worker.settings import Settings
 
 

@@ -27,11 +27,11 @@ from statemachine import (
     parse_event,
     pending_step,
 )
-from worker.failed import FailedStore, MemoryFailedStore, RedisFailedStore
 from worker.keys import Keys
-from worker.memory_store import MemoryStateStore
-from worker.redis_store import RedisStateStore
-from worker.store import Commit, CommitStatus, StateStore
+from worker.store.failed import FailedStore, MemoryFailedStore, RedisFailedStore
+from worker.store.memory import MemoryStateStore
+from worker.store.protocol import Commit, CommitStatus, StateStore
+from worker.store.redis import RedisStateStore
 
 # Before the import: pytest rewrites the asserts of the shared contract too.
 pytest.register_assert_rewrite("tests.store_contract")

@@ -35,7 +35,7 @@ from statemachine.table import ChannelKind
 from worker.dataverse.client import DataverseClient
 from worker.dataverse.errors import DataverseThrottled, RowRefused
 from worker.dataverse.state import MirrorState
-from worker.store import Commit, CommitStatus, StateStore
+from worker.store.protocol import Commit, CommitStatus, StateStore
 
 log = structlog.get_logger("worker.dataverse")
 

@@ -61,7 +61,7 @@ from worker.dataverse.settings import MirrorSettings
 from worker.dataverse.state import MirrorState
 from worker.errors import StoreError
 from worker.keys import dumps
-from worker.store import StateStore
+from worker.store.protocol import StateStore
 
 log = structlog.get_logger("worker.dataverse")
 

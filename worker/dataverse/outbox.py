@@ -1,4 +1,4 @@
-"""The outbox entries the worker commits with every applied change (worker/service.py).
+"""The outbox entries the worker commits with every applied change (worker/service/drain.py).
 
 Each is JSON ``{"op": "create"|"update"|"delete", "record_id", "version", "columns": [the
 changed logical names], "row": the Dataverse read form after the change (null for
@@ -12,10 +12,37 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from statemachine import ProvisioningState, parse_time
+from statemachine import Outcome, ProvisioningState, format_time, parse_time
 from worker.dataverse.errors import UnreadableEntry
+from worker.keys import dumps
 
 OPS = ("create", "update", "delete")
+
+
+def entry_for(before: ProvisioningState | None, outcome: Outcome) -> str | None:
+    """The encoded entry the mirror must send for ``outcome`` applied to ``before``;
+    None for a change the mirror does not see (nothing applied, or only the worker's
+    own bookkeeping, such as a calling test id, changed)."""
+    if not outcome.applied:
+        return None
+    after = outcome.record
+    columns: list[str]
+    row: dict[str, Any] | None
+    if outcome.deleted:
+        op, columns, row = "delete", [], None
+    elif before is None:
+        assert after is not None
+        op, columns, row = "create", [], after.to_dataverse()
+    else:
+        assert after is not None
+        changed = after.changed_columns(before)
+        if not changed:
+            return None
+        op, columns, row = "update", sorted(changed), after.to_dataverse()
+    last = outcome.entries[-1]
+    return dumps({"op": op, "record_id": last.record_id, "version": last.version,
+                  "columns": columns, "row": row, "event_id": last.event_id,
+                  "at": format_time(last.at)})
 
 
 @dataclass(frozen=True)

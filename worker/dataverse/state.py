@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol, cast
 
 import redis
 
-from worker.errors import StoreError
 from worker.keys import Keys
+from worker.store.translate import translated as _translated
 
 # The status hash: what `provisioning dataverse status` prints.
 STATUS_FIELDS = (
@@ -189,11 +188,3 @@ class MemoryMirrorState:
         with self._lock:
             self._status[name] = str(int(self._status.get(name, "0")) + by)
 
-
-@contextmanager
-def _translated() -> Iterator[None]:
-    """Translate redis-py errors into StoreError (``raise … from exc``)."""
-    try:
-        yield
-    except redis.RedisError as exc:
-        raise StoreError(f"{type(exc).__name__}: {exc}") from exc

@@ -12,7 +12,7 @@ from worker.dataverse.errors import UnreadableEntry
 from worker.dataverse.outbox import OutboxEntry
 from worker.dataverse.settings import MirrorSettings
 from worker.dataverse.state import MirrorState
-from worker.store import StateStore
+from worker.store.protocol import StateStore
 
 
 def mirror_status(store: StateStore, state: MirrorState | None,

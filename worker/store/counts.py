@@ -14,19 +14,8 @@ from typing import cast
 import redis
 
 from statemachine import StatusReason
-from worker.errors import StoreError
 from worker.keys import Keys
-from worker.settings import Settings
-
-
-def probe_client(settings: Settings) -> redis.Redis:
-    """A client for probes and scrapes: short timeouts, no retries, so a dead Redis answers
-    within ``PROVISIONING_HEALTH_TIMEOUT`` instead of hanging the probe."""
-    return redis.Redis.from_url(
-        settings.redis_url, decode_responses=True,
-        socket_connect_timeout=settings.health_timeout,
-        socket_timeout=settings.health_timeout, retry_on_timeout=False,
-    )
+from worker.store.translate import translated
 
 
 class StoreCounts:
@@ -39,26 +28,20 @@ class StoreCounts:
     def ping(self) -> float:
         """Round-trip time of a PING, in seconds."""
         started = time.perf_counter()
-        try:
+        with translated():
             self.client.ping()
-        except redis.RedisError as exc:
-            raise StoreError(f"{type(exc).__name__}: {exc}") from exc
         return time.perf_counter() - started
 
     def records_by_status(self) -> dict[StatusReason, int]:
         """How many live records have each status reason (SCARD of each index set)."""
-        try:
+        with translated():
             pipe = self.client.pipeline(transaction=False)
             for status in StatusReason:
                 pipe.scard(self.keys.by_status(int(status)))
             sizes = cast(list[int], pipe.execute())
-        except redis.RedisError as exc:
-            raise StoreError(f"{type(exc).__name__}: {exc}") from exc
         return {status: int(size) for status, size in zip(StatusReason, sizes, strict=True)}
 
     def failed_tasks(self) -> int:
         """Entries in the failed-task store (ZCARD)."""
-        try:
+        with translated():
             return int(self.client.zcard(self.keys.failed))
-        except redis.RedisError as exc:
-            raise StoreError(f"{type(exc).__name__}: {exc}") from exc

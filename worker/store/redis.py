@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, cast
 
 import redis
 
 from statemachine import HistoryEntry, ProvisioningState, StatusReason
-from worker.errors import StoreError
 from worker.keys import Keys, decode_record, dumps, encode_record
-from worker.store import Claim, Commit, CommitStatus, InboxItem, Release
+from worker.store.protocol import Claim, Commit, CommitStatus, InboxItem, Release
+from worker.store.translate import translated as _translated
 
 
 def _script(name: str) -> str:
@@ -39,15 +38,6 @@ class RedisStateStore:
         self._renew = client.register_script(_script("renew"))
         self._drop_head = client.register_script(_script("drop_head"))
         self._claim_orphans = client.register_script(_script("claim_orphans"))
-
-    @classmethod
-    def from_url(cls, url: str, *, prefix: str = "provisioning",
-                 history_limit: int = 1000) -> RedisStateStore:
-        client = redis.Redis.from_url(
-            url, decode_responses=True, socket_connect_timeout=5, socket_timeout=30,
-            health_check_interval=30, retry_on_timeout=True,
-        )
-        return cls(client, keys=Keys(prefix), history_limit=history_limit)
 
     # -- inbox ---------------------------------------------------------------------------
 
@@ -323,11 +313,3 @@ def _evalsha(pipe: Any, script: Any, keys: list[str], args: list[Any]) -> None:
     """Queue ``script`` on ``pipe`` by its SHA1 (see ``RedisStateStore._pipelined``)."""
     pipe.evalsha(script.sha, len(keys), *keys, *args)
 
-
-@contextmanager
-def _translated() -> Iterator[None]:
-    """Translate redis-py errors into StoreError (``raise … from exc``)."""
-    try:
-        yield
-    except redis.RedisError as exc:
-        raise StoreError(f"{type(exc).__name__}: {exc}") from exc

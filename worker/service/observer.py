@@ -1,6 +1,6 @@
 """What the service reports as it works, for metrics. The default observes nothing.
 
-``worker.metrics.PrometheusObserver`` implements this Protocol; tests may record calls.
+``worker.ops.metrics.PrometheusObserver`` implements this Protocol; tests may record calls.
 """
 
 from __future__ import annotations

@@ -46,11 +46,11 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from statemachine import HistoryEntry
-from worker.counts import StoreCounts, probe_client
 from worker.errors import StoreError
-from worker.health import read_heartbeat
 from worker.keys import Keys
+from worker.ops.heartbeat import read_heartbeat
 from worker.settings import Settings
+from worker.store.counts import StoreCounts
 
 log = structlog.get_logger("worker")
 
@@ -149,7 +149,7 @@ def release() -> None:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-# -- what the service reports (worker.observe.Observer) ----------------------------------
+# -- what the service reports (worker.service.observer.Observer) -------------------
 
 class _Metrics:
     """The recorded metrics; created after :func:`prepare`, once per process tree."""
@@ -218,7 +218,7 @@ def _never_raises(method: Callable[P, None]) -> Callable[P, None]:
 
 
 class PrometheusObserver:
-    """Implements ``worker.observe.Observer`` with the metrics above."""
+    """Implements ``worker.service.observer.Observer`` with the metrics above."""
 
     def __init__(self) -> None:
         self.metrics = _recorded()
@@ -264,10 +264,10 @@ class StoreCollector:
     """Gauges read from Redis on every scrape: records by status reason, the failed-task
     store's size, beat's heartbeat age, and whether the store answered at all."""
 
-    def __init__(self, settings: Settings, client: redis.Redis | None = None) -> None:
+    def __init__(self, settings: Settings, client: redis.Redis) -> None:
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
-        self.client = probe_client(settings) if client is None else client
+        self.client = client  # a probe client: a scrape must not hang on a dead Redis
         self.counts = StoreCounts(self.client, self.keys)
 
     def describe(self) -> Iterable[Metric]:
@@ -326,13 +326,12 @@ WsgiStart = Callable[[str, list[tuple[str, str]]], Any]
 class MetricsEndpoint:
     """``/metrics`` (everything above) and ``/healthz`` over HTTP, from a daemon thread."""
 
-    def __init__(self, settings: Settings, directory: str,
-                 store: StoreCollector | None = None) -> None:
+    def __init__(self, settings: Settings, directory: str, store: StoreCollector) -> None:
         self.settings = settings
         self.registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(  # type: ignore[no-untyped-call]
             self.registry, path=directory)
-        self.store = store or StoreCollector(settings)
+        self.store = store
         self.registry.register(self.store)
         self._metrics_app = make_wsgi_app(self.registry)
         self.last_tick: float | None = None
@@ -382,12 +381,13 @@ class MetricsEndpoint:
         self.store.close()
 
 
-def serve(settings: Settings) -> MetricsEndpoint | None:
-    """Start the endpoint on PROVISIONING_METRICS_ADDRESS:PORT; None (logged) when the
-    address cannot be bound: the worker goes on without it."""
+def serve(settings: Settings, client: redis.Redis) -> MetricsEndpoint | None:
+    """Start the endpoint on PROVISIONING_METRICS_ADDRESS:PORT, reading the store's gauges
+    through ``client`` (a probe client); None (logged) when the address cannot be bound:
+    the worker goes on without it."""
     if _state.directory is None:
         raise RuntimeError("metrics.prepare() must run first")
-    endpoint = MetricsEndpoint(settings, _state.directory)
+    endpoint = MetricsEndpoint(settings, _state.directory, StoreCollector(settings, client))
     try:
         endpoint.start()
     except OSError as exc:

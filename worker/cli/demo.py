@@ -9,6 +9,7 @@ Everything it started is stopped by pid before it returns.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -19,9 +20,17 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from celery import Celery
+
 from statemachine import AutomatedCallingStatus, BackendStep, StatusReason
 from worker import embedded
+from worker.app import celery_config
+from worker.bootstrap.services import build_service
+from worker.cli.common import OK
+from worker.cli.render import describe_record, format_history, format_records
 from worker.emulator import Emulator, serve
+from worker.service import submit_events
+from worker.settings import Settings, redact_url
 
 # The example's records and channels (worker/examples/*.jsonl).
 WHATSAPP = "6f1c0000-0000-4000-8000-000000000001"
@@ -46,7 +55,7 @@ DEMO_SETTINGS = {
 
 
 def _example(name: str) -> Path:
-    return Path(__file__).parent / "examples" / name
+    return Path(__file__).parent.parent / "examples" / name
 
 
 def run_demo(*, workers: int = 2, as_json: bool = False, timeout: float = 90.0) -> int:
@@ -60,8 +69,6 @@ def run_demo(*, workers: int = 2, as_json: bool = False, timeout: float = 90.0) 
         url = redis_server.url
         say(f"embedded Redis ({redis_server.engine}) on {url}")
     else:
-        from worker.settings import redact_url
-
         say(f"using Redis at {redact_url(url)}")
     emulator = Emulator()
     # A flaky provisioner for the Teams channel: every in-task try fails, so the record
@@ -80,10 +87,7 @@ def run_demo(*, workers: int = 2, as_json: bool = False, timeout: float = 90.0) 
         "PROVISIONING_CALLING_TEST_URL": server.url,
         "PROVISIONING_LOG_FORMAT": "json",
     }
-    os.environ.update({k: v for k, v in env.items() if k.startswith("PROVISIONING_")})
-    from worker import bootstrap
-
-    bootstrap.reset()
+    settings = Settings.from_env(env)
     logdir = tempfile.mkdtemp(prefix="provisioning-demo-")
     processes: list[subprocess.Popen[bytes]] = []
     try:
@@ -95,7 +99,7 @@ def run_demo(*, workers: int = 2, as_json: bool = False, timeout: float = 90.0) 
             ["beat", "--loglevel", "WARNING", "-s", str(Path(logdir, "beat-schedule"))],
             env, Path(logdir, "beat.log")))
         say(f"celery worker ({workers} processes) and beat started; logs in {logdir}")
-        return _play(say, as_json, timeout, processes)
+        return _play(settings, say, as_json, timeout, processes)
     finally:
         for process in processes:
             _stop(process)
@@ -122,14 +126,13 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
-def _play(say: Callable[[str], None], as_json: bool, timeout: float,
+def _play(settings: Settings, say: Callable[[str], None], as_json: bool, timeout: float,
           processes: list[subprocess.Popen[bytes]]) -> int:
-    from worker import bootstrap
-    from worker.api import submit_events
-    from worker.app import kick, kick_many
-    from worker.cli import describe_record, format_history, format_records
-
-    service = bootstrap.process_service(kick, kick_many)
+    # The demo's own producer: its settings come from the demo's environment for the
+    # processes it started, not from this process's (which it leaves as it found it).
+    producer = Celery("provisioning-demo", set_as_current=False)
+    producer.conf.update(celery_config(settings))
+    service = build_service(settings, app=producer)
 
     def submit(name: str) -> None:
         lines = _example(name).read_text(encoding="utf-8").splitlines()
@@ -174,7 +177,7 @@ def _play(say: Callable[[str], None], as_json: bool, timeout: float,
     records = service.store.list_records()
     if as_json:
         print(json.dumps([r.to_dataverse() for r in records], indent=2, ensure_ascii=False))
-        return 0
+        return OK
     say("\n== records (provisioning list) ==")
     say(format_records(records))
     line = service.store.load(LINE)
@@ -191,3 +194,7 @@ def _play(say: Callable[[str], None], as_json: bool, timeout: float,
     return 0
 
 
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    return run_demo(workers=args.workers, as_json=args.json)

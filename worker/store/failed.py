@@ -20,6 +20,7 @@ import redis
 from statemachine import parse_time
 from worker.errors import StoreError
 from worker.keys import Keys, dumps
+from worker.store.translate import translated
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +146,7 @@ class RedisFailedStore:
 
     def record(self, entry: FailedTask) -> FailedTask:
         key = self.keys.failed_entry(entry.id)
-        try:
+        with translated():
             # WATCH/MULTI with a bounded retry: two workers failing the same event at
             # once both count their attempt.
             for _ in range(10):
@@ -162,56 +163,42 @@ class RedisFailedStore:
                         return merged
                     except redis.WatchError:
                         continue
-        except redis.RedisError as exc:
-            raise StoreError(f"{type(exc).__name__}: {exc}") from exc
         raise StoreError(f"failed-task entry {entry.id} kept changing; not recorded")
 
     def get(self, entry_id: str) -> FailedTask | None:
-        try:
+        with translated():
             raw = cast(str | None, self.client.get(self.keys.failed_entry(entry_id)))
-        except redis.RedisError as exc:
-            raise StoreError(f"{type(exc).__name__}: {exc}") from exc
         return FailedTask.from_json(json.loads(raw)) if raw else None
 
     def all(self) -> list[FailedTask]:
-        try:
+        with translated():
             ids = cast(list[str], self.client.zrange(self.keys.failed, 0, -1))
             if not ids:
                 return []
             rows = cast(list[str | None], self.client.mget(
                 [self.keys.failed_entry(i) for i in ids]))
-        except redis.RedisError as exc:
-            raise StoreError(f"{type(exc).__name__}: {exc}") from exc
         return [FailedTask.from_json(json.loads(row)) for row in rows if row]
 
     def remove(self, entry_id: str) -> bool:
-        try:
+        with translated():
             pipe = self.client.pipeline(transaction=True)
             pipe.delete(self.keys.failed_entry(entry_id))
             pipe.zrem(self.keys.failed, entry_id)
             deleted, _ = pipe.execute()
-        except redis.RedisError as exc:
-            raise StoreError(f"{type(exc).__name__}: {exc}") from exc
         return bool(deleted)
 
     def count(self) -> int:
-        try:
+        with translated():
             return int(self.client.zcard(self.keys.failed))
-        except redis.RedisError as exc:
-            raise StoreError(f"{type(exc).__name__}: {exc}") from exc
 
     def append_audit(self, line: Mapping[str, Any]) -> None:
-        try:
+        with translated():
             self.client.rpush(self.keys.audit, dumps(dict(line)))
-        except redis.RedisError as exc:
-            raise StoreError(f"{type(exc).__name__}: {exc}") from exc
 
     def audit(self, limit: int = 0) -> list[dict[str, Any]]:
-        try:
+        with translated():
             rows = cast(list[str], self.client.lrange(
                 self.keys.audit, -limit if limit > 0 else 0, -1))
-        except redis.RedisError as exc:
-            raise StoreError(f"{type(exc).__name__}: {exc}") from exc
         return [json.loads(row) for row in rows]
 
 

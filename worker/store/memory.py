@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from statemachine import HistoryEntry, ProvisioningState, StatusReason
 from worker.keys import Keys, decode_record, encode_record
-from worker.store import Claim, Commit, CommitStatus, InboxItem, Release
+from worker.store.protocol import Claim, Commit, CommitStatus, InboxItem, Release
 
 
 @dataclass

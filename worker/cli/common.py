@@ -1,0 +1,133 @@
+"""What every ``provisioning`` command shares: exit codes, the error of a command that ran
+but failed, confirmation, argument types, and the CLI's log settings.
+
+Exit codes (SPEC §5): 0 success; 1 the command ran but something was refused or not found;
+2 a usage error (including an argument of the wrong form). Errors print one line each on
+stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import re
+import sys
+import uuid
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from statemachine import ChannelKind, StatusReason, parse_time
+from worker import bootstrap
+from worker.errors import WorkerError
+from worker.logs import configure
+from worker.settings import redact_url
+
+OK, FAILED, USAGE = 0, 1, 2
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_moment(text: str, now: datetime) -> datetime:
+    """``30m``, ``2h``, ``7d`` (that long before ``now``) or an ISO 8601 timestamp."""
+    match = _DURATION.match(text.strip())
+    if match:
+        return now - timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+    try:
+        return parse_time(text)
+    except (TypeError, ValueError):
+        raise ValueError(f"not a duration (30m, 2h, 7d) or a timestamp: {text!r}") from None
+
+
+def operator_name(given: str | None) -> str:
+    """Who acts, for the audit log: ``--operator``, else the login name."""
+    if given:
+        return given
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no login name (a container without /etc/passwd entry)
+        return "unknown"
+
+
+class CommandFailed(WorkerError):
+    """The command ran but something was refused or not found (exit 1)."""
+
+
+def confirm(question: str) -> bool:
+    """Ask on the terminal; refuse (CommandFailed) when stdin is not one."""
+    if not sys.stdin.isatty():
+        raise CommandFailed(f"{question} needs --yes when stdin is not a terminal")
+    answer = input(f"{question} [y/N] ")
+    return answer.strip().lower() in ("y", "yes")
+
+
+def store_url() -> str:
+    """PROVISIONING_REDIS_URL without its password, for error lines."""
+    return str(redact_url(bootstrap.current_settings().redis_url))
+
+
+def quiet_logs() -> None:
+    """The CLI logs warnings and errors only, on stderr (stdout is the command's output)."""
+    settings = bootstrap.current_settings()
+    if settings.log_level.upper() != "DEBUG":
+        settings = replace(settings, log_level="WARNING")
+    configure(settings)
+
+
+# -- argument types (argparse turns their errors into usage errors, exit 2) ----------------
+
+def uuid_text(text: str) -> str:
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a UUID: {text!r}") from None
+
+
+def input_file(text: str) -> str:
+    if text != "-" and not Path(text).is_file():
+        raise argparse.ArgumentTypeError(f"no such file: {text!r}")
+    return text
+
+
+def moment(text: str) -> datetime:
+    try:
+        return parse_moment(text, datetime.now(UTC))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def status_label(text: str) -> StatusReason:
+    for status in StatusReason:
+        if status.label.lower() == text.lower():
+            return status
+    labels = ", ".join(s.label for s in StatusReason)
+    raise argparse.ArgumentTypeError(f"not a status reason: {text!r} (one of {labels})")
+
+
+def channel_kind(text: str) -> ChannelKind:
+    try:
+        return ChannelKind(text.lower())
+    except ValueError:
+        kinds = ", ".join(k.value for k in ChannelKind)
+        raise argparse.ArgumentTypeError(f"not a channel kind: {text!r} (one of {kinds})") from None
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+    return value

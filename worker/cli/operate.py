@@ -1,0 +1,65 @@
+"""``provisioning failed replay|discard``: acting on failed-task entries.
+
+Bulk actions work on a snapshot of ids taken first (see ``worker.ops.operate``); every
+replay and discard is audited under the operator's name. A replay goes through the normal
+path: a ``provisioning.handle_event`` message sent through the Celery app.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from worker import bootstrap
+from worker.app import app, process_service
+from worker.cli.common import FAILED, OK, CommandFailed, confirm, operator_name
+from worker.cli.failed import filter_of
+from worker.dispatch import Dispatch
+from worker.ops.operate import Operator
+from worker.service import Service
+from worker.store.failed_filter import select
+
+
+def _service() -> Service:
+    return process_service()
+
+
+def _send_replay(event: Mapping[str, Any], entry_id: str) -> None:
+    """A ``provisioning.handle_event`` message with the replayed entry's id."""
+    Dispatch(app, bootstrap.current_settings().batch_records).replay(event, entry_id)
+
+
+def cmd_act(args: argparse.Namespace) -> int:
+    """replay / discard: named entries, or --all matching the filters (a snapshot)."""
+    service = _service()
+    verb = args.failed_command
+    if bool(args.entries) == bool(args.all):
+        raise CommandFailed(f"failed {verb}: name ENTRY ids or give --all (with filters)")
+    failed = service.failed
+    if args.all:
+        chosen = select(failed.all(), filter_of(args))  # the snapshot: ids fixed from here on
+        missing: list[str] = []
+    else:
+        found = {entry_id: failed.get(entry_id) for entry_id in args.entries}
+        missing = [entry_id for entry_id, entry in found.items() if entry is None]
+        chosen = [entry for entry in found.values() if entry is not None]
+    for entry_id in missing:
+        print(f"provisioning: failed-task entry {entry_id} not found", file=sys.stderr)
+    if not chosen:
+        print(f"nothing to {verb}")
+        return FAILED if missing else OK
+    if args.all and not (args.yes or args.dry_run) and not confirm(
+            f"{verb} {len(chosen)} failed-task entr{'y' if len(chosen) == 1 else 'ies'}?"):
+        raise CommandFailed(f"{verb} cancelled; nothing was changed (use --yes to skip asking)")
+    operator = Operator(service, _send_replay, operator_name(args.operator))
+    refused = 0
+    for entry in chosen:
+        if verb == "replay":
+            sent, result = operator.replay(entry, dry_run=args.dry_run)
+            refused += not sent
+        else:
+            result = operator.discard(entry, args.reason, dry_run=args.dry_run)
+        print(f"{entry.id}  {result}")
+    return FAILED if (missing or refused) else OK

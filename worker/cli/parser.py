@@ -1,0 +1,135 @@
+"""The ``provisioning`` argument parser: every command and option (SPEC §5), and nothing
+they need to run, so that building it stays cheap for every command."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from worker.cli.common import (
+    channel_kind,
+    input_file,
+    moment,
+    positive_int,
+    seconds,
+    status_label,
+    uuid_text,
+)
+
+HEALTH_CHECKS = ("store", "broker", "beat", "failed_tasks")  # worker.ops.health.CHECKS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="provisioning",
+        description="Operate the Provisioning State worker (msdyn_ocprovisioningstate).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    submit = commands.add_parser("submit", help="validate and enqueue events (JSON Lines)")
+    submit.add_argument("file", type=input_file, metavar="FILE", help="JSON Lines; - for stdin")
+    submit.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    show = commands.add_parser("show", help="one record")
+    show.add_argument("record_id", type=uuid_text, metavar="ID")
+    show.add_argument("--json", action="store_true",
+                      help="print it in Dataverse Web API shape")
+
+    listing = commands.add_parser("list", help="records, filtered")
+    listing.add_argument("--status", type=status_label, metavar="LABEL")
+    listing.add_argument("--kind", type=channel_kind, metavar="KIND")
+    listing.add_argument("--json", action="store_true")
+
+    history = commands.add_parser("history", help="a record's changes and rejections")
+    history.add_argument("record_id", type=uuid_text, metavar="ID")
+    history.add_argument("--json", action="store_true")
+
+    failed = commands.add_parser("failed", help="the failed-task store")
+    failed_commands = failed.add_subparsers(dest="failed_command", required=True,
+                                            metavar="ACTION")
+    filters = argparse.ArgumentParser(add_help=False)
+    filters.add_argument("--event-type", metavar="TYPE", help="e.g. provision.requested")
+    filters.add_argument("--record", type=uuid_text, metavar="ID")
+    filters.add_argument("--exception", metavar="CLASS", help="e.g. UnknownRecord")
+    filters.add_argument("--task", metavar="NAME", help="e.g. provisioning.retry")
+    filters.add_argument("--since", type=moment, metavar="WHEN",
+                         help="last failed at or after WHEN (30m, 2h, 7d or a timestamp)")
+    filters.add_argument("--older-than", type=moment, metavar="WHEN",
+                         help="last failed before WHEN (30m, 2h, 7d or a timestamp)")
+    failed_list = failed_commands.add_parser("list", parents=[filters],
+                                             help="failed-task entries")
+    failed_list.add_argument("--json", action="store_true")
+    failed_show = failed_commands.add_parser("show", help="one entry, in full")
+    failed_show.add_argument("entry", metavar="ENTRY")
+    failed_show.add_argument("--json", action="store_true")
+    acting = argparse.ArgumentParser(add_help=False, parents=[filters])
+    acting.add_argument("entries", nargs="*", metavar="ENTRY")
+    acting.add_argument("--all", action="store_true",
+                        help="every entry the filters match (a snapshot taken first)")
+    acting.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    acting.add_argument("--dry-run", action="store_true", help="say what would be done")
+    acting.add_argument("--operator", metavar="NAME",
+                        help="who acts, for the audit log (default: the login name)")
+    failed_commands.add_parser("replay", parents=[acting],
+                               help="re-enqueue entries through the normal path")
+    discard = failed_commands.add_parser("discard", parents=[acting],
+                                         help="drop entries, keeping an audit line")
+    discard.add_argument("--reason", required=True, metavar="TEXT", help="why (audited)")
+    audit = failed_commands.add_parser("audit", help="the operators' audit log")
+    audit.add_argument("--limit", type=int, default=0, metavar="N", help="the last N lines")
+    audit.add_argument("--json", action="store_true")
+
+    demo = commands.add_parser("demo", help="run the bundled example end to end")
+    demo.add_argument("--json", action="store_true", help="print the final records as JSON")
+    demo.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+
+    commands.add_parser("diagram", help="print the three state machines as Mermaid")
+
+    health = commands.add_parser(
+        "health", help="check the store, the broker, beat's heartbeat and the failed tasks",
+        description="One line per check; exit 0 when all pass, 1 when any fails.")
+    health.add_argument("--check", action="append", choices=HEALTH_CHECKS, metavar="NAME",
+                        help="run only this check (repeatable): " + ", ".join(HEALTH_CHECKS))
+    health.add_argument("--json", action="store_true")
+
+    _add_dataverse(commands)
+    return parser
+
+
+def _add_dataverse(commands: Any) -> None:
+    """Add ``dataverse`` and its actions to the CLI's subparsers."""
+    dataverse = commands.add_parser(
+        "dataverse", help="the mirror to Dataverse: status, import, run, skip",
+        description="Mirror the records to a Dataverse organization "
+                    "(PROVISIONING_DATAVERSE_URL and its credentials).")
+    actions = dataverse.add_subparsers(dest="dataverse_command", required=True,
+                                       metavar="ACTION")
+    status = actions.add_parser("status", help="outbox lag, last success, last error",
+                                description="Exit 1 when entries wait and the last attempt "
+                                            "failed.")
+    status.add_argument("--json", action="store_true")
+    importing = actions.add_parser(
+        "import", help="load the organization's existing rows into the store",
+        description="Rows whose id the store knows are skipped; refused rows are named on "
+                    "stderr (exit 1).")
+    importing.add_argument("--page-size", type=positive_int, metavar="N",
+                           help="rows per page (Prefer: odata.maxpagesize; default "
+                                "PROVISIONING_DATAVERSE_PAGE_SIZE)")
+    importing.add_argument("--dry-run", action="store_true",
+                           help="read and check every row, write nothing")
+    importing.add_argument("--json", action="store_true")
+    run = actions.add_parser("run", help="send the outbox in the foreground (Ctrl-C stops)",
+                             description="The consumer beat's provisioning.mirror_outbox "
+                                         "runs, in a loop; safe next to it (one lock).")
+    run.add_argument("--once", action="store_true",
+                     help="stop when the outbox is empty (exit 0) or sending fails (exit 1)")
+    run.add_argument("--budget", type=seconds, metavar="SECONDS",
+                     help="seconds per run (default PROVISIONING_DATAVERSE_RUN_BUDGET)")
+    skip = actions.add_parser(
+        "skip", help="drop the outbox head Dataverse keeps refusing (audited)",
+        description="The record's next change re-reads its row and sends every column "
+                    "that differs.")
+    skip.add_argument("--reason", required=True, metavar="TEXT", help="why (audited)")
+    skip.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    skip.add_argument("--operator", metavar="NAME",
+                      help="who acts, for the audit log (default: the login name)")

@@ -1,0 +1,56 @@
+"""``provisioning show|list|history``: records and their history, read from the store.
+
+Read-only: the store-only wiring (``worker.bootstrap``), no Celery, no httpx.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from statemachine import HistoryEntry, ProvisioningState
+from worker import bootstrap
+from worker.cli.common import OK, CommandFailed
+from worker.cli.render import describe_record, format_history, format_records
+from worker.store.redis import RedisStateStore
+
+
+def _store() -> RedisStateStore:
+    return bootstrap.build_store(bootstrap.current_settings())
+
+
+def _load(record_id: str) -> ProvisioningState:
+    record: ProvisioningState | None = _store().load(record_id)
+    if record is None:
+        raise CommandFailed(f"record {record_id} not found")
+    return record
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    record = _load(args.record_id)
+    if args.json:
+        print(json.dumps(record.to_dataverse(), indent=2, ensure_ascii=False))
+        return OK
+    print(describe_record(record))
+    return OK
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    records = _store().list_records(
+        status=args.status, kind=args.kind.value if args.kind else None)
+    if args.json:
+        print(json.dumps([r.to_dataverse() for r in records], indent=2, ensure_ascii=False))
+        return OK
+    print(format_records(records) if records else "no records")
+    return OK
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    entries: list[HistoryEntry] = _store().history(args.record_id)
+    if not entries:
+        raise CommandFailed(f"record {args.record_id} has no history (unknown id)")
+    if args.json:
+        print(json.dumps([e.to_json() for e in entries], indent=2, ensure_ascii=False))
+        return OK
+    print(format_history(entries))
+    return OK

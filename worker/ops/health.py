@@ -1,0 +1,139 @@
+"""Health: the checks of ``provisioning health``.
+
+Checks, one line each (for probes and for humans)::
+
+    store   the record store answers PING
+    broker  a connection to the Celery broker can be opened
+    beat    beat's heartbeat is younger than PROVISIONING_HEALTH_BEAT_MAX_AGE
+    failed_tasks  the failed-task store holds at most PROVISIONING_HEALTH_FAILED_MAX entries
+
+Beat's heartbeat is written by beat itself (worker/ops/heartbeat.py).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import redis
+from kombu import Connection
+
+from worker.errors import StoreError
+from worker.keys import Keys
+from worker.ops.heartbeat import read_heartbeat
+from worker.settings import Settings, redact_url
+from worker.store.counts import StoreCounts
+
+CHECKS = ("store", "broker", "beat", "failed_tasks")
+
+
+@dataclass(frozen=True)
+class Check:
+    """The result of one check."""
+
+    name: str
+    ok: bool
+    detail: str
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        return f"{self.name:<12} {'ok' if self.ok else 'FAIL':<4}  {self.detail}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "ok": self.ok, "detail": self.detail,
+                "seconds": round(self.seconds, 6)}
+
+
+def scrub(text: str, settings: Settings) -> str:
+    """``text`` with every password of a configured URL replaced (errors may quote URLs)."""
+    backends = settings.backends
+    for url in (settings.redis_url, settings.broker_url, backends.provisioner_url,
+                backends.gatekeeper_url, backends.calling_test_url):
+        if not url:
+            continue
+        redacted = redact_url(url)
+        if redacted is not None and redacted != url:
+            text = text.replace(url, redacted)
+        password = urlsplit(url).password
+        if password:
+            for secret in {password, unquote(password)}:
+                text = text.replace(secret, "***")
+    return text
+
+
+def run_checks(settings: Settings, client: redis.Redis, names: Sequence[str] = CHECKS, *,
+               broker_check: Callable[[Settings], str] | None = None) -> list[Check]:
+    """Run the named checks, in CHECKS order, reading the store through ``client`` (a
+    probe client: short timeouts, no retries). Never raises: a failure is a failing Check.
+    When the store is unreachable the checks that read it fail without trying again.
+    ``broker_check`` replaces the real broker check (tests)."""
+    counts = StoreCounts(client, Keys(settings.key_prefix))
+    probes: dict[str, Callable[[], tuple[bool, str]]] = {
+        "store": lambda: (True, f"PING {counts.ping() * 1000:.1f} ms "
+                                f"({redact_url(settings.redis_url)})"),
+        "broker": lambda: (True, (broker_check or check_broker)(settings)),
+        "beat": lambda: _beat(client, settings),
+        "failed_tasks": lambda: _failed(counts, settings),
+    }
+    where = {"store": redact_url(settings.redis_url), "broker": redact_url(settings.broker)}
+    store_error: str | None = None
+    results: list[Check] = []
+    for name in (n for n in CHECKS if n in names):
+        if name in ("beat", "failed_tasks") and store_error is not None:
+            results.append(Check(name, False, f"store unreachable: {store_error}"))
+            continue
+        started = time.perf_counter()
+        try:
+            ok, detail = probes[name]()
+        except StoreError as exc:
+            ok, detail = False, str(exc)
+        except Exception as exc:  # noqa: BLE001 - every failure is a failing line
+            ok, detail = False, f"{type(exc).__name__}: {exc}"
+        detail = scrub(detail, settings)
+        if not ok and name == "store":
+            store_error = detail
+        if not ok and name in where:
+            detail = f"{detail} ({where[name]})"
+        results.append(Check(name, ok, detail, time.perf_counter() - started))
+    return results
+
+
+def check_broker(settings: Settings) -> str:
+    """Open (and close) a connection to the broker; the detail says where, redacted."""
+    started = time.perf_counter()
+    options = {"socket_timeout": settings.health_timeout,
+               "socket_connect_timeout": settings.health_timeout}
+    with Connection(settings.broker, connect_timeout=settings.health_timeout,
+                    transport_options=options) as connection:
+        # max_retries=0: one attempt; a probe must not wait out kombu's retry intervals.
+        connection.ensure_connection(max_retries=0,
+                                      timeout=math.ceil(settings.health_timeout))
+    return (f"connected in {(time.perf_counter() - started) * 1000:.1f} ms "
+            f"({redact_url(settings.broker)})")
+
+
+def _beat(client: redis.Redis, settings: Settings) -> tuple[bool, str]:
+    max_age = settings.health_beat_max_age
+    beat = read_heartbeat(client, Keys(settings.key_prefix), max_age)
+    if beat is None:
+        return False, f"no heartbeat in the last {max_age:g} s (is one celery beat running?)"
+    return True, f"heartbeat {beat.age:.1f} s ago from {beat.host} pid {beat.pid}"
+
+
+def _failed(counts: StoreCounts, settings: Settings) -> tuple[bool, str]:
+    size = counts.failed_tasks()
+    limit = settings.health_failed_max
+    entries = f"{size} entr{'y' if size == 1 else 'ies'}"
+    if size > limit:
+        return False, f"{entries}, more than {limit} (see: provisioning failed list)"
+    return True, f"{entries} (at most {limit})"
+
+
+def summary(checks: Iterable[Check]) -> dict[str, Any]:
+    """The ``--json`` form: overall ``ok`` and every check."""
+    listed = list(checks)
+    return {"ok": all(c.ok for c in listed), "checks": [c.to_json() for c in listed]}

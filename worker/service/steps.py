@@ -1,0 +1,91 @@
+"""Backend steps: a started step's calls, run off the drain's thread.
+
+A step (``RunStep``) is the calls one change starts (provision: provisioner PUT, then gate
+activation; SPEC §4). :func:`call_step` runs them in order, stopping at the first
+failure, and turns what happened into the ``StepResult`` the core applies; it never touches
+the store. :class:`StepRunner` runs steps of different records side by side; a record never
+has two steps at once (the drain sees to that).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from statemachine import RunStep, StepKind, StepResult
+from worker.backends import Backends
+from worker.service.observer import Observer
+
+
+@dataclass(frozen=True, slots=True)
+class InFlight:
+    """A step whose backend calls are running on a step thread."""
+
+    key: tuple[StepKind, int]  # (kind, the version that started it)
+    future: Future[StepResult]
+
+
+class StepRunner:
+    """Runs steps' backend calls on a few daemon threads.
+
+    Not a ThreadPoolExecutor: its threads are joined when the interpreter exits, so a pool
+    child cancelled at shutdown in the middle of a slow backend call would hang there (up
+    to the read timeout times the tries) instead of exiting. An interrupted step is run
+    again by the next drain, with the same Idempotency-Keys.
+    """
+
+    def __init__(self, threads: int = 1) -> None:
+        self._queue: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]]] = (
+            queue.SimpleQueue())
+        for number in range(max(1, threads)):
+            threading.Thread(target=self._run, name=f"steps-{number}", daemon=True).start()
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        self._queue.put((future, lambda: fn(*args)))
+        return future
+
+    def _run(self) -> None:
+        while True:
+            future, call = self._queue.get()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(call())
+            except BaseException as exc:  # noqa: BLE001 - handed to the drain, raised there
+                future.set_exception(exc)
+
+
+def call_step(backends: Backends, observer: Observer, step: RunStep) -> StepResult:
+    """The step's calls in order, stopping at the first failure (no store access)."""
+    with structlog.contextvars.bound_contextvars(event_id=step.event_id,
+                                                 trigger=step.kind.value):
+        response: str | None = None
+        test_id: str | None = None
+        for call in step.calls:
+            started = time.perf_counter()
+            outcome = backends.call(call)
+            observer.backend_call(
+                call.step.value, time.perf_counter() - started, outcome.ok,
+                outcome.failure.error_class if outcome.failure else None, outcome.attempts)
+            if outcome.response is not None:
+                response = outcome.response
+            if outcome.test_id is not None:
+                test_id = outcome.test_id
+            if not outcome.ok:
+                failure = outcome.failure
+                assert failure is not None
+                return StepResult(
+                    step.record_id, step.event_id, step.kind, step.started_version,
+                    ok=False, failed_call=call.step, details=failure.details(),
+                    summary=failure.summary(), response=response,
+                )
+        return StepResult(step.record_id, step.event_id, step.kind, step.started_version,
+                          ok=True, response=response, test_id=test_id)
