@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from worker import embedded
+from worker.emulators import embedded
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 _databases = itertools.count(1)
@@ -73,7 +73,7 @@ class Kicks:
 
 @pytest.fixture
 def emulator() -> object:
-    from worker.emulator import Emulator
+    from worker.emulators import Emulator
 
     return Emulator(seed=7)
 
@@ -89,7 +89,7 @@ def memory_service(emulator: object, kicks: Kicks) -> object:
     import httpx
 
     from worker.backends import Backends
-    from worker.emulator import Emulator
+    from worker.emulators import Emulator
     from worker.failed import MemoryFailedStore
     from worker.memory_store import MemoryStateStore
     from worker.service import Service

@@ -20,8 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from statemachine import AutomatedCallingStatus, BackendStep, StatusReason
-from worker import embedded
-from worker.emulator import Emulator, serve
+from worker.emulators import Emulator, embedded, serve
 
 # The example's records and channels (worker/examples/*.jsonl).
 WHATSAPP = "6f1c0000-0000-4000-8000-000000000001"

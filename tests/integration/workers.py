@@ -29,7 +29,7 @@ import pytest
 from statemachine import HistoryEntry, ProvisioningState, Result
 from worker.api import SubmitReport, submit_events
 from worker.bootstrap import build_service
-from worker.emulator import Emulator, EmulatorServer, serve
+from worker.emulators import Emulator, EmulatorServer, serve
 from worker.failed import FailedTask
 from worker.service import DRAIN_RECORD, DRAIN_RECORDS, HANDLE_EVENT, Service
 from worker.settings import Settings

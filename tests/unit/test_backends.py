@@ -22,7 +22,7 @@ from worker.backends import (
     CallResult,
     InvalidCallError,
 )
-from worker.emulator import Emulator
+from worker.emulators import Emulator
 
 RECORD_ID = "4f9d1c1e-0000-4000-8000-000000000001"
 CHANNEL_ID = "9a0b7c2d-0000-4000-8000-000000000002"

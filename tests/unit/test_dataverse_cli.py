@@ -11,7 +11,7 @@ from statemachine import PRIMARY_KEY
 from tests.unit.test_dataverse_support import Rig, event, make_rig, new_id, provision
 from worker import cli
 from worker.dataverse import commands
-from worker.dataverse.emulator import Fault
+from worker.emulators import Fault
 
 
 @pytest.fixture

@@ -19,7 +19,6 @@ from worker.backends import Backends
 from worker.dataverse import (
     SERVICE_WINDOW_SECONDS,
     DataverseClient,
-    DataverseEmulator,
     MemoryMirrorState,
     Mirror,
     MirrorSettings,
@@ -27,8 +26,7 @@ from worker.dataverse import (
     RunReport,
     TokenCache,
 )
-from worker.dataverse.emulator import RecordedCall
-from worker.emulator import Emulator
+from worker.emulators import DataverseEmulator, Emulator, RecordedCall
 from worker.failed import MemoryFailedStore
 from worker.memory_store import MemoryStateStore
 from worker.service import Service

@@ -16,7 +16,7 @@ from celery.beat import PersistentScheduler
 
 from worker import bootstrap, health
 from worker.cli import HEALTH_CHECKS, main
-from worker.embedded import free_port
+from worker.emulators import free_port
 from worker.failed import FailedTask, RedisFailedStore
 from worker.keys import Keys
 from worker.settings import Settings

@@ -12,7 +12,7 @@ import pytest
 
 from statemachine import BackendStep, StatusReason, format_time
 from worker import cli
-from worker.emulator import Emulator
+from worker.emulators import Emulator
 from worker.failed import FailedTask
 from worker.operate import FailedFilter, parse_moment, select
 from worker.service import Service

@@ -23,7 +23,7 @@ from statemachine import (
 )
 from worker.api import submit_events
 from worker.backends import Backends
-from worker.emulator import Emulator
+from worker.emulators import Emulator
 from worker.envelope import Envelope
 from worker.logs import configure
 from worker.service import Service
