@@ -36,7 +36,7 @@ def harness(url: str, prefix: str, logdir: Path | None = None,
             max_runtime: float = 3600.0) -> Iterator[Harness]:
     """A throughput.Context on ``url`` (a Redis this run started) with the emulator served
     from this process; every worker started through it is stopped on the way out."""
-    from worker.emulator import Emulator, serve
+    from worker.emulators import Emulator, serve
 
     server = serve("127.0.0.1", 0, Emulator(latency_ms=0, failure_rate=0.0))
     # http.server answers in two send()s; with Nagle on, each backend call would wait

@@ -7,8 +7,8 @@ Run it from the project root::
     .venv/bin/python bench/memory.py --records 2000 --long-events 300 --worker-events 1000
     .venv/bin/python bench/memory.py --help
 
-Three parts, each on a ``redis-server`` of its own (``worker.embedded``, a free loopback
-port, no persistence), stopped by its pid at the end:
+Three parts, each on a ``redis-server`` of its own (``worker.emulators.embedded``, a free
+loopback port, no persistence), stopped by its pid at the end:
 
 1. *Records.* For each ``--records`` size, a fresh server is filled through the real code
    path (bench/population.py: ``Service.accept_all`` + ``Service.drain``, the emulator as an
@@ -67,7 +67,7 @@ PER_RECORD = ("record", "history", "accepted", "applied", "channel_link")
 
 def populate(url: str, args: argparse.Namespace, size: int) -> dict[str, Any]:
     """Fill a fresh server with ``size`` records; returns the memory it took."""
-    from worker.emulator import Emulator
+    from worker.emulators import Emulator
 
     client = redis.Redis.from_url(url, decode_responses=True)
     emulator = Emulator()
@@ -149,7 +149,7 @@ def breakdown(client: redis.Redis, args: argparse.Namespace, size: int) -> dict[
 
 def long_lived(url: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     """One record through ``--long-events`` events; its keys' sizes at checkpoints."""
-    from worker.emulator import Emulator
+    from worker.emulators import Emulator
     from worker.keys import Keys
 
     prefix = "bench-long"
@@ -399,7 +399,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def parts(args: argparse.Namespace, document: dict[str, Any]) -> None:
-    from worker import embedded
+    from worker.emulators import embedded
 
     sizes: list[dict[str, Any]] = []
     document["records"] = sizes

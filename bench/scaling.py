@@ -6,7 +6,7 @@ Run it from the project root::
     .venv/bin/python bench/scaling.py --sizes 2000,20000 --events 500
     .venv/bin/python bench/scaling.py --help
 
-On one ``redis-server`` of its own (``worker.embedded``, a free loopback port, no
+On one ``redis-server`` of its own (``worker.emulators.embedded``, a free loopback port, no
 persistence), for each size N in ``--sizes``, ascending:
 
 1. the store is filled up to N records (bench/population.py ``populate_clone``: copies of
@@ -79,7 +79,7 @@ def meminfo(name: str) -> int:
 def measure_sweeps(url: str, client: redis.Redis, repeat: int) -> dict[str, Any]:
     """Each beat sweep ``repeat`` times: Redis CPU ms, this process's CPU ms, wall ms."""
     from statemachine import StatusReason
-    from worker.emulator import Emulator
+    from worker.emulators import Emulator
     from worker.keys import Keys
 
     keys = Keys(PREFIX)
@@ -137,7 +137,7 @@ def in_flight(url: str, args: argparse.Namespace, size: int) -> list[str]:
     that died with its worker (Processing, no lease, still pending: what ``recover`` and
     ``sweep_stuck`` read) and a calling test InProgress (``sweep_calling_tests``)."""
     from statemachine import parse_event
-    from worker.emulator import Emulator
+    from worker.emulators import Emulator
 
     rng = random.Random(f"{args.seed}:flight:{size}")
     ids = [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(2 * args.in_flight)]
@@ -182,7 +182,7 @@ def settle_in_flight(url: str, args: argparse.Namespace, size: int, ids: list[st
     """Finish what ``in_flight`` left: the died steps run again, the calling tests complete
     (every one of those records ends Running, with nothing pending)."""
     from statemachine import parse_event
-    from worker.emulator import Emulator
+    from worker.emulators import Emulator
 
     emulator = Emulator()
     service = population.make_service(url, PREFIX, emulator)
@@ -317,8 +317,7 @@ def wait(ctx: Any, started: Any, keys: Any, running: int, deprovisioned: int, er
 
 
 def run(args: argparse.Namespace) -> int:
-    from worker import embedded
-    from worker.emulator import Emulator
+    from worker.emulators import Emulator, embedded
     from worker.logs import configure
     from worker.settings import Settings
 

@@ -7,8 +7,8 @@ Run it from the project root::
 What it does, for each concurrency C:
 
 1. starts a real ``celery -A worker.app worker --pool prefork --concurrency C`` on a Redis
-   server of its own (``worker.embedded``, a free loopback port) or on an empty database of
-   ``--redis-url`` (``--db``), with the backend emulator served from this process (zero
+   server of its own (``worker.emulators.embedded``, a free loopback port) or on an empty
+   database of ``--redis-url`` (``--db``), with the backend emulator served from this process (zero
    latency, no failures);
 2. submits N events of a realistic mix through the normal path (``worker.api.submit_events``
    on a Service from ``worker.bootstrap.build_service``, the kick sending
@@ -134,7 +134,7 @@ def with_db(url: str, db: int) -> str:
 
 
 def free_port() -> int:
-    from worker.embedded import free_port as pick
+    from worker.emulators import free_port as pick
 
     return pick()
 
@@ -1013,7 +1013,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "--set PROVISIONING_STEP_THREADS=4; repeatable")
     parser.add_argument("--no-noop", action="store_true", help="skip the no-op baseline")
     parser.add_argument("--emulator-nagle", action="store_true",
-                        help="serve the emulator as worker.emulator does (Nagle on: each "
+                        help="serve the emulator as worker.emulators does (Nagle on: each "
                         "backend call waits ~40 ms for a delayed ACK)")
     args = parser.parse_args(argv)
     try:
@@ -1062,7 +1062,7 @@ def open_redis(args: argparse.Namespace) -> tuple[str, Any]:
                              f"benchmark shares Celery's default queue, so it needs an empty "
                              f"database: pass --db with an unused one")
         return url, None
-    from worker import embedded
+    from worker.emulators import embedded
 
     server = embedded.start("redis-server")
     return with_db(server.url, args.db or 0), server
@@ -1078,7 +1078,7 @@ def cleanup_redis(ctx: Context) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from worker.emulator import Emulator, serve
+    from worker.emulators import Emulator, serve
 
     stamp = datetime.now(UTC)
     procs = Processes()

@@ -5,7 +5,7 @@ event (or a step result) into an ``Outcome``: the new record, its history entrie
 effects the worker must carry out.
 """
 
-from statemachine.apply import Outcome, apply, pending_step, trigger_of
+from statemachine.apply import apply
 from statemachine.commands import (
     CallingTestTimedOut,
     Command,
@@ -47,7 +47,9 @@ from statemachine.history import HistoryEntry, Result, Snapshot
 from statemachine.invariants import check as check_invariants
 from statemachine.invariants import violations
 from statemachine.machines import MACHINES, GateKeeper, Trigger
+from statemachine.outcome import Outcome, trigger_of
 from statemachine.record import ProvisioningState, Tracking, canonical_uuid, format_time, parse_time
+from statemachine.steps import pending_step
 from statemachine.table import (
     CHANNEL_LOOKUP,
     COLUMNS,

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from worker import embedded
+from worker.emulators import embedded
 from worker.settings import BackendSettings
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -74,7 +74,7 @@ class Kicks:
 
 @pytest.fixture
 def emulator() -> object:
-    from worker.emulator import Emulator
+    from worker.emulators import Emulator
 
     return Emulator(seed=7)
 
@@ -90,7 +90,7 @@ def memory_service(emulator: object, kicks: Kicks) -> object:
     import httpx
 
     from worker.backends import Backends
-    from worker.emulator import Emulator
+    from worker.emulators import Emulator
     from worker.service.service import Service
     from worker.settings import Settings
     from worker.store.failed import MemoryFailedStore

@@ -35,7 +35,7 @@ from tests.integration.workers import (
     own_entries,
     provision,
 )
-from worker.embedded import free_port
+from worker.emulators import free_port
 
 PHONE = "msdyn_phonenumberid"
 Event = dict[str, Any]

@@ -33,7 +33,7 @@ from tests.integration.workers import (
     provision,
     running_cluster,
 )
-from worker.emulator import ANY_TARGET, Answer, Emulator
+from worker.emulators import ANY_TARGET, Answer, Emulator
 
 pytestmark = pytest.mark.integration
 

@@ -52,7 +52,7 @@ from tests.faults.support import (
     settle,
 )
 from tests.integration.workers import Cluster, event, gatekeeper, new_id, provision, running_cluster
-from worker.emulator import Emulator
+from worker.emulators import Emulator
 
 RECORDS = 50
 EVENTS_PER_RECORD = 60

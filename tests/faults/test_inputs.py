@@ -35,7 +35,7 @@ from tests.faults.garbage import (
     not_json_lines,
 )
 from tests.integration.workers import Cluster, running_cluster
-from worker.emulator import Emulator
+from worker.emulators import Emulator
 from worker.service.service import HANDLE_EVENT
 from worker.store.failed import FailedTask
 

@@ -36,7 +36,7 @@ from tests.faults.support import (
     settle,
 )
 from tests.integration.workers import running_cluster
-from worker.emulator import Emulator
+from worker.emulators import Emulator
 
 EVENTS = 5000
 KILLS = 5

@@ -43,7 +43,7 @@ from tests.faults.support import (
     settle,
 )
 from tests.integration.workers import CeleryProcess, Cluster, running_cluster
-from worker.emulator import Emulator
+from worker.emulators import Emulator
 from worker.errors import StoreError
 
 EVENTS = 2000

@@ -20,10 +20,10 @@ from statemachine import PRIMARY_KEY, StatusReason
 from tests.integration.workers import event, new_id, provision, running_cluster
 from worker.bootstrap.mirror import build_mirror
 from worker.bootstrap.services import build_service
-from worker.dataverse import DataverseEmulator, Mirror, OutboxEntry, RunReport
+from worker.dataverse import Mirror, OutboxEntry, RunReport
 from worker.dataverse.mirror import differing
 from worker.dataverse.status import mirror_status
-from worker.emulator import Emulator, EmulatorServer, serve
+from worker.emulators import DataverseEmulator, Emulator, EmulatorServer, serve
 from worker.service import submit_events
 from worker.service.service import Service
 from worker.settings import Settings

@@ -18,7 +18,7 @@ import pytest
 from statemachine.effects import BackendCall, BackendStep, idempotency_key
 from statemachine.table import ChannelKind
 from worker.backends import Backends
-from worker.emulator import Emulator, EmulatorServer, serve
+from worker.emulators import Emulator, EmulatorServer, serve
 from worker.settings import BackendSettings
 
 pytestmark = pytest.mark.integration
@@ -93,7 +93,7 @@ def test_the_command_line_serves_until_sigterm() -> None:
     port = free_port()
     env = {**os.environ, "EMULATOR_FAILURE_RATE": "1.0", "EMULATOR_SEED": "1"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "worker.emulator", "--port", str(port)],
+        [sys.executable, "-m", "worker.emulators", "--port", str(port)],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
     try:

@@ -16,7 +16,7 @@ import pytest
 
 from statemachine import Result
 from tests.integration.workers import applied_versions, new_id, provision, running_cluster
-from worker.emulator import Emulator
+from worker.emulators import Emulator
 
 pytestmark = pytest.mark.integration
 

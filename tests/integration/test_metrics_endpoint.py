@@ -19,8 +19,7 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.workers import Cluster, new_id, provision, running_cluster
-from worker.embedded import free_port
-from worker.emulator import Emulator
+from worker.emulators import Emulator, free_port
 
 pytestmark = pytest.mark.integration
 

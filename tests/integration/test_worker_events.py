@@ -22,7 +22,7 @@ from tests.integration.workers import (
     provision,
     running_cluster,
 )
-from worker.emulator import Answer, Emulator
+from worker.emulators import Answer, Emulator
 
 pytestmark = pytest.mark.integration
 

@@ -24,7 +24,7 @@ from tests.integration.workers import (
     provision,
     running_cluster,
 )
-from worker.emulator import Emulator
+from worker.emulators import Emulator
 from worker.service.service import HANDLE_EVENT
 
 pytestmark = pytest.mark.integration

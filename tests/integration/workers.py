@@ -28,7 +28,7 @@ import pytest
 
 from statemachine import HistoryEntry, ProvisioningState, Result
 from worker.bootstrap.services import build_service
-from worker.emulator import Emulator, EmulatorServer, serve
+from worker.emulators import Emulator, EmulatorServer, serve
 from worker.service import SubmitReport, submit_events
 from worker.service.service import DRAIN_RECORD, DRAIN_RECORDS, HANDLE_EVENT, Service
 from worker.settings import Settings

@@ -21,7 +21,7 @@ from worker.backends import (
     CallResult,
     InvalidCallError,
 )
-from worker.emulator import Emulator
+from worker.emulators import Emulator
 from worker.settings import BackendSettings
 
 RECORD_ID = "4f9d1c1e-0000-4000-8000-000000000001"

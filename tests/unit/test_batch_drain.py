@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from statemachine import Result, StatusReason, check_invariants, dedupe_key, parse_event
-from worker.emulator import Emulator
+from worker.emulators import Emulator
 from worker.keys import Keys
 from worker.service.service import Service
 from worker.store.failed import RedisFailedStore

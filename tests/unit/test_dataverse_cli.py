@@ -12,7 +12,7 @@ from tests.factories import run_cli_on
 from tests.unit.test_dataverse_support import Rig, event, make_rig, new_id, provision
 from worker.cli import console as cli
 from worker.cli import dataverse as commands
-from worker.dataverse.emulator import Fault
+from worker.emulators import Fault
 
 
 @pytest.fixture

@@ -26,7 +26,6 @@ from worker.dataverse import (
     DataverseAuthError,
     DataverseClient,
     DataverseConflict,
-    DataverseEmulator,
     DataverseNotFound,
     DataverseRejected,
     DataverseThrottled,
@@ -37,7 +36,7 @@ from worker.dataverse import (
 )
 from worker.dataverse.client import DEFAULT_RETRY_AFTER, retry_after, translate
 from worker.dataverse.settings import TUNABLE_VARIABLES
-from worker.emulator import Emulator
+from worker.emulators import DataverseEmulator, Emulator
 from worker.errors import ConfigurationError
 
 README = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")

@@ -13,10 +13,10 @@ import pytest
 from statemachine import LOOKUPS, PRIMARY_KEY, ProvisioningState, StatusReason
 from tests.unit.test_dataverse_support import Rig, event, make_mirror, make_rig, new_id, provision
 from worker.dataverse import MemoryMirrorState, OutboxEntry
-from worker.dataverse.emulator import Fault
 from worker.dataverse.errors import MirrorBusy, UnreadableEntry
 from worker.dataverse.mirror import create_body, differing
 from worker.dataverse.status import format_status, mirror_status
+from worker.emulators import Fault
 from worker.keys import dumps
 from worker.store.protocol import Commit
 

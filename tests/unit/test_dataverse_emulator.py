@@ -9,8 +9,7 @@ import pytest
 
 from statemachine import ENTITY_SET, PRIMARY_KEY, StatusReason
 from tests.unit.test_dataverse_support import CLIENT, SECRET, TENANT, Clock, new_id
-from worker.dataverse.emulator import DataverseEmulator, Fault
-from worker.emulator import Emulator
+from worker.emulators import DataverseEmulator, Emulator, Fault
 
 FORMATTED = "@OData.Community.Display.V1.FormattedValue"
 WHATSAPP_BIND = "msdyn_ocwhatsappchannelaccountId@odata.bind"

@@ -18,7 +18,6 @@ from worker.backends import Backends
 from worker.dataverse import (
     SERVICE_WINDOW_SECONDS,
     DataverseClient,
-    DataverseEmulator,
     MemoryMirrorState,
     Mirror,
     MirrorSettings,
@@ -26,8 +25,7 @@ from worker.dataverse import (
     RunReport,
     TokenCache,
 )
-from worker.dataverse.emulator import RecordedCall
-from worker.emulator import Emulator
+from worker.emulators import DataverseEmulator, Emulator, RecordedCall
 from worker.service import submit_events
 from worker.service.service import Service
 from worker.settings import BackendSettings, Settings

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from statemachine.effects import BackendStep
-from worker.emulator import Answer, Emulator, GateState, main
+from worker.emulators import Answer, Emulator, GateState, main
 
 RECORD = "rec-1"
 CHANNEL = "chan-1"

@@ -18,7 +18,7 @@ from worker import beat, bootstrap
 from worker.cli import health as cli_health
 from worker.cli.console import main
 from worker.cli.parser import HEALTH_CHECKS
-from worker.embedded import free_port
+from worker.emulators import free_port
 from worker.keys import Keys
 from worker.ops import health, heartbeat
 from worker.settings import BackendSettings, Settings

@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from statemachine import BackendStep
 from worker import bootstrap
 from worker.backends import Backends
-from worker.emulator import Emulator
+from worker.emulators import Emulator
 from worker.keys import Keys
 from worker.ops import metrics
 from worker.ops.heartbeat import write_heartbeat
@@ -226,7 +226,7 @@ def test_store_gauges_count_records_by_status_and_failed_tasks(redis_service: Se
 
 
 def test_an_unreachable_store_scrapes_as_store_up_zero(tmp_path: Path) -> None:
-    from worker.embedded import free_port
+    from worker.emulators import free_port
 
     settings = Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0", health_timeout=0.5)
     collector = metrics.StoreCollector(settings, bootstrap.redis_client(settings, probe=True))
@@ -356,7 +356,7 @@ def test_the_bootstep_prepares_serves_ticks_and_cleans_up(
     from types import SimpleNamespace
 
     from worker import app, bootstrap
-    from worker.embedded import free_port
+    from worker.emulators import free_port
 
     settings = Settings(metrics_port=free_port(), health_timeout=0.5,
                         redis_url=f"redis://127.0.0.1:{free_port()}/0")

@@ -15,7 +15,7 @@ from tests.factories import run_cli_on
 from worker.cli import console as cli
 from worker.cli import operate
 from worker.cli.common import parse_moment
-from worker.emulator import Emulator
+from worker.emulators import Emulator
 from worker.service.service import Service
 from worker.store.failed import FailedTask
 from worker.store.failed_filter import FailedFilter, select

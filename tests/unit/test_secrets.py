@@ -19,7 +19,7 @@ from worker import bootstrap
 from worker.app import celery_config
 from worker.backends import Backends
 from worker.cli.console import main
-from worker.embedded import free_port
+from worker.emulators import free_port
 from worker.errors import StoreError
 from worker.ops.health import run_checks
 from worker.settings import BackendSettings, Settings, redact_url

@@ -22,7 +22,7 @@ from statemachine import (
     StatusReason,
 )
 from worker.backends import Backends
-from worker.emulator import Emulator
+from worker.emulators import Emulator
 from worker.envelope import Envelope
 from worker.logs import configure
 from worker.service import submit_events

@@ -23,12 +23,11 @@ from pathlib import Path
 from celery import Celery
 
 from statemachine import AutomatedCallingStatus, BackendStep, StatusReason
-from worker import embedded
 from worker.app import celery_config
 from worker.bootstrap.services import build_service
 from worker.cli.common import OK
 from worker.cli.render import describe_record, format_history, format_records
-from worker.emulator import Emulator, serve
+from worker.emulators import Emulator, embedded, serve
 from worker.service import submit_events
 from worker.settings import Settings, redact_url
 

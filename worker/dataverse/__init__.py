@@ -9,13 +9,11 @@ with the worker's records, and imports the rows it already has.
 * ``state``: ``MirrorState``, the consumer lock, row etags and status (Redis, memory twin);
 * ``mirror``: ``Mirror``, the single ordered consumer of the outbox;
 * ``importer``: ``Importer`` and ``import_record``;
-* ``emulator``: ``DataverseEmulator``, the Web API and token endpoint emulator;
 * ``commands``: the ``provisioning dataverse`` subcommands.
 """
 
 from worker.dataverse.auth import TokenCache
 from worker.dataverse.client import DataverseClient
-from worker.dataverse.emulator import DataverseEmulator
 from worker.dataverse.errors import (
     DataverseAuthError,
     DataverseConflict,
@@ -40,7 +38,6 @@ __all__ = [
     "DataverseAuthError",
     "DataverseClient",
     "DataverseConflict",
-    "DataverseEmulator",
     "DataverseError",
     "DataverseNotFound",
     "DataverseRejected",
