@@ -539,7 +539,7 @@ class Submitter:
 
     def __call__(self, events: Sequence[dict[str, Any]]) -> list[float]:
         from worker.service import submit_events
-        from worker.service.service import HANDLE_EVENT
+        from worker.task_names import HANDLE_EVENT
 
         times: list[float] = []
         if self.path == RAW:

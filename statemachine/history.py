@@ -8,6 +8,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from statemachine.machines import GateKeeper
 from statemachine.record import ProvisioningState, format_time, parse_time
 from statemachine.table import (
     FORMATTED,
@@ -71,8 +72,6 @@ class Snapshot:
         )
 
     def describe(self) -> str:
-        from statemachine.machines import GateKeeper
-
         state = GateKeeper.from_pair(self.gatekeeper_status, self.gatekeeper_reason)
         gate = state.value if state is not None else "invalid"
         return f"{self.status.label} gate={gate} calling={self.calling_status.label}"

@@ -91,7 +91,7 @@ def memory_service(emulator: object, kicks: Kicks) -> object:
 
     from worker.backends import Backends
     from worker.emulators import Emulator
-    from worker.service.service import Service
+    from worker.service import Service
     from worker.settings import Settings
     from worker.store.failed import MemoryFailedStore
     from worker.store.memory import MemoryStateStore

@@ -9,17 +9,19 @@ commands, which live in this package too, start in a fraction of a second.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import typing
 
-if TYPE_CHECKING:
+if typing.TYPE_CHECKING:
     from worker.api import SubmitReport, submit
 
 __all__ = ["SubmitReport", "submit"]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> typing.Any:
     if name in __all__:
-        from worker import api
+        # The one function-level import of the product: ``submit`` needs Celery and
+        # httpx, and ``import worker.cli`` (every read command) must not load them.
+        from worker import api  # noqa: PLC0415
 
         return getattr(api, name)
     raise AttributeError(f"module 'worker' has no attribute {name!r}")

@@ -1,17 +1,21 @@
-"""Exceptions of the worker. The tree::
+"""Exceptions of the worker. The tree (each package's own root in brackets)::
 
     WorkerError
     ├── ConfigurationError    a setting is missing or malformed
     ├── StoreError            the record store failed (Redis unreachable, a script error)
-    │   └── ConflictError     a compare-and-set lost: the record changed underneath
     ├── LeaseLost             another worker took over the record's lease
     ├── RetriesExhausted      a record in Error used up its beat retries (for an operator)
     ├── PoisonMessage         a Celery message was delivered more often than allowed
     ├── InvalidArguments      a Celery message's arguments are not the task's (one event)
-    └── UndecodableMessage    a message the worker refused to decode (not JSON, e.g. pickle)
+    ├── UndecodableMessage    a message the worker refused to decode (not JSON, e.g. pickle)
+    ├── [BackendError]        worker/backends/errors.py: a backend step's request or answer
+    ├── [MirrorError]         worker/dataverse/errors.py: the Dataverse mirror
+    └── CommandFailed         worker/cli/common.py: a command ran, something was refused
 
-Errors of the core (invalid events, unknown records) come from ``statemachine``;
-backend HTTP failures are values (``worker.backends.CallResult``), not exceptions.
+Errors of the core (invalid events, unknown records) come from ``statemachine``
+(``ProvisioningError``); backend HTTP failures are values (``worker.backends.CallResult``),
+not exceptions. Third-party errors are translated where they happen (``raise … from exc``):
+redis-py's in ``worker.store.translate``, httpx's in the backends and the mirror.
 """
 
 from __future__ import annotations
@@ -27,10 +31,6 @@ class ConfigurationError(WorkerError):
 
 class StoreError(WorkerError):
     """The record store failed."""
-
-
-class ConflictError(StoreError):
-    """A compare-and-set lost: the record or its inbox changed underneath."""
 
 
 class LeaseLost(WorkerError):

@@ -17,8 +17,6 @@ from typing import Any
 
 import pytest
 
-pytestmark = pytest.mark.integration
-
 COLUMNS = ("scenario", "accepted", "applied", "lost", "doubled", "crashes")
 
 

@@ -25,16 +25,9 @@ from typing import Any
 import redis
 
 from statemachine import HistoryEntry, Result, pending_step, violations
+from tests.factories import event, gatekeeper, new_id, provision
 from tests.faults.conftest import Figures
-from tests.integration.workers import (
-    CeleryProcess,
-    Cluster,
-    event,
-    gatekeeper,
-    new_id,
-    own_entries,
-    provision,
-)
+from tests.integration.workers import CeleryProcess, Cluster, own_entries
 from worker.emulators import free_port
 
 PHONE = "msdyn_phonenumberid"

@@ -23,16 +23,9 @@ import pytest
 
 from statemachine import ProvisioningState, Result, check_invariants
 from statemachine.effects import BackendStep
+from tests.factories import event, new_id, provision
 from tests.faults.conftest import Figures, Scale
-from tests.integration.workers import (
-    Cluster,
-    applied_versions,
-    event,
-    new_id,
-    own_entries,
-    provision,
-    running_cluster,
-)
+from tests.integration.workers import Cluster, applied_versions, own_entries, running_cluster
 from worker.emulators import ANY_TARGET, Answer, Emulator
 
 pytestmark = pytest.mark.integration

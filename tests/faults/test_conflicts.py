@@ -42,6 +42,7 @@ from typing import Any
 import pytest
 
 from statemachine import HistoryEntry, ProvisioningState, apply, parse_event
+from tests.factories import event, gatekeeper, new_id, provision
 from tests.faults.conftest import Figures, Scale
 from tests.faults.support import (
     Event,
@@ -51,8 +52,10 @@ from tests.faults.support import (
     interleave,
     settle,
 )
-from tests.integration.workers import Cluster, event, gatekeeper, new_id, provision, running_cluster
+from tests.integration.workers import Cluster, running_cluster
 from worker.emulators import Emulator
+
+pytestmark = pytest.mark.integration
 
 RECORDS = 50
 EVENTS_PER_RECORD = 60

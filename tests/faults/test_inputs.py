@@ -36,8 +36,8 @@ from tests.faults.garbage import (
 )
 from tests.integration.workers import Cluster, running_cluster
 from worker.emulators import Emulator
-from worker.service.service import HANDLE_EVENT
 from worker.store.failed import FailedTask
+from worker.task_names import HANDLE_EVENT
 
 pytestmark = pytest.mark.integration
 

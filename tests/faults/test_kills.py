@@ -38,6 +38,8 @@ from tests.faults.support import (
 from tests.integration.workers import running_cluster
 from worker.emulators import Emulator
 
+pytestmark = pytest.mark.integration
+
 EVENTS = 5000
 KILLS = 5
 LAG = 1000  # events the submitter may be ahead of the history (a queue the kills hit)

@@ -46,6 +46,8 @@ from tests.integration.workers import CeleryProcess, Cluster, running_cluster
 from worker.emulators import Emulator
 from worker.errors import StoreError
 
+pytestmark = pytest.mark.integration
+
 EVENTS = 2000
 DOWNTIME = 2.0  # seconds between the SHUTDOWN and the new redis-server
 SEED = 7001

@@ -17,15 +17,15 @@ import httpx
 import pytest
 
 from statemachine import PRIMARY_KEY, StatusReason
-from tests.integration.workers import event, new_id, provision, running_cluster
+from tests.factories import event, new_id, provision
+from tests.integration.workers import running_cluster
 from worker.bootstrap.mirror import build_mirror
 from worker.bootstrap.services import build_service
 from worker.dataverse import Mirror, OutboxEntry, RunReport
 from worker.dataverse.mirror import differing
 from worker.dataverse.status import mirror_status
 from worker.emulators import DataverseEmulator, Emulator, EmulatorServer, serve
-from worker.service import submit_events
-from worker.service.service import Service
+from worker.service import Service, submit_events
 from worker.settings import Settings
 
 pytestmark = pytest.mark.integration

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from statemachine import Result
-from tests.integration.workers import applied_versions, new_id, provision, running_cluster
+from tests.factories import new_id, provision
+from tests.integration.workers import applied_versions, running_cluster
 from worker.emulators import Emulator
 
 pytestmark = pytest.mark.integration

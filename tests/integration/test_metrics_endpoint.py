@@ -18,7 +18,8 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.workers import Cluster, new_id, provision, running_cluster
+from tests.factories import new_id, provision
+from tests.integration.workers import Cluster, running_cluster
 from worker.emulators import Emulator, free_port
 
 pytestmark = pytest.mark.integration

@@ -11,15 +11,12 @@ from pathlib import Path
 import pytest
 
 from statemachine import AutomatedCallingStatus, BackendStep, Result
+from tests.factories import event, gatekeeper, new_id, provision
 from tests.integration.workers import (
     MAX_TRIES,
     Cluster,
     applied_versions,
     dataverse,
-    event,
-    gatekeeper,
-    new_id,
-    provision,
     running_cluster,
 )
 from worker.emulators import Answer, Emulator

@@ -14,18 +14,10 @@ from typing import Any
 import pytest
 
 from statemachine import Result, check_invariants
-from tests.integration.workers import (
-    Cluster,
-    applied_versions,
-    event,
-    gatekeeper,
-    new_id,
-    own_entries,
-    provision,
-    running_cluster,
-)
+from tests.factories import event, gatekeeper, new_id, provision
+from tests.integration.workers import Cluster, applied_versions, own_entries, running_cluster
 from worker.emulators import Emulator
-from worker.service.service import HANDLE_EVENT
+from worker.task_names import HANDLE_EVENT
 
 pytestmark = pytest.mark.integration
 

@@ -29,10 +29,10 @@ import pytest
 from statemachine import HistoryEntry, ProvisioningState, Result
 from worker.bootstrap.services import build_service
 from worker.emulators import Emulator, EmulatorServer, serve
-from worker.service import SubmitReport, submit_events
-from worker.service.service import DRAIN_RECORD, DRAIN_RECORDS, HANDLE_EVENT, Service
+from worker.service import Service, SubmitReport, submit_events
 from worker.settings import Settings
 from worker.store.failed import FailedTask
+from worker.task_names import DRAIN_RECORD, DRAIN_RECORDS, HANDLE_EVENT
 
 ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
@@ -54,39 +54,12 @@ FAST_SETTINGS: dict[str, str] = {
 # -- events ----------------------------------------------------------------------------
 
 
-def new_id() -> str:
-    return str(uuid.uuid4())
 
 
-def event(kind: str, subject: str | None, data: Any = None, *,
-          event_id: str | None = None) -> dict[str, Any]:
-    """A CloudEvents 1.0 structured event (SPEC §3)."""
-    body: dict[str, Any] = {
-        "specversion": "1.0", "id": event_id or f"evt-{uuid.uuid4().hex}",
-        "source": "integration-tests", "type": kind, "time": "2026-11-27T10:00:00Z",
-    }
-    if subject is not None:
-        body["subject"] = subject
-    if data is not None:
-        body["data"] = data
-    return body
 
 
-def provision(record_id: str, channel_id: str, *, kind: str = "whatsapp",
-              name: str = "Contoso", links: Mapping[str, str | None] | None = None,
-              event_id: str | None = None) -> dict[str, Any]:
-    data: dict[str, Any] = {"name": name, "channel": {"kind": kind, "id": channel_id}}
-    if links is not None:
-        data["links"] = dict(links)
-    return event("provision.requested", record_id, data, event_id=event_id)
 
 
-def gatekeeper(record_id: str, status: str, reason: str, details: str | None = None,
-               ) -> dict[str, Any]:
-    data = {"status": status, "reason": reason}
-    if details is not None:
-        data["details"] = details
-    return event("gatekeeper.reported", record_id, data)
 
 
 # -- processes -------------------------------------------------------------------------

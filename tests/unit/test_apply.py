@@ -36,6 +36,7 @@ from statemachine import (
     parse_event,
     violations,
 )
+from tests.factories import event as raw_event
 
 NOW = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
 RECORD_ID = "6f9619ff-8b86-d011-b42d-00cf4fc964ff"
@@ -55,15 +56,9 @@ _ids = itertools.count(1)
 
 def event(event_type: str, data: Any = None, *, subject: str | None = RECORD_ID,
           event_id: str | None = None) -> Event:
-    raw: dict[str, Any] = {
-        "specversion": "1.0", "id": event_id or f"evt-{next(_ids)}", "source": "tests",
-        "type": event_type,
-    }
-    if subject is not None:
-        raw["subject"] = subject
-    if data is not None:
-        raw["data"] = data
-    return parse_event(raw)
+    """A parsed event; ids count up so a test reads its history in order."""
+    return parse_event(raw_event(event_type, subject, data,
+                                 event_id=event_id or f"evt-{next(_ids)}"))
 
 
 def provision_voice(name: str = "Contoso voice") -> Event:

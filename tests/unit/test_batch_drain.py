@@ -20,9 +20,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from statemachine import Result, StatusReason, check_invariants, dedupe_key, parse_event
+from tests.factories import deprovision, gatekeeper, new_id, provision
 from worker.emulators import Emulator
 from worker.keys import Keys
-from worker.service.service import Service
+from worker.service import Service
 from worker.store.failed import RedisFailedStore
 from worker.store.protocol import StateStore
 from worker.store.redis import RedisStateStore
@@ -59,32 +60,14 @@ def mark_applied(store: StateStore, record_id: str, key: str) -> None:
         store._data.applied[record_id].add(key)  # type: ignore[attr-defined]
 
 
-def new_id() -> str:
-    return str(uuid.uuid4())
 
 
-def event(kind: str, subject: str, data: Any = None, *, event_id: str | None = None
-          ) -> dict[str, Any]:
-    raw: dict[str, Any] = {"specversion": "1.0", "id": event_id or f"evt-{uuid.uuid4().hex}",
-                           "source": "tests", "type": kind, "subject": subject}
-    if data is not None:
-        raw["data"] = data
-    return raw
 
 
-def provision(record_id: str, *, event_id: str | None = None) -> dict[str, Any]:
-    return event("provision.requested", record_id,
-                 {"name": "Contoso", "channel": {"kind": "whatsapp", "id": new_id()}},
-                 event_id=event_id)
 
 
-def deprovision(record_id: str) -> dict[str, Any]:
-    return event("deprovision.requested", record_id)
 
 
-def report(record_id: str, status: str, reason: str) -> dict[str, Any]:
-    return event("gatekeeper.reported", record_id,
-                 {"status": status, "reason": reason, "details": "probe"})
 
 
 def accept(service: Service, *raws: dict[str, Any]) -> None:
@@ -113,8 +96,9 @@ def check_record(service: Service, record_id: str, accepted: list[str]) -> None:
 def test_many_records_are_drained_by_one_call_each_in_order(service: Service,
                                                             emulator: Emulator) -> None:
     records = [new_id() for _ in range(20)]
-    streams = {rid: [provision(rid), report(rid, "Inactive", "Error"),
-                     report(rid, "Active", "Running"), deprovision(rid)] for rid in records}
+    streams = {rid: [provision(rid), gatekeeper(rid, "Inactive", "Error", "probe"),
+                     gatekeeper(rid, "Active", "Running", "probe"), deprovision(rid)]
+               for rid in records}
     interleaved = [raw for index in range(4) for raw in (streams[r][index] for r in records)]
     accept(service, *interleaved)
 
@@ -156,7 +140,8 @@ def test_a_change_already_applied_is_recorded_as_a_duplicate_and_the_chain_goes_
     record_id = new_id()
     accept(service, provision(record_id))
     service.drain(record_id)
-    error, running = report(record_id, "Inactive", "Error"), report(record_id, "Active", "Running")
+    error = gatekeeper(record_id, "Inactive", "Error", "probe")
+    running = gatekeeper(record_id, "Active", "Running", "probe")
     accept(service, error, running)
     # An earlier delivery applied ``error`` and died before it popped it.
     store = service.store
@@ -218,7 +203,7 @@ def test_drain_of_one_record_raises_lease_lost_as_before(service: Service) -> No
 def test_past_the_budget_the_rest_is_handed_over_and_kept(service: Service) -> None:
     records = [new_id() for _ in range(3)]
     accept(service, *(provision(rid) for rid in records),
-           *(report(rid, "Inactive", "Error") for rid in records))
+           *(gatekeeper(rid, "Inactive", "Error", "probe") for rid in records))
     service.settings = type(service.settings)(
         **{**service.settings.__dict__, "drain_budget_seconds": -1.0})
 
@@ -280,8 +265,8 @@ def test_any_interleaving_drained_in_any_batches_applies_each_event_once_in_orde
     rng = random.Random(seed)
     records = [new_id() for _ in streams]
     makers = {"provision": provision, "deprovision": deprovision,
-              "error": lambda rid: report(rid, "Inactive", "Error"),
-              "running": lambda rid: report(rid, "Active", "Running")}
+              "error": lambda rid: gatekeeper(rid, "Inactive", "Error", "probe"),
+              "running": lambda rid: gatekeeper(rid, "Active", "Running", "probe")}
     per_record = {rid: [provision(rid)] + [makers[kind](rid) for kind in kinds]
                   for rid, kinds in zip(records, streams, strict=True)}
     queue = [(rid, raw) for rid, raws in per_record.items() for raw in raws]

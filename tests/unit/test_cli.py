@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
-from tests.factories import run_cli_on
+from tests.factories import new_id, run_cli_on
+from tests.factories import provision as provision_of
 from worker.cli import console as cli
-from worker.service.service import Service
+from worker.service import Service
 
 FORMATTED = "@OData.Community.Display.V1.FormattedValue"
 
@@ -38,12 +39,12 @@ def write_events(path: Path, *events: Any) -> str:
     return str(path)
 
 
-def provision(record_id: str, **data: Any) -> dict[str, Any]:
-    body = {"name": "Contoso", "channel": {"kind": "voice", "id": str(uuid.uuid4())},
-            "links": {"msdyn_phonenumberid": str(uuid.uuid4())}}
-    body.update(data)
-    return {"specversion": "1.0", "id": str(uuid.uuid4()), "source": "cli-test",
-            "type": "provision.requested", "subject": record_id, "data": body}
+
+
+def provision(record_id: str) -> dict[str, Any]:
+    """A voice channel with a phone number, so that a calling test may be requested."""
+    return provision_of(record_id, kind="voice",
+                        links={"msdyn_phonenumberid": new_id()}, source="cli-test")
 
 
 def test_submit_accepts_good_lines_and_names_each_bad_one(run: Any, tmp_path: Path,

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from statemachine import PRIMARY_KEY
-from tests.factories import run_cli_on
-from tests.unit.test_dataverse_support import Rig, event, make_rig, new_id, provision
+from tests.factories import event, new_id, run_cli_on
+from tests.unit.test_dataverse_support import Rig, make_rig, provision
 from worker.cli import console as cli
 from worker.cli import dataverse as commands
 from worker.emulators import Fault

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from statemachine import ENTITY_SET, PRIMARY_KEY
+from tests.factories import new_id
 from tests.unit.test_dataverse_support import (
     AUTHORITY,
     CLIENT,
@@ -19,7 +20,6 @@ from tests.unit.test_dataverse_support import (
     SECRET,
     TENANT,
     Clock,
-    new_id,
     settings,
 )
 from worker.dataverse import (

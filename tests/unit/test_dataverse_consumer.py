@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from statemachine import LOOKUPS, PRIMARY_KEY, ProvisioningState, StatusReason
-from tests.unit.test_dataverse_support import Rig, event, make_mirror, make_rig, new_id, provision
+from tests.factories import event, new_id
+from tests.unit.test_dataverse_support import Rig, make_mirror, make_rig, provision
 from worker.dataverse import MemoryMirrorState, OutboxEntry
 from worker.dataverse.errors import MirrorBusy, UnreadableEntry
 from worker.dataverse.mirror import create_body, differing

@@ -8,7 +8,8 @@ import httpx
 import pytest
 
 from statemachine import ENTITY_SET, PRIMARY_KEY, StatusReason
-from tests.unit.test_dataverse_support import CLIENT, SECRET, TENANT, Clock, new_id
+from tests.factories import new_id
+from tests.unit.test_dataverse_support import CLIENT, SECRET, TENANT, Clock
 from worker.emulators import DataverseEmulator, Emulator, Fault
 
 FORMATTED = "@OData.Community.Display.V1.FormattedValue"

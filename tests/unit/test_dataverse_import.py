@@ -15,7 +15,8 @@ from statemachine import (
     Result,
     StatusReason,
 )
-from tests.unit.test_dataverse_support import Rig, event, make_rig, new_id, provision
+from tests.factories import event, new_id
+from tests.unit.test_dataverse_support import Rig, make_rig, provision
 from worker.dataverse import Imported, Importer, import_record
 from worker.dataverse.importer import channel_kind_of, record_from_row
 from worker.keys import Keys

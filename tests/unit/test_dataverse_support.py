@@ -6,7 +6,6 @@ fake clock; sleeping advances it."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 import httpx
 
 from statemachine import ProvisioningState
+from tests.factories import provision as provision_of
 from worker.backends import Backends
 from worker.dataverse import (
     SERVICE_WINDOW_SECONDS,
@@ -26,8 +26,7 @@ from worker.dataverse import (
     TokenCache,
 )
 from worker.emulators import DataverseEmulator, Emulator, RecordedCall
-from worker.service import submit_events
-from worker.service.service import Service
+from worker.service import Service, submit_events
 from worker.settings import BackendSettings, Settings
 from worker.store.failed import MemoryFailedStore
 from worker.store.memory import MemoryStateStore
@@ -68,28 +67,18 @@ def settings(**changes: Any) -> Settings:
     return Settings(**values)
 
 
-def new_id() -> str:
-    return str(uuid.uuid4())
 
 
-def event(kind: str, subject: str | None, data: Any = None) -> dict[str, Any]:
-    body: dict[str, Any] = {"specversion": "1.0", "id": f"evt-{uuid.uuid4().hex}",
-                            "source": "dataverse-tests", "type": kind}
-    if subject is not None:
-        body["subject"] = subject
-    if data is not None:
-        body["data"] = data
-    return body
+
+
 
 
 def provision(record_id: str, *, kind: str = "whatsapp", channel_id: str | None = None,
               name: str = "Contoso WhatsApp",
               links: Mapping[str, str | None] | None = None) -> dict[str, Any]:
-    data: dict[str, Any] = {"name": name, "channel": {"kind": kind,
-                                                      "id": channel_id or new_id()}}
-    if links is not None:
-        data["links"] = dict(links)
-    return event("provision.requested", record_id, data)
+    """``provision.requested`` named as the Dataverse rows these tests read back."""
+    return provision_of(record_id, channel_id, kind=kind, name=name, links=links,
+                        source="dataverse-tests")
 
 
 @dataclass

@@ -35,6 +35,7 @@ from statemachine import (
     parse_event,
     violations,
 )
+from tests.factories import event as raw_event
 
 S = StatusReason
 G = GateKeeper
@@ -160,13 +161,8 @@ _ids = itertools.count(1)
 
 
 def event(event_type: str, data: Any = None, subject: str | None = RECORD_ID) -> Event:
-    raw: dict[str, Any] = {"specversion": "1.0", "id": f"bfs-{next(_ids)}", "source": "bfs",
-                           "type": event_type}
-    if subject is not None:
-        raw["subject"] = subject
-    if data is not None:
-        raw["data"] = data
-    return parse_event(raw)
+    return parse_event(raw_event(event_type, subject, data, event_id=f"bfs-{next(_ids)}",
+                                 source="bfs"))
 
 
 def provision() -> Event:

@@ -21,14 +21,14 @@ from prometheus_client import CollectorRegistry, multiprocess, values
 from prometheus_client.parser import text_string_to_metric_families
 
 from statemachine import BackendStep
+from tests.factories import provision
 from worker import bootstrap
 from worker.backends import Backends
 from worker.emulators import Emulator
 from worker.keys import Keys
 from worker.ops import metrics
 from worker.ops.heartbeat import write_heartbeat
-from worker.service import submit_events
-from worker.service.service import Service
+from worker.service import Service, submit_events
 from worker.settings import BackendSettings, Settings
 from worker.store.failed import MemoryFailedStore, RedisFailedStore
 from worker.store.memory import MemoryStateStore
@@ -73,10 +73,6 @@ def service_with(observer: metrics.PrometheusObserver, emulator: Emulator) -> Se
                    observer=observer)
 
 
-def provision(record_id: str, channel_id: str) -> dict[str, Any]:
-    return {"specversion": "1.0", "id": f"evt-{uuid.uuid4().hex}", "source": "tests",
-            "type": "provision.requested", "subject": record_id,
-            "data": {"name": "Contoso", "channel": {"kind": "teams", "id": channel_id}}}
 
 
 def drain_all(service: Service, events: list[dict[str, Any]]) -> None:
@@ -111,7 +107,7 @@ def test_failures_retries_and_failed_tasks_are_counted_by_class(metrics_dir: Pat
     emulator.script(channel, BackendStep.PROVISION_CHANNEL, [503, 503, 503])
     service = service_with(metrics.PrometheusObserver(), emulator)
     record_id = str(uuid.uuid4())
-    drain_all(service, [provision(record_id, channel)])
+    drain_all(service, [provision(record_id, channel, kind="teams")])
     service.handle_message({"specversion": "1.0"}, drain=False)  # fails validation
 
     samples = collected(metrics_dir)

@@ -4,36 +4,25 @@ from __future__ import annotations
 
 import io
 import json
-import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from statemachine import BackendStep, StatusReason, format_time
-from tests.factories import run_cli_on
+from tests.factories import deprovision, new_id, run_cli_on
+from tests.factories import provision as provision_of
 from worker.cli import console as cli
 from worker.cli import operate
 from worker.cli.common import parse_moment
 from worker.emulators import Emulator
-from worker.service.service import Service
+from worker.service import Service
 from worker.store.failed import FailedTask
 from worker.store.failed_filter import FailedFilter, select
 
 
-def new_id() -> str:
-    return str(uuid.uuid4())
-
-
 def provision(record_id: str, channel: str | None = None) -> dict[str, Any]:
-    return {"specversion": "1.0", "id": new_id(), "source": "tests",
-            "type": "provision.requested", "subject": record_id,
-            "data": {"name": "Contoso", "channel": {"kind": "teams", "id": channel or new_id()}}}
-
-
-def deprovision(record_id: str) -> dict[str, Any]:
-    return {"specversion": "1.0", "id": new_id(), "source": "tests",
-            "type": "deprovision.requested", "subject": record_id}
+    return provision_of(record_id, channel, kind="teams")
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -21,36 +20,13 @@ from statemachine import (
     Result,
     StatusReason,
 )
+from tests.factories import event, new_id, provision
 from worker.backends import Backends
 from worker.emulators import Emulator
 from worker.envelope import Envelope
 from worker.logs import configure
-from worker.service import submit_events
-from worker.service.service import Service
+from worker.service import Service, submit_events
 from worker.settings import Settings
-
-
-def new_id() -> str:
-    return str(uuid.uuid4())
-
-
-def event(kind: str, subject: str | None, data: Any = None, *, event_id: str | None = None
-          ) -> dict[str, Any]:
-    raw: dict[str, Any] = {"specversion": "1.0", "id": event_id or new_id(),
-                           "source": "tests", "type": kind}
-    if subject is not None:
-        raw["subject"] = subject
-    if data is not None:
-        raw["data"] = data
-    return raw
-
-
-def provision(record_id: str, channel: str, *, kind: str = "whatsapp",
-              links: dict[str, Any] | None = None, event_id: str | None = None
-              ) -> dict[str, Any]:
-    return event("provision.requested", record_id,
-                 {"name": "Contoso", "channel": {"kind": kind, "id": channel},
-                  "links": links or {}}, event_id=event_id)
 
 
 def handle(service: Service, raw: Any) -> Any:

@@ -13,14 +13,12 @@ import getpass
 import re
 import sys
 import uuid
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from statemachine import ChannelKind, StatusReason, parse_time
 from worker import bootstrap
 from worker.errors import WorkerError
-from worker.logs import configure
 from worker.settings import redact_url
 
 OK, FAILED, USAGE = 0, 1, 2
@@ -65,14 +63,6 @@ def confirm(question: str) -> bool:
 def store_url() -> str:
     """PROVISIONING_REDIS_URL without its password, for error lines."""
     return str(redact_url(bootstrap.current_settings().redis_url))
-
-
-def quiet_logs() -> None:
-    """The CLI logs warnings and errors only, on stderr (stdout is the command's output)."""
-    settings = bootstrap.current_settings()
-    if settings.log_level.upper() != "DEBUG":
-        settings = replace(settings, log_level="WARNING")
-    configure(settings)
 
 
 # -- argument types (argparse turns their errors into usage errors, exit 2) ----------------

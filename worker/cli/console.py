@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from statemachine import ProvisioningError
-from worker.cli.common import FAILED, CommandFailed, quiet_logs, store_url
+from worker.cli.common import FAILED, CommandFailed, store_url
 from worker.cli.parser import build_parser
 from worker.errors import StoreError, WorkerError
 
@@ -49,7 +49,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        quiet_logs()
         return handler(args)(args)
     except CommandFailed as exc:
         print(f"provisioning: {exc}", file=sys.stderr)

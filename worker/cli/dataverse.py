@@ -17,6 +17,7 @@ from statemachine import format_time
 from worker import bootstrap
 from worker.bootstrap.mirror import build_mirror
 from worker.cli.common import FAILED, OK, CommandFailed, confirm, operator_name
+from worker.cli.logs import quiet_logs
 from worker.dataverse.importer import Importer
 from worker.dataverse.mirror import Mirror
 from worker.dataverse.outbox import OutboxEntry
@@ -48,6 +49,7 @@ def _required() -> Mirror:
 
 def cmd_dataverse(args: argparse.Namespace) -> int:
     """The ``dataverse`` handler."""
+    quiet_logs()
     action = args.dataverse_command
     if action == "status":
         return cmd_status(args)

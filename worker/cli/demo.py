@@ -26,6 +26,7 @@ from statemachine import AutomatedCallingStatus, BackendStep, StatusReason
 from worker.app import celery_config
 from worker.bootstrap.services import build_service
 from worker.cli.common import OK
+from worker.cli.logs import quiet_logs
 from worker.cli.render import describe_record, format_history, format_records
 from worker.emulators import Emulator, embedded, serve
 from worker.service import submit_events
@@ -196,4 +197,5 @@ def _play(settings: Settings, say: Callable[[str], None], as_json: bool, timeout
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    quiet_logs()
     return run_demo(workers=args.workers, as_json=args.json)

@@ -8,11 +8,13 @@ import sys
 
 from worker import bootstrap
 from worker.cli.common import FAILED, OK
+from worker.cli.logs import quiet_logs
 from worker.cli.parser import HEALTH_CHECKS
 from worker.ops.health import run_checks, summary
 
 
 def cmd_health(args: argparse.Namespace) -> int:
+    quiet_logs()
     settings = bootstrap.current_settings()
     client = bootstrap.redis_client(settings, probe=True)
     try:

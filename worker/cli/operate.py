@@ -16,6 +16,7 @@ from worker import bootstrap
 from worker.app import app, process_service
 from worker.cli.common import FAILED, OK, CommandFailed, confirm, operator_name
 from worker.cli.failed import filter_of
+from worker.cli.logs import quiet_logs
 from worker.dispatch import Dispatch
 from worker.ops.operate import Operator
 from worker.service import Service
@@ -33,6 +34,7 @@ def _send_replay(event: Mapping[str, Any], entry_id: str) -> None:
 
 def cmd_act(args: argparse.Namespace) -> int:
     """replay / discard: named entries, or --all matching the filters (a snapshot)."""
+    quiet_logs()
     service = _service()
     verb = args.failed_command
     if bool(args.entries) == bool(args.all):

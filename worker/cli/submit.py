@@ -15,6 +15,7 @@ from typing import Any, BinaryIO
 from statemachine import Problem
 from worker.app import process_service
 from worker.cli.common import FAILED, OK
+from worker.cli.logs import quiet_logs
 from worker.service import Refusal, Service, submit_events
 
 
@@ -34,6 +35,7 @@ def _lines(path: str) -> Iterator[tuple[int, bytes]]:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
+    quiet_logs()
     items: list[tuple[int, Any]] = []
     bad_json: list[Refusal] = []
     for number, line in _lines(args.file):

@@ -23,6 +23,7 @@ from worker.dataverse.errors import (
     DataverseThrottled,
     DataverseUnavailable,
     MirrorBusy,
+    MirrorError,
     RowRefused,
     UnreadableEntry,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "MemoryMirrorState",
     "Mirror",
     "MirrorBusy",
+    "MirrorError",
     "MirrorSettings",
     "MirrorState",
     "OutboxEntry",

@@ -1,7 +1,9 @@
-"""Exceptions of the Dataverse mirror. The tree::
+"""Exceptions of the Dataverse mirror. The tree (under ``worker.errors.WorkerError``)::
 
-    WorkerError
+    MirrorError
     ├── MirrorBusy            another consumer holds the mirror's lock (``dataverse skip``)
+    ├── UnreadableEntry       an outbox entry that is not the JSON the worker writes
+    ├── RowRefused            an imported row that cannot become a record (``problems``)
     └── DataverseError        ``code``, ``message``, ``status``
         ├── DataverseAuthError    the token endpoint refused us, or a 401 survived a
         │                         fresh token
@@ -11,9 +13,8 @@
         ├── DataverseNotFound     404: the row (or the URL) does not exist
         └── DataverseRejected     any other 4xx: the request itself is wrong; sending it
                                   again as is cannot help
-    ValueError
-    ├── UnreadableEntry       an outbox entry that is not the JSON the worker writes
-    └── RowRefused            an imported row that cannot become a record (``problems``)
+
+UnreadableEntry and RowRefused are ValueErrors too (bad data, not a failed request).
 
 ``code`` is the Web API's ``error.code`` (for example ``0x80072322``), the token endpoint's
 ``error`` (``invalid_client``), ``HTTP <status>`` when the body has none, or the httpx error
@@ -28,7 +29,11 @@ from collections.abc import Iterable
 from worker.errors import WorkerError
 
 
-class DataverseError(WorkerError):
+class MirrorError(WorkerError):
+    """Root of the mirror's exceptions."""
+
+
+class DataverseError(MirrorError):
     """A Dataverse (or token endpoint) request failed; ``code`` says how."""
 
     def __init__(self, code: str, message: str, *, status: int | None = None) -> None:
@@ -82,15 +87,15 @@ class DataverseRejected(DataverseError):
     lookup to a row that does not exist, a missing privilege)."""
 
 
-class MirrorBusy(WorkerError):
+class MirrorBusy(MirrorError):
     """Another consumer holds the mirror's lock."""
 
 
-class UnreadableEntry(ValueError):
+class UnreadableEntry(MirrorError, ValueError):
     """An outbox entry that is not the JSON the worker writes (it cannot be sent)."""
 
 
-class RowRefused(ValueError):
+class RowRefused(MirrorError, ValueError):
     """A Dataverse row that cannot become a record; ``problems`` says why, one line each."""
 
     def __init__(self, record_id: str | None, problems: Iterable[str]) -> None:

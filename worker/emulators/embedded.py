@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
+from fakeredis import TcpFakeServer
 
 
 def free_port() -> int:
@@ -86,8 +87,6 @@ def _start_redis_server(binary: str) -> EmbeddedRedis:
 
 
 def _start_fakeredis() -> EmbeddedRedis:
-    from fakeredis import TcpFakeServer
-
     port = free_port()
     server = TcpFakeServer(("127.0.0.1", port), server_type="redis")
     server.daemon_threads = True
