@@ -325,3 +325,24 @@ def test_beat_runs_the_mirror_in_a_real_worker(redis_url: str, tmp_path: Path,
         record = cluster.record(record_id)
         assert record is not None
         assert differing(record, row) == frozenset()
+
+
+def test_names_and_details_outside_the_bmp_are_written_as_dataverse_accepts(
+        setup: Setup) -> None:
+    emoji, han = "\U0001F600", "\U00020BB7"  # two UTF-16 code units each
+    record_id = new_id()
+    name = (emoji + han) * 25  # 50 characters, 100 code units: the column's maximum
+    setup.submit(provision(record_id, new_id(), name=name, links={PROVIDER: new_id()}))
+    setup.submit(event("gatekeeper.reported", record_id, {
+        "status": "Inactive", "reason": "Error", "details": emoji * 4096}))
+    setup.drain_mirror()
+
+    row = setup.in_step(record_id)
+    assert row["msdyn_name"] == name
+    details = row["msdyn_exceptiondetails"]
+    assert len(details.encode("utf-16-le")) // 2 <= 8192 < len(details) * 2
+    assert details.endswith("chars]")
+    assert {c["status"] for c in setup.calls()} <= {200, 201}
+    [post] = [c for c in setup.calls() if c["method"] == "POST"]
+    assert all(value is not None for key, value in post["body"].items()
+               if key.endswith("@odata.bind"))  # unset lookups are left out of a create

@@ -67,6 +67,7 @@ from statemachine import (
     StateCode,
     StatusReason,
     format_time,
+    utf16_length,
 )
 from statemachine.table import FORMATTED
 
@@ -612,7 +613,7 @@ class DataverseEmulator:
                 if value is not None and not isinstance(value, str):
                     raise _error(400, ODATA, f"Cannot convert the literal '{value}' to the "
                                              f"expected type 'Edm.String' ({name}).")
-                if value is not None and len(value) > TEXT_LIMITS[name]:
+                if value is not None and utf16_length(value) > TEXT_LIMITS[name]:
                     raise _error(400, TOO_LONG, f"A validation error occurred. The length of "
                                  f"the '{name}' attribute of the '{ENTITY}' entity exceeded "
                                  f"the maximum allowed length of '{TEXT_LIMITS[name]}'.")
