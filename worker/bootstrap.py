@@ -78,8 +78,8 @@ def build_mirror(
         MirrorSettings,
         Pacer,
         RedisMirrorState,
-        TokenCache,
     )
+    from worker.dataverse.credentials import token_source
 
     mirror_settings = MirrorSettings.from_env(settings, environ)
     client = redis_client(settings)
@@ -88,7 +88,8 @@ def build_mirror(
     http = httpx.Client(timeout=httpx.Timeout(mirror_settings.timeout), transport=transport)
     pacer = Pacer(mirror_settings.requests_per_window, SERVICE_WINDOW_SECONDS,
                   mirror_settings.burst)
-    dataverse = DataverseClient(mirror_settings, http, TokenCache(mirror_settings, http), pacer)
+    dataverse = DataverseClient(mirror_settings, http, token_source(mirror_settings, http),
+                                pacer)
     return Mirror(mirror_settings, store, RedisMirrorState(client, keys), dataverse)
 
 

@@ -111,8 +111,9 @@ class Setup:
         return dict(row)
 
 
-def build(redis_url: str, backends: EmulatorServer, org: EmulatorServer) -> Setup:
-    env = mirror_settings(redis_url, backends.url, org.url)
+def build(redis_url: str, backends: EmulatorServer, org: EmulatorServer,
+          **extra: str) -> Setup:
+    env = {**mirror_settings(redis_url, backends.url, org.url), **extra}
     settings = Settings.from_env(env)
     # Our own transport: build_service's httpx client is not closed by Backends.close().
     transport = httpx.HTTPTransport()

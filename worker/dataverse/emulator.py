@@ -9,6 +9,8 @@ backends and Dataverse. Point both PROVISIONING_DATAVERSE_URL and
 PROVISIONING_DATAVERSE_AUTHORITY_URL at it.
 
     POST   /<tenant>/oauth2/v2.0/token                   client credentials -> bearer token
+                                                         (secret or certificate assertion)
+    GET    /metadata/identity/oauth2/token               managed identity (IMDS)
     GET    /api/data/v9.2/msdyn_ocprovisioningstates     $select, $top, Prefer:
                                                          odata.maxpagesize, @odata.nextLink
     POST   /api/data/v9.2/msdyn_ocprovisioningstates     create (201 with Prefer:
@@ -46,7 +48,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -70,6 +72,12 @@ from statemachine import (
     utf16_length,
 )
 from statemachine.table import FORMATTED
+from worker.dataverse.emulator_identity import (
+    IMDS_PATH,
+    ImdsRefused,
+    check_client_assertion,
+    imds_request,
+)
 
 __all__ = ["DataverseEmulator", "DataverseReply", "Fault", "RecordedCall"]
 
@@ -211,7 +219,9 @@ class DataverseEmulator:
         latency_ms: float = 0.0,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
+        client_certificates: Sequence[bytes] = (),
     ) -> None:
+        self.client_certificates = tuple(client_certificates)  # PEM, for client assertions
         self.tenant_id = tenant_id
         self.client_id = client_id
         self.client_secret = client_secret
@@ -247,6 +257,10 @@ class DataverseEmulator:
                     values[option] = parse(raw)
                 except ValueError as exc:
                     raise ValueError(f"{name}={raw!r} is not a number") from exc
+        certificate = environ.get("EMULATOR_DATAVERSE_CLIENT_CERTIFICATE", "").strip()
+        if certificate:
+            with open(certificate, "rb") as file:
+                values["client_certificates"] = (file.read(),)
         return cls(**values)
 
     @staticmethod
@@ -351,6 +365,10 @@ class DataverseEmulator:
         lowered = {k.lower(): v for k, v in headers.items()}
         if url.path.startswith("/_dataverse/"):
             return self._admin(method, url.path[len("/_dataverse/"):], body)
+        if url.path == IMDS_PATH:
+            reply = self._managed_identity(method, url.query, lowered)
+            self._record(method, url.path, url.query, reply.status, None, None, None)
+            return reply
         if "/oauth2/" in url.path:
             reply = self._token_endpoint(method, url.path, body)
             self._record(method, url.path, "", reply.status, None, None, None)
@@ -399,7 +417,13 @@ class DataverseEmulator:
             return _aad(400, "unauthorized_client", f"AADSTS700016: Application with "
                         f"identifier '{client_id}' was not found in the directory.")
         secret = form.get("client_secret", "")
-        if not secret or (self.client_secret is not None and secret != self.client_secret):
+        if "client_assertion" in form:
+            refused = check_client_assertion(
+                form, client_id=client_id, token_path=path, certificates=self.client_certificates,
+                strict=self.client_secret is not None, now=self._clock())
+            if refused is not None:
+                return _aad(401, "invalid_client", refused)
+        elif not secret or (self.client_secret is not None and secret != self.client_secret):
             return _aad(401, "invalid_client", "AADSTS7000215: Invalid client secret "
                                                "provided.")
         scope = form.get("scope", "")
@@ -407,14 +431,33 @@ class DataverseEmulator:
             return _aad(400, "invalid_scope", f"AADSTS1002012: The provided value for scope "
                         f"{scope} is not valid. Client credential flows must have a scope "
                         f"value with /.default suffixed to the resource identifier.")
+        value = self._issue(client_id, scope)
+        lifetime = int(self.token_seconds)
+        return DataverseReply.of(200, {"token_type": "Bearer", "expires_in": lifetime,
+                                       "ext_expires_in": lifetime, "access_token": value})
+
+    def _issue(self, client_id: str, scope: str) -> str:
         value = "emu." + uuid.uuid4().hex
         with self._lock:
             self._state.tokens[value] = _Token(client_id, scope,
                                                self._clock() + self.token_seconds)
             self._state.tokens_issued += 1
+        return value
+
+    def _managed_identity(self, method: str, query: str,
+                          headers: Mapping[str, str]) -> DataverseReply:
+        """IMDS: a token for the VM's (or pod's) managed identity (emulator_identity)."""
+        try:
+            client_id, scope = imds_request(method, query, headers)
+        except ImdsRefused as refused:
+            return DataverseReply.of(refused.status, refused.body)
+        value = self._issue(client_id, scope)
         lifetime = int(self.token_seconds)
-        return DataverseReply.of(200, {"token_type": "Bearer", "expires_in": lifetime,
-                                       "ext_expires_in": lifetime, "access_token": value})
+        return DataverseReply.of(200, {
+            "access_token": value, "client_id": client_id, "expires_in": str(lifetime),
+            "expires_on": str(int(self._clock()) + lifetime), "ext_expires_in": str(lifetime),
+            "not_before": str(int(self._clock())), "resource": scope[:-len("/.default")],
+            "token_type": "Bearer"})
 
     # -- the Web API -------------------------------------------------------------------
 
