@@ -149,12 +149,15 @@ def mirror_outbox() -> dict[str, Any]:
     """Send the Dataverse mirror's outbox in order (one consumer at a time, under a lock;
     a no-op when the mirror is off). Dataverse errors are recorded by the mirror, never
     raised; a store error is logged and the next beat run tries again."""
-    from worker.dataverse.runtime import process_mirror
+    from worker.dataverse.runtime import first_start, process_mirror
 
     try:
         mirror = process_mirror()
         if mirror is None:
             return {"mirror": "off"}
+        refused = first_start(mirror)  # `dataverse check` before the first run
+        if refused is not None:
+            return refused
         return mirror.run().to_json()
     except StoreError as exc:
         log.warning("dataverse.run_failed", error=str(exc))

@@ -347,3 +347,27 @@ def test_names_and_details_outside_the_bmp_are_written_as_dataverse_accepts(
     [post] = [c for c in setup.calls() if c["method"] == "POST"]
     assert all(value is not None for key, value in post["body"].items()
                if key.endswith("@odata.bind"))  # unset lookups are left out of a create
+
+
+def test_check_over_http_finds_planted_differences_and_import_refuses(
+        setup: Setup, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    setup.admin("POST", "rows", [{PRIMARY_KEY: new_id(), "msdyn_name": "Existing"}])
+    with running_cluster(setup.env["PROVISIONING_REDIS_URL"], tmp_path, request) as cluster:
+        cluster.env.update(setup.env)
+        clean = cluster.provisioning("dataverse", "check")
+        assert clean.returncode == 0, clean.stderr
+        assert clean.stdout.splitlines()[-1] == "result        ok (0 notes)"
+
+        setup.admin("POST", "metadata", {"column": "msdyn_automatedcallingstatus",
+                                         "drop_option": 3})
+        setup.admin("POST", "metadata", {"column": "msdyn_name", "max_length": 80})
+        planted = cluster.provisioning("dataverse", "check", "--json")
+        assert planted.returncode == 1
+        report = json.loads(planted.stdout)
+        assert [(d["column"], d["blocking"]) for d in report["differences"]] == [
+            ("msdyn_name", True), ("msdyn_automatedcallingstatus", True)]
+
+        refused = cluster.provisioning("dataverse", "import")
+        assert refused.returncode == 1
+        assert "BLOCKING  msdyn_name: max length 80" in refused.stderr
+    assert setup.service.store.list_records() == []

@@ -137,6 +137,10 @@ class DataverseClient:
         link = body.get("@odata.nextLink")
         return rows, link if isinstance(link, str) and link else None
 
+    def get_json(self, path: str, params: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """GET ``<Web API root>/<path>`` (``WhoAmI``, metadata): the JSON object answered."""
+        return _object(self._send("GET", f"{self.settings.api_url}/{path}", params=params))
+
     # -- sending -----------------------------------------------------------------------
 
     def _send(self, method: str, url: str, *, json: dict[str, Any] | None = None,

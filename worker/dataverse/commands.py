@@ -1,4 +1,4 @@
-"""``provisioning dataverse status|import|run|skip`` (wired into worker/cli.py).
+"""``provisioning dataverse status|check|import|run|skip`` (wired into worker/cli.py).
 
 Exit codes as the rest of the CLI: 0 success; 1 the command ran but something failed or
 was refused (a refused row, a failing mirror, Dataverse unreachable); 2 a usage error.
@@ -16,6 +16,7 @@ from typing import Any
 
 from statemachine import format_time
 from worker.dataverse.importer import Importer
+from worker.dataverse.metadata import check_organization
 from worker.dataverse.mirror import Mirror
 from worker.dataverse.outbox import OutboxEntry
 from worker.dataverse.status import format_status, mirror_status
@@ -47,7 +48,7 @@ def _seconds(text: str) -> float:
 def add_parser(commands: Any) -> None:
     """Add ``dataverse`` and its actions to the CLI's subparsers."""
     dataverse = commands.add_parser(
-        "dataverse", help="the mirror to Dataverse: status, import, run, skip",
+        "dataverse", help="the mirror to Dataverse: status, check, import, run, skip",
         description="Mirror the records to a Dataverse organization "
                     "(PROVISIONING_DATAVERSE_URL and its credentials).")
     actions = dataverse.add_subparsers(dest="dataverse_command", required=True,
@@ -56,6 +57,11 @@ def add_parser(commands: Any) -> None:
                                 description="Exit 1 when entries wait and the last attempt "
                                             "failed.")
     status.add_argument("--json", action="store_true")
+    check = actions.add_parser(
+        "check", help="sign in, WhoAmI, compare the organization's table with the code",
+        description="Exit 1 on a difference that would make a write fail (import and the "
+                    "mirror refuse to start then).")
+    check.add_argument("--json", action="store_true")
     importing = actions.add_parser(
         "import", help="load the organization's existing rows into the store",
         description="Rows whose id the store knows are skipped; refused rows are named on "
@@ -102,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
     action = args.dataverse_command
     if action == "status":
         return cmd_status(args)
+    if action == "check":
+        return cmd_check(args)
     if action == "import":
         return cmd_import(args)
     if action == "run":
@@ -130,8 +138,31 @@ def cmd_status(args: argparse.Namespace) -> int:
     return OK
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    report = check_organization(_required().client)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2, ensure_ascii=False))
+    else:
+        print("\n".join(report.lines()))
+    return OK if report.ok else FAILED
+
+
+def _refuse_on_blocking(mirror: Mirror) -> None:
+    """Run the check; CommandFailed (after printing the differences) when one blocks."""
+    from worker import cli
+
+    report = check_organization(mirror.client)
+    for difference in report.blocking:
+        print(f"BLOCKING  {difference.column}: {difference.message}", file=sys.stderr)
+    if not report.ok:
+        raise cli.CommandFailed(f"dataverse: {len(report.blocking)} blocking difference(s) "
+                                "in the organization's table; nothing was done (see "
+                                "`provisioning dataverse check`)")
+
+
 def cmd_import(args: argparse.Namespace) -> int:
     mirror = _required()
+    _refuse_on_blocking(mirror)
     importer = Importer(mirror.client, mirror.store, mirror.state)
     report = importer.run(args.page_size or mirror.settings.page_size, dry_run=args.dry_run)
     for refused in report.refused:
@@ -149,6 +180,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     mirror = _required()
+    _refuse_on_blocking(mirror)
     while True:
         report = mirror.run(args.budget)
         if report.sent or report.stopped not in ("empty", "paused", "locked"):

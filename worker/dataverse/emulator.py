@@ -32,7 +32,10 @@ needs a live bearer token (401 otherwise). Past ``request_budget`` requests in a
 at once, a 429 too. The token endpoint checks tenant, client id, secret and that the scope
 ends with ``/.default``, and answers tokens living ``token_seconds``.
 
-Admin API (not counted, no token): ``GET /_dataverse/rows``, ``POST /_dataverse/rows``
+Metadata and ``WhoAmI`` for ``dataverse check``: ``worker.dataverse.emulator_metadata``.
+
+Admin API (not counted, no token): ``POST /_dataverse/metadata`` (plant a difference),
+``GET /_dataverse/rows``, ``POST /_dataverse/rows``
 (seed a list of read-form rows), ``POST /_dataverse/edit`` ``{"id", "changes"}`` (another
 user's change), ``POST|DELETE /_dataverse/outage`` (``{"status": 503}``),
 ``POST /_dataverse/budget`` (``{"requests", "window_seconds"}``),
@@ -78,6 +81,7 @@ from worker.dataverse.emulator_identity import (
     check_client_assertion,
     imds_request,
 )
+from worker.dataverse.emulator_metadata import EmulatedSchema
 
 __all__ = ["DataverseEmulator", "DataverseReply", "Fault", "RecordedCall"]
 
@@ -145,6 +149,7 @@ class Fault:
     code: str = "0x80040216"
     message: str = "scripted fault"
     headers: tuple[tuple[str, str], ...] = ()
+    method: str | None = None  # only a request with this method takes it (None: any)
 
 
 @dataclass(frozen=True)
@@ -222,6 +227,7 @@ class DataverseEmulator:
         client_certificates: Sequence[bytes] = (),
     ) -> None:
         self.client_certificates = tuple(client_certificates)  # PEM, for client assertions
+        self.schema = EmulatedSchema()  # metadata and WhoAmI (emulator_metadata)
         self.tenant_id = tenant_id
         self.client_id = client_id
         self.client_secret = client_secret
@@ -355,6 +361,7 @@ class DataverseEmulator:
     def reset(self) -> None:
         with self._lock:
             self._state = _State()
+            self.schema.reset()
 
     # -- serving -----------------------------------------------------------------------
 
@@ -469,7 +476,7 @@ class DataverseEmulator:
             if self._state.outage is not None:
                 raise _error(self._state.outage, "0x80040216",
                              "The service is temporarily unavailable (emulated outage).")
-            if self._state.faults:
+            if self._state.faults and self._state.faults[0].method in (None, method):
                 fault = self._state.faults.popleft()
                 raise _error(fault.status, fault.code, fault.message, fault.headers)
             if not path.startswith(API_PREFIX):
@@ -477,6 +484,9 @@ class DataverseEmulator:
                                                      f"'{path}'.")
             segment = unquote(path[len(API_PREFIX):])
             params = {k: v[0] for k, v in parse_qs(query).items()}
+            answered = self.schema.answer(method, segment, client)
+            if answered is not None:
+                return DataverseReply.of(*answered)
             if segment == ENTITY_SET:
                 if method == "GET":
                     return self._list(path, params, headers)
@@ -745,6 +755,12 @@ class DataverseEmulator:
                     requests = payload.get("requests")
                     self.set_budget(None if requests is None else int(requests),
                                     payload.get("window_seconds"))
+                    return DataverseReply.of(200, {"ok": True})
+                case ("POST", "metadata"):
+                    if not isinstance(payload, dict):
+                        raise ValueError('body must be {"column", <change>}')
+                    with self._lock:
+                        self.schema.plant(payload)
                     return DataverseReply.of(200, {"ok": True})
                 case ("POST", "revoke-tokens"):
                     self.revoke_tokens()
