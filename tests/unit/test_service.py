@@ -108,7 +108,7 @@ def test_a_name_too_long_in_utf16_units_goes_to_failed_store_by_celery(
     raw["data"]["name"] = "\U00020BB7" * 51  # 51 characters outside the BMP: 102 units
     handle(memory_service, raw)
     [entry] = memory_service.failed.all()
-    assert entry.reasons == [
+    assert list(entry.reasons) == [
         "data.name: must be at most 100 UTF-16 code units (as Dataverse counts: a character "
         "outside the Basic Multilingual Plane, such as most emoji, counts 2), not 102"]
     assert memory_service.store.pending() == []
