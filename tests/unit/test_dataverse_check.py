@@ -88,6 +88,10 @@ def test_differences_that_cannot_fail_a_write_are_notes(run: Any, rig: Rig) -> N
     ({"column": "statuscode", "add_option": {"value": 192350001, "label": "Draft",
                                              "state": 1}}, "statuscode", "belongs to state"),
     ({"table": "missing"}, "msdyn_ocprovisioningstate", "does not exist"),
+    ({"parent": "msdyn_ocfbpage", "entity_set": "msdyn_ocfacebookpages"}, "msdyn_ocfbpageid",
+     "the parent's entity set is 'msdyn_ocfacebookpages' in the organization"),
+    ({"parent": "msdyn_ocphonenumber", "entity_set": None}, "msdyn_phonenumberid",
+     "the parent table msdyn_ocphonenumber does not exist"),
 ])
 def test_each_blocking_difference_is_named(rig: Rig, change: dict[str, Any], column: str,
                                            words: str) -> None:

@@ -484,7 +484,7 @@ class DataverseEmulator:
                                                      f"'{path}'.")
             segment = unquote(path[len(API_PREFIX):])
             params = {k: v[0] for k, v in parse_qs(query).items()}
-            answered = self.schema.answer(method, segment, client)
+            answered = self.schema.answer(method, segment, client, params)
             if answered is not None:
                 return DataverseReply.of(*answered)
             if segment == ENTITY_SET:

@@ -19,6 +19,10 @@ what they answer, not what the emulated Web API accepts:
     {"column": "msdyn_ocwhatsappchannelaccountid", "navigation_property": "x"}
     {"column": "msdyn_errormessage", "remove": true}
     {"table": "missing"}
+    {"parent": "msdyn_ocfbpage", "entity_set": "x"}      (null: the parent table is missing)
+
+``GET EntityDefinitions?$filter=LogicalName eq '…' or …`` answers the parent tables'
+entity set names.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ TYPES = {ColumnType.UUID: "Uniqueidentifier", ColumnType.TEXT: "String",
          ColumnType.MEMO: "Memo", ColumnType.STATE: "State", ColumnType.STATUS: "Status",
          ColumnType.CHOICE: "Picklist", ColumnType.LOOKUP: "Lookup",
          ColumnType.DATETIME: "DateTime", ColumnType.INTEGER: "BigInt"}
+_FILTER = re.compile(r"LogicalName eq '([^']*)'")
 _PATH = re.compile(r"^EntityDefinitions\(LogicalName='(?P<name>[^']*)'\)"
                    r"(?:/(?P<rest>Attributes/Microsoft\.Dynamics\.CRM\.(?P<cast>\w+)"
                    r"|ManyToOneRelationships))?$")
@@ -82,6 +87,8 @@ class EmulatedSchema:
                 attribute["OptionSet"] = {"Options": _options(column.choices)}
                 attribute["GlobalOptionSet"] = None
             self.attributes[column.logical_name] = attribute
+        self.entity_sets = {ENTITY: ENTITY_SET, **{lookup.parent_table: lookup.parent_entity_set
+                                                  for lookup in LOOKUPS}}
         self.relationships: dict[str, dict[str, Any]] = {}
         for lookup in LOOKUPS:
             self.attributes[lookup.column]["Targets"] = [lookup.parent_table]
@@ -99,6 +106,12 @@ class EmulatedSchema:
         for a change it does not know."""
         if change.get("table") == "missing":
             self.exists = False
+            return
+        if "parent" in change:
+            if change.get("entity_set") is None:
+                del self.entity_sets[str(change["parent"])]
+            else:
+                self.entity_sets[str(change["parent"])] = str(change["entity_set"])
             return
         name = str(change["column"])
         attribute = self.attributes[name]
@@ -125,10 +138,16 @@ class EmulatedSchema:
             raise ValueError(f"no metadata change in {dict(change)}")
 
     def answer(self, method: str, segment: str, client_id: str,
+               params: Mapping[str, str] | None = None,
                ) -> tuple[int, dict[str, Any]] | None:
         """``(status, body)`` for a metadata or WhoAmI request; None for other paths."""
         if method != "GET":
             return None
+        if segment == "EntityDefinitions":
+            # Only `$filter=LogicalName eq 'a' or LogicalName eq 'b' …` is understood.
+            wanted = _FILTER.findall((params or {}).get("$filter", ""))
+            return 200, {"value": [{"LogicalName": name, "EntitySetName": self.entity_sets[name]}
+                                   for name in wanted if name in self.entity_sets]}
         if segment == "WhoAmI":
             return 200, {"@odata.context": f"{API_CONTEXT}#Microsoft.Dynamics.CRM."
                                            "WhoAmIResponse",

@@ -10,14 +10,17 @@ What is read (Dataverse Web API v9.2, metadata is never paged):
   ``StateAttributeMetadata`` with their ``OptionSet`` (values, labels, a status's state),
   ``LookupAttributeMetadata`` (``Targets``);
 * ``…/ManyToOneRelationships``: each lookup's navigation property name (case-sensitive in
-  ``@odata.bind``), parent table and delete rule.
+  ``@odata.bind``), parent table and delete rule;
+* ``EntityDefinitions?$filter=LogicalName eq '<parent>' or …``: the parent tables' entity
+  set names (the ``/<entity set>(<id>)`` of a bind).
 
 A difference is *blocking* when a write the worker can make would be refused: the table,
-a column or a relationship missing; another type (text and memo excepted); a max length
-shorter than ours; a choice value of ours that the organization lacks, or a status reason
-in another state; a lookup target or navigation property name that is not ours. Anything
-else is a *note*: a longer max length, a choice value only the organization has (``import``
-refuses a row holding it), another label, another delete rule.
+a column, a relationship or a parent table missing; another type (text and memo
+excepted); a max length shorter than ours; a choice value of ours that the organization
+lacks, or a status reason in another state; a lookup target, navigation property name or
+parent entity set that is not ours. Anything else is a *note*: a longer max length, a
+choice value only the organization has (``import`` refuses a row holding it), another
+label, another delete rule.
 
 ``compare`` is pure (metadata documents in, differences out); ``check_organization`` does
 the requests.
@@ -72,6 +75,7 @@ class OrgMetadata:
     entity: dict[str, Any] | None  # None: the table does not exist
     casts: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     relationships: list[dict[str, Any]] = field(default_factory=list)
+    parents: list[dict[str, Any]] | None = None  # the parent tables' LogicalName, EntitySetName
 
 
 @dataclass
@@ -240,7 +244,16 @@ def _compare_lookups(org: OrgMetadata) -> list[Difference]:
     found: list[Difference] = []
     targets = _by_name(org.casts.get("LookupAttributeMetadata", []))
     relationships = _by_name(org.relationships, "ReferencingAttribute")
+    parents = None if org.parents is None else _by_name(org.parents)
     for lookup in LOOKUPS:
+        parent_set = None if parents is None else parents.get(lookup.parent_table, {}).get(
+            "EntitySetName", "")
+        if parent_set is not None and parent_set != lookup.parent_entity_set:
+            found.append(Difference(lookup.column, (
+                f"the parent table {lookup.parent_table} does not exist in the organization"
+                if not parent_set else
+                f"the parent's entity set is {parent_set!r} in the organization, "
+                f"{lookup.parent_entity_set!r} in code") + ": @odata.bind would fail", True))
         attribute = targets.get(lookup.column)
         if attribute is not None and lookup.parent_table not in (attribute.get("Targets") or []):
             found.append(Difference(lookup.column, f"targets {attribute.get('Targets')} in the "
@@ -270,7 +283,7 @@ def _compare_lookups(org: OrgMetadata) -> list[Difference]:
 
 
 def read_metadata(client: DataverseClient) -> OrgMetadata:
-    """The metadata documents ``compare`` needs (8 GETs; DataverseError when one fails)."""
+    """The metadata documents ``compare`` needs (9 GETs; DataverseError when one fails)."""
     try:
         entity = client.get_json(ENTITY_PATH, {
             "$select": "LogicalName,EntitySetName,PrimaryIdAttribute,PrimaryNameAttribute",
@@ -284,6 +297,10 @@ def read_metadata(client: DataverseClient) -> OrgMetadata:
     org.relationships = _values(client.get_json(f"{ENTITY_PATH}/ManyToOneRelationships", {
         "$select": "ReferencingAttribute,ReferencedEntity,"
                    "ReferencingEntityNavigationPropertyName,CascadeConfiguration"}))
+    org.parents = _values(client.get_json("EntityDefinitions", {
+        "$select": "LogicalName,EntitySetName",
+        "$filter": " or ".join(f"LogicalName eq '{lookup.parent_table}'"
+                               for lookup in LOOKUPS)}))
     return org
 
 
