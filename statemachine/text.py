@@ -18,17 +18,19 @@ REPLACEMENT = "\ufffd"
 
 def utf16_length(text: str) -> int:
     """The length of ``text`` in UTF-16 code units (a lone surrogate counts 1)."""
+    if text.isascii():  # O(1) in CPython (the string's kind), the common case
+        return len(text)
     return len(text.encode("utf-16-le", "surrogatepass")) // 2
 
 
 def has_lone_surrogate(text: str) -> bool:
     """True when ``text`` holds a surrogate code point (not valid UTF-8 or UTF-16 text)."""
-    return _SURROGATE.search(text) is not None
+    return not text.isascii() and _SURROGATE.search(text) is not None
 
 
 def without_lone_surrogates(text: str) -> str:
     """``text`` with every lone surrogate replaced by U+FFFD (same length in units)."""
-    return _SURROGATE.sub(REPLACEMENT, text)
+    return _SURROGATE.sub(REPLACEMENT, text) if has_lone_surrogate(text) else text
 
 
 def cut_to_units(text: str, max_units: int) -> str:
@@ -36,8 +38,8 @@ def cut_to_units(text: str, max_units: int) -> str:
     not end inside a surrogate pair."""
     if max_units <= 0:
         return ""
-    if len(text) <= max_units // 2:  # fast path: fits even if every character counts 2
-        return text
+    if text.isascii() or len(text) <= max_units // 2:  # no pair to split, or all fits
+        return text[:max_units]
     encoded = text.encode("utf-16-le", "surrogatepass")
     if len(encoded) <= 2 * max_units:
         return text
