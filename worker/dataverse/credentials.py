@@ -14,10 +14,13 @@ default        azure-identity ``DefaultAzureCredential``                   ``azu
 
 The ``[azure]`` extra installs both. Why the certificate is not azure-identity's
 ``CertificateCredential``: azure-identity refuses an authority that is not https
-("The value must be a TLS protected (https) URL") and MSAL reads the authority's OpenID
-metadata before the first token, so that path could never be tested against the emulator.
-The assertion is Microsoft's documented format (learn.microsoft.com, "Microsoft identity
-platform application authentication certificate credentials"): header ``alg`` RS256, ``typ``
+("The value must be a TLS protected (https) URL"), and that credential goes through MSAL,
+which reads the authority's OpenID metadata before the first token. Signing the assertion
+here needs only ``cryptography``, runs on the same ``TokenCache`` as the secret (a 401 gets
+a fresh token; azure-identity's cache offers no forced refresh) and is tested over plain
+HTTP against the emulator. The assertion is Microsoft's documented format
+(learn.microsoft.com, "Microsoft identity platform application authentication
+certificate credentials"): header ``alg`` RS256, ``typ``
 JWT, ``x5t`` the base64url SHA-1 thumbprint; claims ``aud`` the token endpoint, ``iss`` and
 ``sub`` the client id, ``jti``, ``nbf``, ``iat``, ``exp``. Building it here keeps one token
 path (refresh margin, 401 invalidation, error translation) for secret and certificate.

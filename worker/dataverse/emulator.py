@@ -77,6 +77,7 @@ from statemachine import (
 from statemachine.table import FORMATTED
 from worker.dataverse.emulator_identity import (
     IMDS_PATH,
+    FederatedCredential,
     ImdsRefused,
     check_client_assertion,
     imds_request,
@@ -225,8 +226,10 @@ class DataverseEmulator:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
         client_certificates: Sequence[bytes] = (),
+        federated_credentials: Sequence[FederatedCredential] = (),
     ) -> None:
         self.client_certificates = tuple(client_certificates)  # PEM, for client assertions
+        self.federated_credentials = tuple(federated_credentials)  # workload identity
         self.schema = EmulatedSchema()  # metadata and WhoAmI (emulator_metadata)
         self.tenant_id = tenant_id
         self.client_id = client_id
@@ -427,7 +430,8 @@ class DataverseEmulator:
         if "client_assertion" in form:
             refused = check_client_assertion(
                 form, client_id=client_id, token_path=path, certificates=self.client_certificates,
-                strict=self.client_secret is not None, now=self._clock())
+                strict=self.client_secret is not None, now=self._clock(),
+                federated=self.federated_credentials)
             if refused is not None:
                 return _aad(401, "invalid_client", refused)
         elif not secret or (self.client_secret is not None and secret != self.client_secret):

@@ -8,6 +8,9 @@ signature that certificate's key verifies, whose ``iss`` and ``sub`` are the cli
 whose ``aud`` is this token endpoint and which is within ``nbf``..``exp``. With no
 certificate registered the emulator accepts any well-formed assertion (as it accepts any
 secret when none is configured), unless it checks a client secret: then it refuses one.
+An assertion whose ``iss`` is not the client id is a workload identity's federated token,
+accepted for a ``FederatedCredential`` of the same issuer and subject, audience
+``api://AzureADTokenExchange``, signed with that issuer's key.
 
 ``imds_token`` answers ``GET /metadata/identity/oauth2/token?api-version=…&resource=…``
 with ``Metadata: true``, as the Azure Instance Metadata Service does for a managed identity
@@ -20,12 +23,14 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 IMDS_PATH = "/metadata/identity/oauth2/token"
 CLOCK_SKEW = 300.0  # Entra ID tolerates five minutes
+FEDERATED_AUDIENCE = "api://AzureADTokenExchange"  # what workload identity tokens are for
 
 
 def _b64decode(text: str) -> bytes:
@@ -41,13 +46,43 @@ def _thumbprint(pem: bytes) -> tuple[str, Any]:
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode(), certificate.public_key()
 
 
+@dataclass(frozen=True)
+class FederatedCredential:
+    """A federated identity credential on the app (workload identity): tokens that
+    ``issuer`` (an AKS cluster's OIDC issuer) signs for ``subject``
+    (``system:serviceaccount:<namespace>:<name>``). Entra ID fetches the issuer's signing
+    keys from its discovery document; the emulator is given the public key (PEM)."""
+
+    issuer: str
+    subject: str
+    public_key: bytes
+    audience: str = FEDERATED_AUDIENCE
+
+
+def _verify(key: Any, alg: str, parts: Sequence[str], signature: bytes) -> bool:
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    scheme = padding.PKCS1v15() if alg == "RS256" else padding.PSS(
+        mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.DIGEST_LENGTH)
+    try:
+        key.verify(signature, f"{parts[0]}.{parts[1]}".encode("ascii"), scheme,
+                   hashes.SHA256())
+    except (InvalidSignature, ValueError, TypeError):
+        return False
+    return True
+
+
 def check_client_assertion(form: Mapping[str, str], *, client_id: str, token_path: str,
-                           certificates: Sequence[bytes], strict: bool,
-                           now: float) -> str | None:
+                           certificates: Sequence[bytes], strict: bool, now: float,
+                           federated: Sequence[FederatedCredential] = ()) -> str | None:
     """None when the form's client assertion is acceptable, else the AADSTS description.
 
     ``certificates``: PEM certificates registered on the app; ``strict``: the emulator
-    checks credentials (refuse an assertion when no certificate is registered)."""
+    checks credentials (refuse an assertion when no certificate is registered);
+    ``federated``: the app's federated credentials (an assertion whose ``iss`` is not the
+    client id is checked against them)."""
     if form.get("client_assertion_type") != ASSERTION_TYPE:
         return ("AADSTS50027: Invalid client_assertion_type; it must be "
                 f"{ASSERTION_TYPE}.")
@@ -65,18 +100,21 @@ def check_client_assertion(form: Mapping[str, str], *, client_id: str, token_pat
     alg = header.get("alg")
     if alg not in ("RS256", "PS256"):
         return f"AADSTS5002723: Invalid JWT token. Unsupported signing algorithm {alg!r}."
+    try:
+        not_before = float(claims["nbf"] if "nbf" in claims else claims["iat"])
+        expires = float(claims["exp"])
+    except (KeyError, TypeError, ValueError):
+        return "AADSTS50027: JWT token is invalid or malformed (iat or nbf, and exp)."
+    if not not_before - CLOCK_SKEW <= now < expires + CLOCK_SKEW:
+        return "AADSTS700024: Client assertion is not within its valid time range."
+    if claims.get("iss") != client_id and federated:
+        return _check_federated(claims, federated, str(alg), parts, signature)
     if claims.get("iss") != client_id or claims.get("sub") != client_id:
         return ("AADSTS700021: Client assertion application identifier doesn't match "
                 "'client_id' parameter.")
     if urlsplit(str(claims.get("aud", ""))).path.rstrip("/") != token_path.rstrip("/"):
         return ("AADSTS700212: No matching federated identity record found for presented "
                 "assertion audience.")
-    try:
-        not_before, expires = float(claims["nbf"]), float(claims["exp"])
-    except (KeyError, TypeError, ValueError):
-        return "AADSTS50027: JWT token is invalid or malformed (nbf and exp are required)."
-    if not not_before - CLOCK_SKEW <= now < expires + CLOCK_SKEW:
-        return "AADSTS700024: Client assertion is not within its valid time range."
     if not certificates:
         if strict:
             return ("AADSTS700027: The certificate with identifier used to sign the client "
@@ -87,16 +125,28 @@ def check_client_assertion(form: Mapping[str, str], *, client_id: str, token_pat
     if key is None:
         return ("AADSTS700027: The certificate with identifier used to sign the client "
                 "assertion is not registered on application.")
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import padding
+    if not _verify(key, str(alg), parts, signature):
+        return "AADSTS700027: Client assertion contains an invalid signature."
+    return None
 
-    scheme = padding.PKCS1v15() if alg == "RS256" else padding.PSS(
-        mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.DIGEST_LENGTH)
-    try:
-        key.verify(signature, f"{parts[0]}.{parts[1]}".encode("ascii"), scheme,
-                   hashes.SHA256())
-    except (InvalidSignature, ValueError, TypeError):
+
+def _check_federated(claims: Mapping[str, Any], federated: Sequence[FederatedCredential],
+                     alg: str, parts: Sequence[str], signature: bytes) -> str | None:
+    from cryptography.hazmat.primitives import serialization
+
+    match = next((f for f in federated if f.issuer == claims.get("iss")
+                  and f.subject == claims.get("sub")), None)
+    if match is None:
+        return (f"AADSTS70021: No matching federated identity record found for presented "
+                f"assertion. Assertion Issuer: '{claims.get('iss')}'. Assertion Subject: "
+                f"'{claims.get('sub')}'.")
+    audience = claims.get("aud")
+    audiences = audience if isinstance(audience, list) else [audience]
+    if match.audience not in audiences:
+        return ("AADSTS700212: No matching federated identity record found for presented "
+                "assertion audience.")
+    key = serialization.load_pem_public_key(match.public_key)
+    if not _verify(key, alg, parts, signature):
         return "AADSTS700027: Client assertion contains an invalid signature."
     return None
 
