@@ -5,6 +5,7 @@ settings, a certificate's client assertion checked by the emulator's token endpo
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -255,8 +256,6 @@ class FakeCredential:
         self.calls += 1
         if self.error is not None:
             raise self.error
-        import time
-
         return AccessToken(f"az-token-{self.calls}", int(time.time() + self.lifetime))
 
 
@@ -286,3 +285,15 @@ def test_azure_identity_tokens_are_cached_and_errors_translated() -> None:
     expired = AzureIdentityTokens(config, http, FakeCredential(-5))  # type: ignore[arg-type]
     with pytest.raises(DataverseAuthError, match="invalid_token_response"):
         expired.token()
+
+
+def test_the_emulator_reads_its_registered_certificate_from_the_environment(
+        tmp_path: Path, pems: tuple[bytes, bytes]) -> None:
+    path = tmp_path / "registered.pem"
+    path.write_bytes(pems[1])
+    dataverse = DataverseEmulator.from_env({"EMULATOR_DATAVERSE_CLIENT_CERTIFICATE": str(path),
+                                            "EMULATOR_DATAVERSE_CLIENT_ID": CLIENT})
+    assert dataverse.client_certificates == (pems[1],)
+    clock = Clock(start=time.time())  # the emulator from_env keeps the real clock
+    _, tokens = connect(mirror_settings(tmp_path, pems[0]), dataverse, clock)
+    assert tokens.token().startswith("emu.")
