@@ -10,7 +10,8 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY statemachine ./statemachine
 COPY worker ./worker
-RUN python -m venv /opt/venv && /opt/venv/bin/pip install --no-compile . \
+# The [azure] extra: certificate, workload and managed identity sign-in to Dataverse.
+RUN python -m venv /opt/venv && /opt/venv/bin/pip install --no-compile '.[azure]' \
     && /opt/venv/bin/python -m compileall -q /opt/venv
 
 FROM python:3.11-slim-bookworm

@@ -73,7 +73,7 @@ from statemachine.table import (
     StateCode,
     StatusReason,
 )
-from statemachine.text import truncate
+from statemachine.text import cut_to_units, truncate, utf16_length
 
 __all__ = [
     "CHANNEL_LOOKUP",
@@ -133,6 +133,7 @@ __all__ = [
     "apply",
     "canonical_uuid",
     "check_invariants",
+    "cut_to_units",
     "dedupe_key",
     "event_type_of",
     "format_time",
@@ -143,5 +144,6 @@ __all__ = [
     "record_id_of",
     "trigger_of",
     "truncate",
+    "utf16_length",
     "violations",
 ]

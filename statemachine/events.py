@@ -24,6 +24,7 @@ from statemachine.table import (
     GateKeeperReason,
     GateKeeperStatus,
 )
+from statemachine.text import utf16_length
 
 SPECVERSION = "1.0"
 ID_MAX = 256
@@ -156,8 +157,11 @@ class _Reader:
         if not _is_unicode(value):
             self.problem(path, "must be Unicode text, not hold a lone surrogate")
             return None
-        if max_length is not None and len(value) > max_length:
-            self.problem(path, f"must be at most {max_length} characters, not {len(value)}")
+        if max_length is not None and utf16_length(value) > max_length:
+            # Dataverse counts UTF-16 code units; a longer name would stall the mirror.
+            self.problem(path, f"must be at most {max_length} UTF-16 code units (as "
+                         "Dataverse counts: a character outside the Basic Multilingual "
+                         f"Plane, such as most emoji, counts 2), not {utf16_length(value)}")
             return None
         return value
 

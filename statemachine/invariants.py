@@ -13,6 +13,7 @@ from statemachine.table import (
     StateCode,
     StatusReason,
 )
+from statemachine.text import utf16_length
 
 
 def violations(record: ProvisioningState) -> list[str]:
@@ -36,8 +37,8 @@ def violations(record: ProvisioningState) -> list[str]:
         ("msdyn_errormessage", record.error_message, ERROR_MESSAGE_MAX),
         ("msdyn_provisioningresponse", record.provisioning_response, PROVISIONING_RESPONSE_MAX),
     ):
-        if text is not None and len(text) > limit:
-            found.append(f"6: {label} is within {limit} characters")
+        if text is not None and utf16_length(text) > limit:
+            found.append(f"6: {label} is within {limit} UTF-16 code units")
     return found
 
 

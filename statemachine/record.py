@@ -22,6 +22,7 @@ from statemachine.table import (
     StateCode,
     StatusReason,
 )
+from statemachine.text import utf16_length
 
 GateKeeperPair = tuple[GateKeeperStatus | None, GateKeeperReason | None]
 
@@ -253,8 +254,8 @@ class ProvisioningState:
 
         record_id = get(PRIMARY_KEY, canonical_uuid, required=True)
         name = get("msdyn_name", text, required=True)
-        if isinstance(name, str) and len(name) > NAME_MAX:
-            problems.append(Problem("msdyn_name", f"is longer than {NAME_MAX} characters"))
+        if isinstance(name, str) and utf16_length(name) > NAME_MAX:
+            problems.append(Problem("msdyn_name", f"is longer than {NAME_MAX} UTF-16 code units"))
         status = get("statuscode", StatusReason, required=True)
         statecode = get("statecode", StateCode)
         if status is not None and statecode is not None and statecode != status.statecode:

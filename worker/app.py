@@ -20,7 +20,7 @@ from celery.signals import celeryd_after_setup, worker_process_init, worker_proc
 from worker import bootstrap, task_names
 from worker.bootstrap.mirror import build_mirror, mirror_settings
 from worker.bootstrap.services import build_service
-from worker.dataverse import Mirror
+from worker.dataverse import Mirror, startup
 from worker.logs import configure
 from worker.ops import metrics
 from worker.service import Service
@@ -218,6 +218,7 @@ def _log_settings(sender: str, **_: Any) -> None:
 def reset() -> None:
     """Forget the settings and the services built so far (tests, and a forked child)."""
     bootstrap.reset()
+    startup.reset()
     with _services_lock:
         _services.clear()
         _mirrors.clear()

@@ -10,6 +10,7 @@ from celery import Task
 
 from worker import task_names
 from worker.app import app, process_mirror, process_service
+from worker.dataverse.startup import first_start
 from worker.errors import InvalidArguments, LeaseLost, PoisonMessage, StoreError
 from worker.task_names import DRAIN_RECORD, DRAIN_RECORDS, HANDLE_EVENT
 
@@ -149,6 +150,9 @@ def mirror_outbox() -> dict[str, Any]:
         mirror = process_mirror()
         if mirror is None:
             return {"mirror": "off"}
+        refused = first_start(mirror)  # `dataverse check` before the first run
+        if refused is not None:
+            return refused
         return mirror.run().to_json()
     except StoreError as exc:
         log.warning("dataverse.run_failed", error=str(exc))

@@ -112,8 +112,9 @@ class Setup:
         return dict(row)
 
 
-def build(redis_url: str, backends: EmulatorServer, org: EmulatorServer) -> Setup:
-    env = mirror_settings(redis_url, backends.url, org.url)
+def build(redis_url: str, backends: EmulatorServer, org: EmulatorServer,
+          **extra: str) -> Setup:
+    env = {**mirror_settings(redis_url, backends.url, org.url), **extra}
     settings = Settings.from_env(env)
     # Our own transport: build_service's httpx client is not closed by Backends.close().
     transport = httpx.HTTPTransport()
@@ -326,3 +327,48 @@ def test_beat_runs_the_mirror_in_a_real_worker(redis_url: str, tmp_path: Path,
         record = cluster.record(record_id)
         assert record is not None
         assert differing(record, row) == frozenset()
+
+
+def test_names_and_details_outside_the_bmp_are_written_as_dataverse_accepts(
+        setup: Setup) -> None:
+    emoji, han = "\U0001F600", "\U00020BB7"  # two UTF-16 code units each
+    record_id = new_id()
+    name = (emoji + han) * 25  # 50 characters, 100 code units: the column's maximum
+    setup.submit(provision(record_id, new_id(), name=name, links={PROVIDER: new_id()}))
+    setup.submit(event("gatekeeper.reported", record_id, {
+        "status": "Inactive", "reason": "Error", "details": emoji * 4096}))
+    setup.drain_mirror()
+
+    row = setup.in_step(record_id)
+    assert row["msdyn_name"] == name
+    details = row["msdyn_exceptiondetails"]
+    assert len(details.encode("utf-16-le")) // 2 <= 8192 < len(details) * 2
+    assert details.endswith("chars]")
+    assert {c["status"] for c in setup.calls()} <= {200, 201}
+    [post] = [c for c in setup.calls() if c["method"] == "POST"]
+    assert all(value is not None for key, value in post["body"].items()
+               if key.endswith("@odata.bind"))  # unset lookups are left out of a create
+
+
+def test_check_over_http_finds_planted_differences_and_import_refuses(
+        setup: Setup, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    setup.admin("POST", "rows", [{PRIMARY_KEY: new_id(), "msdyn_name": "Existing"}])
+    with running_cluster(setup.env["PROVISIONING_REDIS_URL"], tmp_path, request) as cluster:
+        cluster.env.update(setup.env)
+        clean = cluster.provisioning("dataverse", "check")
+        assert clean.returncode == 0, clean.stderr
+        assert clean.stdout.splitlines()[-1] == "result        ok (0 notes)"
+
+        setup.admin("POST", "metadata", {"column": "msdyn_automatedcallingstatus",
+                                         "drop_option": 3})
+        setup.admin("POST", "metadata", {"column": "msdyn_name", "max_length": 80})
+        planted = cluster.provisioning("dataverse", "check", "--json")
+        assert planted.returncode == 1
+        report = json.loads(planted.stdout)
+        assert [(d["column"], d["blocking"]) for d in report["differences"]] == [
+            ("msdyn_name", True), ("msdyn_automatedcallingstatus", True)]
+
+        refused = cluster.provisioning("dataverse", "import")
+        assert refused.returncode == 1
+        assert "BLOCKING  msdyn_name: max length 80" in refused.stderr
+    assert setup.service.store.list_records() == []

@@ -125,7 +125,7 @@ def test_run_once_drains_the_outbox(run: Any, rig: Rig) -> None:
 
 def test_run_once_stops_with_exit_1_when_sending_fails(run: Any, rig: Rig) -> None:
     rig.submit(provision(new_id()))
-    rig.dataverse.fail_next(Fault(400, "0x80040203", "Invalid argument."))
+    rig.dataverse.fail_next(Fault(400, "0x80040203", "Invalid argument.", method="POST"))
     code, _, err = run("run", "--once", "--budget", "5")
     assert code == 1
     assert err.splitlines()[-1] == ("provisioning: dataverse: stopped (rejected): Dataverse "

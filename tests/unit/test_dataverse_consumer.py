@@ -125,6 +125,26 @@ def test_a_record_that_is_not_active_is_created_then_its_state_patched(rig: Rig)
     assert differing(record, row) == frozenset()
 
 
+def test_a_create_leaves_unset_lookups_out_and_a_patch_clears_with_null(rig: Rig) -> None:
+    record_id, provider = new_id(), new_id()
+    rig.submit(provision(record_id, links={"msdyn_communicationprovidersettingid": provider}))
+    rig.submit(event("parent.deleted", None, {"table": "msdyn_occommunicationprovidersetting",
+                                              "id": provider}))
+    rig.run()
+    post = rig.api_calls("POST")[0]
+    assert isinstance(post.body, dict)
+    binds = {k: v for k, v in post.body.items() if k.endswith("@odata.bind")}
+    assert set(binds) == {"msdyn_ocwhatsappchannelaccountId@odata.bind",
+                          "msdyn_communicationprovidersettingid@odata.bind"}
+    assert None not in binds.values()
+    cleared = [c.body for c in rig.api_calls("PATCH") if isinstance(c.body, dict)
+               and "msdyn_communicationprovidersettingid@odata.bind" in c.body]
+    assert cleared[-1]["msdyn_communicationprovidersettingid@odata.bind"] is None
+    row = rig.dataverse.row(record_id)
+    assert row is not None
+    assert row["_msdyn_communicationprovidersettingid_value"] is None
+
+
 def test_a_412_rereads_the_row_and_the_workers_record_wins(rig: Rig) -> None:
     record_id = new_id()
     onboard(rig, record_id)

@@ -21,6 +21,7 @@ from statemachine import (
     StatusReason,
     Tracking,
     truncate,
+    utf16_length,
 )
 
 FORMATTED = "@OData.Community.Display.V1.FormattedValue"
@@ -376,8 +377,8 @@ MARKER = re.compile(r"… \[truncated (\d+) chars\]\Z")
 @given(st.text(max_size=3000), st.integers(min_value=32, max_value=2500))
 def test_truncate_fits_the_maximum_and_ends_with_a_marker_naming_the_cut(text, max_length):
     result = truncate(text, max_length)
-    assert len(result) <= max_length
-    if len(text) <= max_length:
+    assert utf16_length(result) <= max_length  # as Dataverse counts (SPEC §1)
+    if utf16_length(text) <= max_length:
         assert result == text
         return
     found = MARKER.search(result)

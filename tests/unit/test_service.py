@@ -78,6 +78,18 @@ def test_invalid_event_goes_to_failed_store_with_field_paths(memory_service: Ser
     assert memory_service.store.pending() == []
 
 
+def test_a_name_too_long_in_utf16_units_goes_to_failed_store_by_celery(
+        memory_service: Service) -> None:
+    raw = provision(new_id(), new_id())
+    raw["data"]["name"] = "\U00020BB7" * 51  # 51 characters outside the BMP: 102 units
+    handle(memory_service, raw)
+    [entry] = memory_service.failed.all()
+    assert list(entry.reasons) == [
+        "data.name: must be at most 100 UTF-16 code units (as Dataverse counts: a character "
+        "outside the Basic Multilingual Plane, such as most emoji, counts 2), not 102"]
+    assert memory_service.store.pending() == []
+
+
 def test_garbage_that_is_not_an_object_is_kept_not_crashed_on(memory_service: Service) -> None:
     handle(memory_service, ["not", "an", "event"])
     [entry] = memory_service.failed.all()
@@ -256,12 +268,16 @@ def test_submit_reports_refused_lines_and_accepts_the_rest(
     good = provision(new_id(), new_id())
     bad = provision(new_id(), new_id())
     bad["data"]["name"] = "x" * 101
-    report = submit_events(memory_service, [(1, good), (2, bad), (3, good)])
+    emoji = provision(new_id(), new_id())
+    emoji["data"]["name"] = "\U0001F600" * 51  # 51 characters, 102 UTF-16 code units
+    report = submit_events(memory_service, [(1, good), (2, bad), (3, good), (4, emoji)])
     assert report.accepted == 1
     assert report.duplicates == 1
-    assert [r.line for r in report.refused] == [2]
-    assert report.refused[0].lines() == [
-        "line 2: data.name: must be at most 100 characters, not 101"]
+    assert [r.line for r in report.refused] == [2, 4]
+    rule = ("must be at most 100 UTF-16 code units (as Dataverse counts: a character outside "
+            "the Basic Multilingual Plane, such as most emoji, counts 2)")
+    assert report.refused[0].lines() == [f"line 2: data.name: {rule}, not 101"]
+    assert report.refused[1].lines() == [f"line 4: data.name: {rule}, not 102"]
     assert kicks.records == [good["subject"]]
 
 

@@ -15,8 +15,8 @@ from worker.dataverse import (
     MirrorSettings,
     Pacer,
     RedisMirrorState,
-    TokenCache,
 )
+from worker.dataverse.credentials import token_source
 from worker.keys import Keys
 from worker.settings import Settings
 
@@ -55,6 +55,6 @@ def build_mirror(
     client = redis_client(settings)
     http = httpx.Client(timeout=httpx.Timeout(config.timeout), transport=transport)
     pacer = Pacer(config.requests_per_window, SERVICE_WINDOW_SECONDS, config.burst)
-    dataverse = DataverseClient(config, http, TokenCache(config, http), pacer)
+    dataverse = DataverseClient(config, http, token_source(config, http), pacer)
     return Mirror(config, build_store(settings, client),
                   RedisMirrorState(client, Keys(settings.key_prefix)), dataverse)

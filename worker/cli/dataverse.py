@@ -1,4 +1,4 @@
-"""``provisioning dataverse status|import|run|skip``: the mirror to Dataverse.
+"""``provisioning dataverse status|check|import|run|skip``: the mirror to Dataverse.
 
 Exit codes as the rest of the CLI: 0 success; 1 the command ran but something failed or
 was refused (a refused row, a failing mirror, Dataverse unreachable); 2 a usage error.
@@ -19,6 +19,7 @@ from worker.bootstrap.mirror import build_mirror
 from worker.cli.common import FAILED, OK, CommandFailed, confirm, operator_name
 from worker.cli.logs import quiet_logs
 from worker.dataverse.importer import Importer
+from worker.dataverse.metadata import check_organization
 from worker.dataverse.mirror import Mirror
 from worker.dataverse.outbox import OutboxEntry
 from worker.dataverse.status import format_status, mirror_status
@@ -53,6 +54,8 @@ def cmd_dataverse(args: argparse.Namespace) -> int:
     action = args.dataverse_command
     if action == "status":
         return cmd_status(args)
+    if action == "check":
+        return cmd_check(args)
     if action == "import":
         return cmd_import(args)
     if action == "run":
@@ -79,8 +82,29 @@ def cmd_status(args: argparse.Namespace) -> int:
     return OK
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    report = check_organization(_required().client)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2, ensure_ascii=False))
+    else:
+        print("\n".join(report.lines()))
+    return OK if report.ok else FAILED
+
+
+def _refuse_on_blocking(mirror: Mirror) -> None:
+    """Run the check; CommandFailed (after printing the differences) when one blocks."""
+    report = check_organization(mirror.client)
+    for difference in report.blocking:
+        print(f"BLOCKING  {difference.column}: {difference.message}", file=sys.stderr)
+    if not report.ok:
+        raise CommandFailed(f"dataverse: {len(report.blocking)} blocking difference(s) "
+                                "in the organization's table; nothing was done (see "
+                                "`provisioning dataverse check`)")
+
+
 def cmd_import(args: argparse.Namespace) -> int:
     mirror = _required()
+    _refuse_on_blocking(mirror)
     importer = Importer(mirror.client, mirror.store, mirror.state)
     report = importer.run(args.page_size or mirror.settings.page_size, dry_run=args.dry_run)
     for refused in report.refused:
@@ -98,6 +122,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     mirror = _required()
+    _refuse_on_blocking(mirror)
     while True:
         report = mirror.run(args.budget)
         if report.sent or report.stopped not in ("empty", "paused", "locked"):

@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_dataverse(commands: Any) -> None:
     """Add ``dataverse`` and its actions to the CLI's subparsers."""
     dataverse = commands.add_parser(
-        "dataverse", help="the mirror to Dataverse: status, import, run, skip",
+        "dataverse", help="the mirror to Dataverse: status, check, import, run, skip",
         description="Mirror the records to a Dataverse organization "
                     "(PROVISIONING_DATAVERSE_URL and its credentials).")
     actions = dataverse.add_subparsers(dest="dataverse_command", required=True,
@@ -108,6 +108,11 @@ def _add_dataverse(commands: Any) -> None:
                                 description="Exit 1 when entries wait and the last attempt "
                                             "failed.")
     status.add_argument("--json", action="store_true")
+    check = actions.add_parser(
+        "check", help="sign in, WhoAmI, compare the organization's table with the code",
+        description="Exit 1 on a difference that would make a write fail (import and the "
+                    "mirror refuse to start then).")
+    check.add_argument("--json", action="store_true")
     importing = actions.add_parser(
         "import", help="load the organization's existing rows into the store",
         description="Rows whose id the store knows are skipped; refused rows are named on "

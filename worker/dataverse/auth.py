@@ -68,6 +68,11 @@ class TokenCache:
         margin = min(self._settings.token_refresh_margin, token.lifetime * 0.1)
         return token.expires_at - margin
 
+    def _client_credential(self) -> dict[str, str]:
+        """The form fields that prove the client's identity (a certificate's subclass sends
+        a signed assertion instead: ``worker.dataverse.credentials``)."""
+        return {"client_secret": self._settings.client_secret}
+
     def _fetch(self) -> AccessToken:
         s = self._settings
         started = self._clock()
@@ -75,7 +80,7 @@ class TokenCache:
             response = self._http.post(s.token_url, data={
                 "grant_type": "client_credentials",
                 "client_id": s.client_id,
-                "client_secret": s.client_secret,
+                **self._client_credential(),
                 "scope": s.scope,
             }, headers={"Accept": "application/json"})
         except httpx.TransportError as exc:

@@ -1,6 +1,6 @@
 """The Dataverse Web API calls the mirror and the import make, with errors translated.
 
-Every request carries a bearer token (``TokenCache``), the OData headers, and waits for the
+Every request carries a bearer token (a ``TokenSource``), the OData headers, and waits for the
 ``Pacer`` first. A 401 drops the cached token and the request is sent once more with a fresh
 one. An answer that is not a success becomes a ``DataverseError`` carrying the Web API's
 ``{"error": {"code", "message"}}`` (see ``worker.dataverse.errors`` for which class).
@@ -21,7 +21,7 @@ import httpx
 import structlog
 
 from statemachine import ENTITY_SET, LOOKUPS, PRIMARY_KEY
-from worker.dataverse.auth import TokenCache
+from worker.dataverse.credentials import TokenSource
 from worker.dataverse.errors import (
     DataverseAuthError,
     DataverseConflict,
@@ -57,7 +57,7 @@ ODATA_HEADERS = {
 class DataverseClient:
     """The ``msdyn_ocprovisioningstates`` entity set over the Web API."""
 
-    def __init__(self, settings: MirrorSettings, http: httpx.Client, tokens: TokenCache,
+    def __init__(self, settings: MirrorSettings, http: httpx.Client, tokens: TokenSource,
                  pacer: Pacer) -> None:
         self.settings = settings
         self.http = http
@@ -136,6 +136,10 @@ class DataverseClient:
                                     status=response.status_code)
         link = body.get("@odata.nextLink")
         return rows, link if isinstance(link, str) and link else None
+
+    def get_json(self, path: str, params: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """GET ``<Web API root>/<path>`` (``WhoAmI``, metadata): the JSON object answered."""
+        return _object(self._send("GET", f"{self.settings.api_url}/{path}", params=params))
 
     # -- sending -----------------------------------------------------------------------
 

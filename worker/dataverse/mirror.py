@@ -94,8 +94,10 @@ class RunReport:
 
 def create_body(record: ProvisioningState) -> dict[str, Any]:
     """The POST body: the write form with the id, without statecode (Dataverse sets the
-    default state on create), and without statuscode when it belongs to another state."""
-    body = record.to_dataverse_write()
+    default state on create), without statuscode when it belongs to another state, and
+    without unset lookups (a new row has none; null binds are for clearing, on PATCH)."""
+    body = {key: value for key, value in record.to_dataverse_write().items()
+            if value is not None or not key.endswith("@odata.bind")}
     body.pop("statecode", None)
     if record.statecode is not StateCode.ACTIVE:
         body.pop("statuscode", None)

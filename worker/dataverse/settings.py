@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -34,6 +35,9 @@ _TUNABLES: dict[str, tuple[type, float]] = {
     "page_size": (int, 1),
     "token_refresh_margin": (float, 0.0),
 }
+# How the mirror signs in (PROVISIONING_DATAVERSE_CREDENTIAL; worker.dataverse.credentials).
+CREDENTIALS = ("secret", "certificate", "workload", "managed", "default")
+AZURE_EXTRA = "pip install 'provisioning-state-worker[azure]'"
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,9 @@ class MirrorSettings:
     page_size: int = 500  # import: Prefer: odata.maxpagesize
     token_refresh_margin: float = 300.0  # refresh a token this long before it expires
     queue: str = "celery"  # the Celery queue beat sends the mirror task to
+    credential: str = "secret"  # one of CREDENTIALS
+    certificate_path: str | None = None  # PEM: private key and certificate
+    certificate_password: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "url", self.url.rstrip("/"))
@@ -81,7 +88,9 @@ class MirrorSettings:
 
     def describe(self) -> dict[str, Any]:
         """Every setting, the secret redacted."""
-        return {item.name: ("***" if item.name == "client_secret" else getattr(self, item.name))
+        hidden = ("client_secret", "certificate_password")
+        return {item.name: ("***" if item.name in hidden and getattr(self, item.name)
+                            else getattr(self, item.name))
                 for item in fields(self)}
 
     @classmethod
@@ -100,10 +109,7 @@ class MirrorSettings:
         if parts.scheme not in ("http", "https") or not parts.netloc:
             problems.append(f"{PREFIX}DATAVERSE_URL: must be an http(s) URL, e.g. "
                             "https://contoso.crm.dynamics.com")
-        for name in ("tenant_id", "client_id", "client_secret"):
-            if not getattr(settings, f"dataverse_{name}"):
-                problems.append(f"{PREFIX}DATAVERSE_{name.upper()}: is required when "
-                                f"{PREFIX}DATAVERSE_URL is set")
+        credential = _credential_settings(settings, env, problems)
         values: dict[str, Any] = {}
         for name, (kind, lowest) in _TUNABLES.items():
             variable = f"{PREFIX}DATAVERSE_{name.upper()}"
@@ -126,13 +132,61 @@ class MirrorSettings:
             raise ConfigurationError("; ".join(problems))
         return cls(
             url=settings.dataverse_url,
-            tenant_id=str(settings.dataverse_tenant_id),
-            client_id=str(settings.dataverse_client_id),
-            client_secret=str(settings.dataverse_client_secret),
+            tenant_id=settings.dataverse_tenant_id or "",
+            client_id=settings.dataverse_client_id or "",
+            client_secret=settings.dataverse_client_secret or "",
             authority_url=settings.dataverse_authority_url,
+            **credential,
             **values,
         )
 
 
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:  # a parent package is missing
+        return False
+
+
+def _credential_settings(settings: Settings, env: Mapping[str, str],
+                         problems: list[str]) -> dict[str, Any]:
+    """The credential fields of MirrorSettings; appends a problem for each missing or bad
+    variable. The default credential is ``secret``, or ``certificate`` when only a
+    certificate path is given."""
+    path = env.get(f"{PREFIX}DATAVERSE_CERTIFICATE_PATH", "").strip() or None
+    password = env.get(f"{PREFIX}DATAVERSE_CERTIFICATE_PASSWORD") or None
+    variable = f"{PREFIX}DATAVERSE_CREDENTIAL"
+    kind = env.get(variable, "").strip().lower() or (
+        "certificate" if path and not settings.dataverse_client_secret else "secret")
+    if kind not in CREDENTIALS:
+        problems.append(f"{variable}: must be one of {', '.join(CREDENTIALS)}, not {kind!r}")
+        return {}
+    required = {"secret": ("tenant_id", "client_id", "client_secret"),
+                "certificate": ("tenant_id", "client_id")}.get(kind, ())
+    for name in required:
+        if not getattr(settings, f"dataverse_{name}"):
+            problems.append(f"{PREFIX}DATAVERSE_{name.upper()}: is required when "
+                            f"{PREFIX}DATAVERSE_URL is set"
+                            + ("" if kind == "secret" else f" ({variable}={kind})"))
+    if kind == "certificate":
+        if path is None:
+            problems.append(f"{PREFIX}DATAVERSE_CERTIFICATE_PATH: is required with "
+                            f"{variable}=certificate (a PEM file with the private key and "
+                            "the certificate)")
+        elif not os.path.isfile(path):
+            problems.append(f"{PREFIX}DATAVERSE_CERTIFICATE_PATH: no such file: {path}")
+        if not _installed("cryptography"):
+            problems.append(f"{variable}=certificate needs the cryptography package: "
+                            f"{AZURE_EXTRA}")
+    elif kind != "secret":
+        if not _installed("azure.identity"):
+            problems.append(f"{variable}={kind} needs azure-identity: {AZURE_EXTRA}")
+        if kind != "managed" and urlsplit(settings.dataverse_authority_url).scheme != "https":
+            problems.append(f"{PREFIX}DATAVERSE_AUTHORITY_URL: must be https with "
+                            f"{variable}={kind} (azure-identity refuses any other authority)")
+    return {"credential": kind, "certificate_path": path, "certificate_password": password}
+
+
 TUNABLE_VARIABLES: tuple[str, ...] = tuple(
-    f"{PREFIX}DATAVERSE_{name.upper()}" for name in (*_TUNABLES, "queue"))
+    f"{PREFIX}DATAVERSE_{name.upper()}" for name in (
+        *_TUNABLES, "queue", "credential", "certificate_path", "certificate_password"))

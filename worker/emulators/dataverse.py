@@ -9,6 +9,8 @@ backends and Dataverse. Point both PROVISIONING_DATAVERSE_URL and
 PROVISIONING_DATAVERSE_AUTHORITY_URL at it.
 
     POST   /<tenant>/oauth2/v2.0/token                   client credentials -> bearer token
+                                                         (secret or certificate assertion)
+    GET    /metadata/identity/oauth2/token               managed identity (IMDS)
     GET    /api/data/v9.2/msdyn_ocprovisioningstates     $select, $top, Prefer:
                                                          odata.maxpagesize, @odata.nextLink
     POST   /api/data/v9.2/msdyn_ocprovisioningstates     create (201 with Prefer:
@@ -30,6 +32,9 @@ needs a live bearer token (401 otherwise). Past ``request_budget`` requests in a
 at once, a 429 too. The token endpoint checks tenant, client id, secret and that the scope
 ends with ``/.default``, and answers tokens living ``token_seconds``.
 
+Metadata and ``WhoAmI`` for ``dataverse check``: ``dataverse_metadata``; certificate
+assertions, workload identity and IMDS: ``dataverse_identity``.
+
 The rules live in sibling modules: ``dataverse_rows`` (a row: its columns, the checks of a
 write, its read form), ``dataverse_wire`` (error codes and replies, request parsing, the
 token request), ``dataverse_state`` (what the organization holds) and ``dataverse_admin``
@@ -43,13 +48,23 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
 from statemachine import ENTITY_SET, PRIMARY_KEY, format_time
 from worker.emulators.dataverse_admin import admin
+from worker.emulators.dataverse_config import options_from_env
+from worker.emulators.dataverse_identity import (
+    IMDS_PATH,
+    FederatedCredential,
+    ImdsRefused,
+    check_client_assertion,
+    imds_request,
+    imds_token,
+)
+from worker.emulators.dataverse_metadata import EmulatedSchema
 from worker.emulators.dataverse_rows import (
     PROPERTIES,
     apply_write,
@@ -110,7 +125,12 @@ class DataverseEmulator:
         latency_ms: float = 0.0,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
+        client_certificates: Sequence[bytes] = (),
+        federated_credentials: Sequence[FederatedCredential] = (),
     ) -> None:
+        self.client_certificates = tuple(client_certificates)  # PEM, for client assertions
+        self.federated_credentials = tuple(federated_credentials)  # workload identity
+        self.schema = EmulatedSchema()  # metadata and WhoAmI (dataverse_metadata)
         self.tenant_id = tenant_id
         self.client_id = client_id
         self.client_secret = client_secret
@@ -127,26 +147,8 @@ class DataverseEmulator:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> DataverseEmulator:
-        """Configured by EMULATOR_DATAVERSE_BUDGET, _WINDOW_SECONDS, _TOKEN_SECONDS,
-        _LATENCY_MS, _TENANT_ID, _CLIENT_ID, _CLIENT_SECRET (all optional); ValueError names
-        a variable whose value is wrong."""
-        values: dict[str, Any] = {}
-        for name, option, parse in (
-            ("EMULATOR_DATAVERSE_BUDGET", "request_budget", int),
-            ("EMULATOR_DATAVERSE_WINDOW_SECONDS", "window_seconds", float),
-            ("EMULATOR_DATAVERSE_TOKEN_SECONDS", "token_seconds", float),
-            ("EMULATOR_DATAVERSE_LATENCY_MS", "latency_ms", float),
-            ("EMULATOR_DATAVERSE_TENANT_ID", "tenant_id", str),
-            ("EMULATOR_DATAVERSE_CLIENT_ID", "client_id", str),
-            ("EMULATOR_DATAVERSE_CLIENT_SECRET", "client_secret", str),
-        ):
-            raw = environ.get(name, "").strip()
-            if raw:
-                try:
-                    values[option] = parse(raw)
-                except ValueError as exc:
-                    raise ValueError(f"{name}={raw!r} is not a number") from exc
-        return cls(**values)
+        """Configured by EMULATOR_DATAVERSE_* (``dataverse_config``)."""
+        return cls(**options_from_env(environ))
 
     @staticmethod
     def owns(path: str) -> bool:
@@ -240,6 +242,12 @@ class DataverseEmulator:
     def reset(self) -> None:
         with self._lock:
             self._state = OrganizationState()
+            self.schema.reset()
+
+    def plant(self, change: Mapping[str, Any]) -> None:
+        """Make the metadata differ from the table in code (``dataverse_metadata``)."""
+        with self._lock:
+            self.schema.plant(change)
 
     # -- serving -----------------------------------------------------------------------
 
@@ -250,6 +258,10 @@ class DataverseEmulator:
         lowered = {k.lower(): v for k, v in headers.items()}
         if url.path.startswith("/_dataverse/"):
             return admin(self, method, url.path[len("/_dataverse/"):], body)
+        if url.path == IMDS_PATH:
+            answer = self._managed_identity(method, url.query, lowered)
+            self._record(method, url.path, url.query, answer.status, None, None, None)
+            return answer
         if "/oauth2/" in url.path:
             answer = self._token_endpoint(method, url.path, body)
             self._record(method, url.path, "", answer.status, None, None, None)
@@ -283,19 +295,39 @@ class DataverseEmulator:
 
     def _token_endpoint(self, method: str, path: str, body: bytes) -> Reply:
         try:
-            request = token_request(method, path, body, tenant_id=self.tenant_id,
-                                    client_id=self.client_id,
-                                    client_secret=self.client_secret)
+            request = token_request(
+                method, path, body, tenant_id=self.tenant_id, client_id=self.client_id,
+                client_secret=self.client_secret,
+                assertion=lambda form, client_id: check_client_assertion(
+                    form, client_id=client_id, token_path=path,
+                    certificates=self.client_certificates,
+                    strict=self.client_secret is not None, now=self._clock(),
+                    federated=self.federated_credentials))
         except Failure as failure:
             return failure.reply
-        value = "emu." + uuid.uuid4().hex
-        with self._lock:
-            self._state.tokens[value] = Token(request.client_id, request.scope,
-                                              self._clock() + self.token_seconds)
-            self._state.tokens_issued += 1
+        value = self._issue(request.client_id, request.scope)
         lifetime = int(self.token_seconds)
         return reply(200, {"token_type": "Bearer", "expires_in": lifetime,
                            "ext_expires_in": lifetime, "access_token": value})
+
+    def _issue(self, client_id: str, scope: str) -> str:
+        value = "emu." + uuid.uuid4().hex
+        with self._lock:
+            self._state.tokens[value] = Token(client_id, scope,
+                                              self._clock() + self.token_seconds)
+            self._state.tokens_issued += 1
+        return value
+
+    def _managed_identity(self, method: str, query: str,
+                          headers: Mapping[str, str]) -> Reply:
+        """IMDS: a token for the VM's (or pod's) managed identity (dataverse_identity)."""
+        try:
+            client_id, scope = imds_request(method, query, headers)
+        except ImdsRefused as refused:
+            return reply(refused.status, refused.body)
+        token = self._issue(client_id, scope)
+        return reply(200, imds_token(token, client_id, scope, int(self.token_seconds),
+                                     int(self._clock())))
 
     # -- the Web API -------------------------------------------------------------------
 
@@ -307,7 +339,7 @@ class DataverseEmulator:
             if self._state.outage is not None:
                 raise error(self._state.outage, UNAVAILABLE,
                             "The service is temporarily unavailable (emulated outage).")
-            if self._state.faults:
+            if self._state.faults and self._state.faults[0].method in (None, method):
                 fault = self._state.faults.popleft()
                 raise error(fault.status, fault.code, fault.message, fault.headers)
             if not path.startswith(API_PREFIX):
@@ -315,6 +347,9 @@ class DataverseEmulator:
                                                     f"'{path}'.")
             segment = unquote(path[len(API_PREFIX):])
             params = {k: v[0] for k, v in parse_qs(query).items()}
+            answered = self.schema.answer(method, segment, client, params)
+            if answered is not None:
+                return reply(*answered)
             if segment == ENTITY_SET:
                 if method == "GET":
                     return self._list(path, params, headers)

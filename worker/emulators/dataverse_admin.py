@@ -1,6 +1,7 @@
 """The Dataverse emulator's admin API: scripting a running server over HTTP (not counted,
 no token needed). Every endpoint calls one public method of the emulator:
 
+    POST   /_dataverse/metadata        plant(change)     make the metadata differ (a column)
     GET    /_dataverse/rows            rows()            every row, read form
     POST   /_dataverse/rows            seed(rows)        a list of read-form rows; their etags
     POST   /_dataverse/edit            edit(id, changes) {"id", "changes"}: another user's change
@@ -49,6 +50,8 @@ class Administered(Protocol):
 
     def reset(self) -> None: ...
 
+    def plant(self, change: Mapping[str, Any]) -> None: ...
+
 
 def admin(emulator: Administered, method: str, action: str, body: bytes) -> Reply:
     """Answer ``method /_dataverse/<action>`` by calling ``emulator``."""
@@ -80,6 +83,11 @@ def admin(emulator: Administered, method: str, action: str, body: bytes) -> Repl
                 requests = payload.get("requests")
                 emulator.set_budget(None if requests is None else int(requests),
                                     payload.get("window_seconds"))
+                return reply(200, {"ok": True})
+            case ("POST", "metadata"):
+                if not isinstance(payload, dict):
+                    raise ValueError('body must be {"column", <change>}')
+                emulator.plant(payload)
                 return reply(200, {"ok": True})
             case ("POST", "revoke-tokens"):
                 emulator.revoke_tokens()

@@ -25,6 +25,7 @@ from statemachine import (
     GateKeeperStatus,
     StateCode,
     StatusReason,
+    utf16_length,
 )
 from statemachine.table import FORMATTED
 from worker.emulators.dataverse_wire import (
@@ -130,7 +131,7 @@ def apply_write(row: dict[str, Any], payload: Mapping[str, Any]) -> None:
             if value is not None and not isinstance(value, str):
                 raise error(400, ODATA, f"Cannot convert the literal '{value}' to the "
                                         f"expected type 'Edm.String' ({name}).")
-            if value is not None and len(value) > TEXT_LIMITS[name]:
+            if value is not None and utf16_length(value) > TEXT_LIMITS[name]:
                 raise error(400, TOO_LONG, f"A validation error occurred. The length of "
                             f"the '{name}' attribute of the '{ENTITY}' entity exceeded "
                             f"the maximum allowed length of '{TEXT_LIMITS[name]}'.")

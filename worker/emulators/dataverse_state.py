@@ -26,6 +26,7 @@ class Fault:
     code: str = UNAVAILABLE
     message: str = "scripted fault"
     headers: tuple[tuple[str, str], ...] = ()
+    method: str | None = None  # only a request with this method takes it (None: any)
 
 
 @dataclass(frozen=True)

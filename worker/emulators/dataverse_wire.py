@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
@@ -156,10 +156,13 @@ def _aad(status: int, code: str, description: str) -> Failure:
 def token_request(
     method: str, path: str, body: bytes, *, tenant_id: str | None, client_id: str | None,
     client_secret: str | None,
+    assertion: Callable[[Mapping[str, str], str], str | None] | None = None,
 ) -> TokenRequest:
     """Check ``POST /<tenant>/oauth2/v2.0/token`` (client credentials) as the identity
-    platform does: tenant, client id and secret (each only when configured), grant type,
-    and a scope ending in ``/.default``. Raises Failure with the AADSTS error otherwise."""
+    platform does: tenant, client id and secret (each only when configured) or a client
+    assertion (``assertion(form, client id)`` says why it is refused, None when it holds),
+    grant type, and a scope ending in ``/.default``. Raises Failure with the AADSTS error
+    otherwise."""
     parts = path.strip("/").split("/")
     if method != "POST" or len(parts) != 4 or parts[1:] != ["oauth2", "v2.0", "token"]:
         raise _aad(404, "invalid_request", "AADSTS900561: The endpoint only accepts "
@@ -176,7 +179,11 @@ def token_request(
         raise _aad(400, "unauthorized_client", f"AADSTS700016: Application with "
                    f"identifier '{given_id}' was not found in the directory.")
     secret = form.get("client_secret", "")
-    if not secret or (client_secret is not None and secret != client_secret):
+    if "client_assertion" in form and assertion is not None:
+        refused = assertion(form, given_id)
+        if refused is not None:
+            raise _aad(401, "invalid_client", refused)
+    elif not secret or (client_secret is not None and secret != client_secret):
         raise _aad(401, "invalid_client", "AADSTS7000215: Invalid client secret provided.")
     scope = form.get("scope", "")
     if not scope.endswith("/.default"):
