@@ -100,8 +100,8 @@ class Settings:
     backends: BackendSettings = field(default_factory=BackendSettings)
     # Ordering and recovery (SPEC §3, §7).
     lease_seconds: float = field(default=30.0, metadata=setting(
-        "a record's drain lease, renewed every third of it; a killed worker holds it this "
-        "long at most", minimum=1.0, wording="must be at least 1 (it is renewed every "
+        "a record's drain lease, seconds; a killed worker holds it this long at most",
+        minimum=1.0, wording="must be at least 1 (it is renewed every "
         "third of it: a shorter lease is lost to one slow Redis round trip)"))
     recovery_interval: float = field(default=10.0, metadata=setting(
         "how often each worker (and beat) looks for orphaned inboxes, seconds", above=0))
@@ -117,8 +117,7 @@ class Settings:
         "`bench/throughput.py`)", above=0))
     visibility_timeout: int = field(default=600, metadata=setting(
         "Redis transport visibility timeout, seconds; the hard task time limit is the "
-        "larger of 90 and 60 % of it, the soft one the larger of 60 and 50 %; it must "
-        "exceed the hard limit (so more than 90), or Redis redelivers running tasks",
+        "larger of 90 and 60 % of it, the soft one the larger of 60 and 50 %",
         above=90, wording="must be more than 90 (the hard task time limit, the larger of "
         "90 s and 60 % of it: a shorter one redelivers running tasks)"))
     max_deliveries: int = field(default=5, metadata=setting(

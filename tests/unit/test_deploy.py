@@ -296,9 +296,20 @@ def test_the_image_copies_only_the_package() -> None:
     assert "*" in ignore  # everything is left out but what is named
     copied = [arg for op, arg in instructions() if op == "COPY" and "--from" not in arg]
     sources = {part for arg in copied for part in arg.split()[:-1]}
-    assert sources == {"pyproject.toml", "README.md", "statemachine", "worker"}
+    assert sources == {"pyproject.toml", "README.md", "LICENSE", "constraints.txt",
+                       "statemachine", "worker"}
     for source in sources:
         assert f"!{source}" in ignore or f"!{source}/" in ignore
+
+
+def test_the_image_installs_the_locked_versions() -> None:
+    [install] = [arg for op, arg in instructions() if op == "RUN" and "pip install" in arg]
+    assert "-c constraints.txt ." in install
+    pins = [line for line in (ROOT / "constraints.txt").read_text(encoding="utf-8")
+            .splitlines() if line and not line.startswith(("#", " "))]
+    assert all("==" in pin for pin in pins), "every dependency pinned to one version"
+    names = {pin.split("==")[0].lower() for pin in pins}
+    assert {"celery", "kombu", "redis", "httpx", "structlog", "transitions"} <= names
 
 
 # -- the settings the files above rely on -----------------------------------------------------

@@ -35,10 +35,10 @@ def _send_replay(event: Mapping[str, Any], entry_id: str) -> None:
 
 def cmd_act(args: argparse.Namespace) -> int:
     """replay / discard: named entries, or --all matching the filters (a snapshot)."""
-    service = _service()
     verb = args.failed_command
     if bool(args.entries) == bool(args.all):
         raise UsageError(f"failed {verb}: name ENTRY ids or give --all (with filters)")
+    service = _service()
     failed = service.failed
     if args.all:
         chosen = select(failed.all(), filter_of(args))  # the snapshot: ids fixed from here on

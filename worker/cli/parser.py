@@ -36,7 +36,8 @@ class Version(argparse.Action):
                  values: Any, option_string: str | None = None) -> None:
         from importlib.metadata import version
 
-        parser.exit(message=f"{parser.prog} {version(DISTRIBUTION)}\n")
+        print(f"{parser.prog} {version(DISTRIBUTION)}")  # on stdout, as --help is
+        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:
