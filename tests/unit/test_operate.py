@@ -132,7 +132,7 @@ def test_bulk_action_without_yes_off_a_terminal_changes_nothing(
     memory_service.handle_message(deprovision(new_id()))
     monkeypatch.setattr("sys.stdin", io.StringIO(""))
     code, _, err = run("failed", "discard", "--all", "--reason", "cleanup")
-    assert code == 1
+    assert code == 2
     assert "needs --yes" in err
     assert len(memory_service.failed.all()) == 1
     assert memory_service.failed.audit() == []

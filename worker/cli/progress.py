@@ -21,7 +21,7 @@ class Progress:
         self.stream = stream if stream is not None else sys.stderr
         self.shown = self.stream.isatty()
         self.every = every
-        self._last = 0.0
+        self._last = float("-inf")  # the first step is always drawn
         self._width = 0
 
     def advance(self, step: int = 1) -> None:
