@@ -7,11 +7,14 @@
 FROM python:3.11-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE constraints.txt ./
 COPY statemachine ./statemachine
 COPY worker ./worker
-# The [azure] extra: certificate, workload and managed identity sign-in to Dataverse.
-RUN python -m venv /opt/venv && /opt/venv/bin/pip install --no-compile '.[azure]' \
+# constraints.txt pins every dependency (scripts/lock refreshes it): a rebuild installs the
+# same versions, not whatever was released since. The [azure] extra: certificate, workload
+# and managed identity sign-in to Dataverse.
+RUN python -m venv /opt/venv \
+    && /opt/venv/bin/pip install --no-compile -c constraints.txt '.[azure]' \
     && /opt/venv/bin/python -m compileall -q /opt/venv
 
 FROM python:3.11-slim-bookworm

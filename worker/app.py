@@ -13,6 +13,7 @@ import os
 import threading
 from typing import Any
 
+import click
 import structlog
 from celery import Celery, bootsteps
 from celery.signals import celeryd_after_setup, worker_process_init, worker_process_shutdown
@@ -21,6 +22,7 @@ from worker import bootstrap, task_names
 from worker.bootstrap.mirror import build_mirror, mirror_settings
 from worker.bootstrap.services import build_service
 from worker.dataverse import Mirror, startup
+from worker.errors import ConfigurationError
 from worker.logs import configure
 from worker.ops import metrics
 from worker.service import Service
@@ -45,8 +47,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
-        "task_soft_time_limit": max(60, int(settings.visibility_timeout * 0.5)),
-        "task_time_limit": max(90, int(settings.visibility_timeout * 0.6)),
+        "task_soft_time_limit": settings.task_soft_time_limit,
+        "task_time_limit": settings.task_time_limit,
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         # Shutdown (README "Deploy"): the images set REMAP_SIGTERM=SIGQUIT, so SIGTERM starts
@@ -102,8 +104,33 @@ def _mirror_schedule(settings: Settings) -> dict[str, Any]:
     }}
 
 
+class SettingsRefused(ConfigurationError, click.ClickException):
+    """Bad settings met while Celery's command line loads the configuration: click prints
+    one line per problem and exits 2, instead of Celery's traceback (``celery worker``,
+    ``celery beat``, Flower). Still a ConfigurationError for any other caller."""
+
+    exit_code = 2
+
+    def __init__(self, problems: tuple[str, ...]) -> None:
+        super().__init__(*problems)  # ConfigurationError's, then ClickException's (message)
+
+    def show(self, file: Any = None) -> None:
+        for problem in self.problems:
+            click.echo(f"provisioning: {problem}", err=True)
+
+
+def _configuration() -> dict[str, Any]:
+    """The app's configuration, read when Celery first needs it (for the celery command
+    line that is while it parses the worker's or beat's options, before anything starts):
+    the settings (and the mirror's, when it is on) are validated there, once."""
+    try:
+        return celery_config(bootstrap.current_settings())
+    except ConfigurationError as exc:  # the mirror's own settings included
+        raise SettingsRefused(exc.problems) from None
+
+
 app = Celery("provisioning", include=["worker.tasks"])
-app.add_defaults(lambda: celery_config(bootstrap.current_settings()))
+app.add_defaults(_configuration)
 
 
 _services: dict[int, Service] = {}

@@ -26,7 +26,13 @@ class WorkerError(Exception):
 
 
 class ConfigurationError(WorkerError):
-    """A setting is missing or malformed; the message names the variable."""
+    """A setting is missing or malformed; the message names the variable.
+
+    ``problems`` holds one line per problem (the message joins them with "; ")."""
+
+    def __init__(self, *problems: str) -> None:
+        super().__init__("; ".join(problems))
+        self.problems: tuple[str, ...] = problems
 
 
 class StoreError(WorkerError):

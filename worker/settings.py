@@ -14,9 +14,15 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from worker.errors import ConfigurationError
+from worker.settings_rules import rule_of, setting
 
 PREFIX = "PROVISIONING_"
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+HTTP = ("http", "https")
+REDIS = ("redis", "rediss", "unix")
+# Celery brokers this worker is run on; "memory" for tests that need no server.
+BROKERS = (*REDIS, "sentinel", "amqp", "amqps", "pyamqp", "memory")
 
 
 def redact_url(url: str | None) -> str | None:
@@ -24,12 +30,12 @@ def redact_url(url: str | None) -> str | None:
     if url is None:
         return None
     parts = urlsplit(url)
-    if parts.password is None:
+    # Split the netloc by hand: urlsplit's .port raises on a malformed port, and an error
+    # line about that very URL must still come out redacted.
+    userinfo, at, host = parts.netloc.rpartition("@")
+    if not at or ":" not in userinfo:
         return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    user = parts.username or ""
+    user = userinfo.partition(":")[0]
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
@@ -40,15 +46,24 @@ class BackendSettings:
     SPEC §4 asks for at least 3 in-task tries of a step; the default allows 4.
     """
 
-    provisioner_url: str | None = field(default=None, repr=False)
-    gatekeeper_url: str | None = field(default=None, repr=False)
-    calling_test_url: str | None = field(default=None, repr=False)
-    connect_timeout: float = 3.0
-    read_timeout: float = 10.0
-    max_tries: int = 4
-    backoff_base: float = 0.2
-    backoff_cap: float = 5.0
-    retry_after_cap: float = 10.0
+    provisioner_url: str | None = field(default=None, repr=False, metadata=setting(
+        "provisioner base URL", default_text="—", schemes=HTTP))
+    gatekeeper_url: str | None = field(default=None, repr=False, metadata=setting(
+        "GateKeeper base URL", default_text="—", schemes=HTTP))
+    calling_test_url: str | None = field(default=None, repr=False, metadata=setting(
+        "calling-test service base URL", default_text="—", schemes=HTTP))
+    connect_timeout: float = field(default=3.0, metadata=setting(
+        "backend connect timeout, seconds", above=0))
+    read_timeout: float = field(default=10.0, metadata=setting(
+        "backend read timeout, seconds", above=0))
+    max_tries: int = field(default=4, metadata=setting(
+        "in-task tries of one backend call (at least 3, SPEC §4)", minimum=3))
+    backoff_base: float = field(default=0.2, metadata=setting(
+        "first in-task backoff, seconds (exponential, full jitter)", minimum=0))
+    backoff_cap: float = field(default=5.0, metadata=setting(
+        "longest in-task backoff, seconds (at least the base)", minimum=0))
+    retry_after_cap: float = field(default=10.0, metadata=setting(
+        "longest `Retry-After` honoured in the task, seconds", minimum=0))
 
     def __post_init__(self) -> None:
         if self.max_tries < 1:
@@ -69,48 +84,107 @@ class Settings:
     Field ``foo_bar`` is read from ``PROVISIONING_FOO_BAR``; the README lists them all.
     """
 
-    redis_url: str = field(default=DEFAULT_REDIS_URL, repr=False)
-    broker_url: str | None = field(default=None, repr=False)
-    log_format: str | None = None  # "json" or "console"; None: console on a terminal
-    log_level: str = "INFO"
-    key_prefix: str = "provisioning"
+    redis_url: str = field(default=DEFAULT_REDIS_URL, repr=False, metadata=setting(
+        "the record store", schemes=REDIS))
+    broker_url: str | None = field(default=None, repr=False, metadata=setting(
+        "the Celery broker", default_text="the store URL", schemes=BROKERS))
+    log_format: str | None = field(default=None, metadata=setting(  # None: by terminal
+        "structlog renderer", default_text="json off a terminal, console on one",
+        choices=("json", "console")))
+    log_level: str = field(default="INFO", metadata=setting(
+        "the worker's log level (the CLI logs warnings only)", choices=LOG_LEVELS))
+    key_prefix: str = field(default="provisioning", metadata=setting(
+        "prefix of every Redis key", nonblank=True))
     # Backend calls (SPEC §4): PROVISIONING_PROVISIONER_URL, ..._CONNECT_TIMEOUT, ... (the
     # fields of BackendSettings, read under the same prefix).
     backends: BackendSettings = field(default_factory=BackendSettings)
     # Ordering and recovery (SPEC §3, §7).
-    lease_seconds: float = 30.0
-    recovery_interval: float = 10.0
-    drain_budget_seconds: float = 20.0
-    batch_records: int = 50  # records per drain task that submit and recovery send
-    step_threads: int = 8  # backend steps one worker process runs at once (one per record)
-    visibility_timeout: int = 600
-    max_deliveries: int = 5
+    lease_seconds: float = field(default=30.0, metadata=setting(
+        "a record's drain lease, seconds; a killed worker holds it this long at most",
+        minimum=1.0, wording="must be at least 1 (it is renewed every "
+        "third of it: a shorter lease is lost to one slow Redis round trip)"))
+    recovery_interval: float = field(default=10.0, metadata=setting(
+        "how often each worker (and beat) looks for orphaned inboxes, seconds", above=0))
+    drain_budget_seconds: float = field(default=20.0, metadata=setting(
+        "a drain task hands the rest of a long inbox to a fresh task after this (less "
+        "than the soft task time limit)", above=0))
+    batch_records: int = field(default=50, metadata=setting(  # records per drain task
+        "records per `drain_records` task that a submit (and the recovery sweep) sends; "
+        "the worker drains them together", above=0))
+    step_threads: int = field(default=8, metadata=setting(  # one per record at once
+        "backend steps one worker process runs at once, each for a different record "
+        "(more threads contend for the GIL: 16 ran 20 % slower than 8 in "
+        "`bench/throughput.py`)", above=0))
+    visibility_timeout: int = field(default=600, metadata=setting(
+        "Redis transport visibility timeout, seconds; the hard task time limit is the "
+        "larger of 90 and 60 % of it, the soft one the larger of 60 and 50 %",
+        above=90, wording="must be more than 90 (the hard task time limit, the larger of "
+        "90 s and 60 % of it: a shorter one redelivers running tasks)"))
+    max_deliveries: int = field(default=5, metadata=setting(
+        "deliveries of one message before it goes to the failed-task store", minimum=1))
     # Retries scheduled by beat (SPEC §2.1, §4).
-    retry_sweep_interval: float = 5.0
-    retry_base_seconds: float = 30.0
-    retry_cap_seconds: float = 3600.0
-    max_retries: int = 5
-    calling_test_timeout: float = 900.0
-    stuck_after_seconds: float = 300.0
+    retry_sweep_interval: float = field(default=5.0, metadata=setting(
+        "beat's retry and calling-test sweeps, seconds", above=0))
+    retry_base_seconds: float = field(default=30.0, metadata=setting(
+        "first beat retry delay, seconds", above=0))
+    retry_cap_seconds: float = field(default=3600.0, metadata=setting(
+        "longest beat retry delay, seconds (at least the base)", above=0))
+    max_retries: int = field(default=5, metadata=setting(
+        "beat retries before an operator is asked", minimum=0))
+    calling_test_timeout: float = field(default=900.0, metadata=setting(
+        "a calling test InProgress longer than this becomes Failure (\"timed out\")",
+        above=0))
+    stuck_after_seconds: float = field(default=300.0, metadata=setting(
+        "a record Processing or Deprovisioning this long without progress is drained "
+        "again", above=0))
     # Failed-task store retention (beat's age-out).
-    failed_retention_seconds: float = 14 * 86400.0
-    failed_max_entries: int = 10000
+    failed_retention_seconds: float = field(default=14 * 86400.0, metadata=setting(
+        "failed-task entries older than this (14 days) are aged out", above=0))
+    failed_max_entries: int = field(default=10000, metadata=setting(
+        "the failed-task store's size cap (oldest go first)", minimum=1))
     # Dataverse mirror (SPEC §6): off unless the environment URL is set.
-    dataverse_url: str | None = None
-    dataverse_tenant_id: str | None = None
-    dataverse_client_id: str | None = None
-    dataverse_client_secret: str | None = field(default=None, repr=False)
-    dataverse_authority_url: str = "https://login.microsoftonline.com"
+    dataverse_url: str | None = field(default=None, metadata=setting(
+        "the Dataverse environment URL, e.g. `https://contoso.crm.dynamics.com`; when set, "
+        "every applied change is written to the mirror's outbox",
+        default_text="— (mirror off)", schemes=HTTP))
+    dataverse_tenant_id: str | None = field(default=None, metadata=setting(
+        "OAuth 2.0 client credentials: the tenant (scope `<environment URL>/.default`)",
+        default_text="—"))
+    dataverse_client_id: str | None = field(default=None, metadata=setting(
+        "OAuth 2.0 client credentials: the application (client) id", default_text="—"))
+    dataverse_client_secret: str | None = field(default=None, repr=False, metadata=setting(
+        "OAuth 2.0 client credentials: the secret; never in logs or reprs",
+        default_text="—"))
+    dataverse_authority_url: str = field(
+        default="https://login.microsoftonline.com", metadata=setting(
+            "token authority (`<authority>/<tenant>/oauth2/v2.0/token`)", schemes=HTTP))
     # History kept per record (0: unbounded).
-    history_limit: int = 1000
+    history_limit: int = field(default=1000, metadata=setting(
+        "history entries kept per record (0: all)", minimum=0))
     # Running it (README "Deploy"): metrics, health checks, shutdown.
-    metrics_port: int = 9808  # the worker's /metrics and /healthz; 0: no endpoint
-    metrics_address: str = "127.0.0.1"  # the container image sets 0.0.0.0
-    metrics_dir: str | None = None  # multiprocess files; None: a fresh temporary directory
-    soft_shutdown_timeout: float = 25.0
-    health_beat_max_age: float = 60.0
-    health_failed_max: int = 100
-    health_timeout: float = 3.0
+    metrics_port: int = field(default=9808, metadata=setting(  # 0: no endpoint
+        "the worker's Prometheus `/metrics` and `/healthz` port (0: no endpoint); see "
+        "Deploy", minimum=0, maximum=65535,
+        wording="must be a port number (0 turns it off)"))
+    metrics_address: str = field(default="127.0.0.1", metadata=setting(
+        "the address it binds; the container image sets `0.0.0.0`", nonblank=True))
+    metrics_dir: str | None = field(default=None, metadata=setting(  # None: a fresh one
+        "prometheus-client's multiprocess directory (emptied at worker start; one per "
+        "worker)", default_text="a fresh temporary directory"))
+    soft_shutdown_timeout: float = field(default=25.0, metadata=setting(
+        "Celery's `worker_soft_shutdown_timeout`: seconds running tasks get after SIGTERM "
+        "(with `REMAP_SIGTERM=SIGQUIT`)", minimum=0))
+    health_beat_max_age: float = field(default=60.0, metadata=setting(
+        "`provisioning health`: beat's heartbeat older than this fails (also the "
+        "heartbeat key's TTL)", above=0))
+    health_failed_max: int = field(default=100, metadata=setting(
+        "`provisioning health`: more failed-task entries than this fails", minimum=0))
+    health_timeout: float = field(default=3.0, metadata=setting(
+        "connect and read timeout of health checks and metrics scrapes, seconds", above=0))
+    # The demo only: which embedded Redis `provisioning demo` starts.
+    embedded_redis: str = field(default="auto", metadata=setting(
+        "demo only: the embedded Redis it starts (`auto` prefers a `redis-server` on the "
+        "PATH)", choices=("auto", "redis-server", "fakeredis")))
 
     @property
     def broker(self) -> str:
@@ -135,42 +209,59 @@ class Settings:
                 shown[item.name] = value
         return shown
 
+    @property
+    def task_time_limit(self) -> int:
+        """Celery's hard task time limit, seconds: the larger of 90 and 60 % of the
+        visibility timeout (which must exceed it: Redis would redeliver a running task)."""
+        return max(90, int(self.visibility_timeout * 0.6))
+
+    @property
+    def task_soft_time_limit(self) -> int:
+        """Celery's soft task time limit, seconds: the larger of 60 and half the
+        visibility timeout."""
+        return max(60, int(self.visibility_timeout * 0.5))
+
+    def cross_problems(self) -> list[str]:
+        """The rules that relate two settings, one line per broken one."""
+        problems = []
+        if self.drain_budget_seconds >= self.task_soft_time_limit:
+            problems.append(
+                f"{PREFIX}DRAIN_BUDGET_SECONDS: must be less than the soft task time limit "
+                f"({self.task_soft_time_limit} s, from {PREFIX}VISIBILITY_TIMEOUT), not "
+                f"{self.drain_budget_seconds:g}")
+        for cap, base in (("backoff_cap", "backoff_base"),
+                          ("retry_cap_seconds", "retry_base_seconds")):
+            owner = self.backends if cap == "backoff_cap" else self
+            if getattr(owner, cap) < getattr(owner, base):
+                problems.append(
+                    f"{PREFIX}{cap.upper()}: must be at least {PREFIX}{base.upper()} "
+                    f"({getattr(owner, base):g}), not {getattr(owner, cap):g}")
+        return problems
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Read every ``PROVISIONING_*`` variable; raise ConfigurationError naming bad ones."""
+        """Read every ``PROVISIONING_*`` variable and check it against its rule (README
+        "Configuration"), then the rules relating two settings; raise ConfigurationError
+        with one line per problem, each naming the variable and the rule it breaks."""
         env = os.environ if environ is None else environ
         problems: list[str] = []
         values = _read(cls, env, problems, skip={"backends"})
         backend_values = _read(BackendSettings, env, problems)
-        values.update(backend_values)  # checked below with the rest
-        if values.get("max_tries", 3) < 3:
-            problems.append(f"{PREFIX}MAX_TRIES: must be at least 3 (SPEC §4)")
-        if not 0 <= values.get("metrics_port", 0) <= 65535:
-            problems.append(f"{PREFIX}METRICS_PORT: must be a port number (0 turns it off)")
-        for name in ("soft_shutdown_timeout", "health_failed_max"):
-            if values.get(name, 0) < 0:
-                problems.append(f"{PREFIX}{name.upper()}: must not be negative")
-        for name in ("health_beat_max_age", "health_timeout", "batch_records", "step_threads"):
-            if values.get(name, 1) <= 0:
-                problems.append(f"{PREFIX}{name.upper()}: must be positive")
-        log_format = values.get("log_format")
-        if log_format not in (None, "json", "console"):
-            problems.append(f"{PREFIX}LOG_FORMAT: must be json or console, not {log_format!r}")
         if problems:
-            raise ConfigurationError("; ".join(problems))
-        for name in backend_values:
-            del values[name]
-        try:
-            backends = BackendSettings(**backend_values)
-        except ValueError as exc:
-            raise ConfigurationError(f"{PREFIX}BACKENDS: {exc}") from exc
-        return cls(**values, backends=backends)
+            raise ConfigurationError(*problems)
+        # BackendSettings' own checks are a subset of the rules just passed.
+        settings = cls(**values, backends=BackendSettings(**backend_values))
+        problems = settings.cross_problems()
+        if problems:
+            raise ConfigurationError(*problems)
+        return settings
 
 
 def _read(kind: type[Any], env: Mapping[str, str], problems: list[str], *,
           skip: frozenset[str] | set[str] = frozenset()) -> dict[str, Any]:
     """The values of ``kind``'s fields that ``env`` sets (``PROVISIONING_<FIELD>``),
-    converted to the field's type; a value that does not convert is a problem."""
+    converted to the field's type and checked against its rule; a value that does not
+    convert or breaks its rule is a problem (the value shown redacted)."""
     values: dict[str, Any] = {}
     for item in fields(kind):
         if item.name in skip:
@@ -179,16 +270,25 @@ def _read(kind: type[Any], env: Mapping[str, str], problems: list[str], *,
         raw = env.get(name)
         if raw is None or raw == "":
             continue
+        shown = ("***" if item.name.endswith("_secret")
+                 else redact_url(raw) if item.name.endswith("_url") else raw)
         type_name = item.type if isinstance(item.type, str) else str(item.type)
         try:
             if type_name.startswith("float"):
-                values[item.name] = float(raw)
+                value: Any = float(raw)
             elif type_name.startswith("int"):
-                values[item.name] = int(raw)
+                value = int(raw)
             else:
-                values[item.name] = raw
+                value = raw
         except ValueError:
-            problems.append(f"{name}: must be a number, not {raw!r}")
+            kind_of = "a whole number" if type_name.startswith("int") else "a number"
+            problems.append(f"{name}: must be {kind_of}, not {shown!r}")
+            continue
+        rule = rule_of(item)
+        if rule.broken_by(value):
+            problems.append(f"{name}: {rule.text()}, not {shown!r}")
+            continue
+        values[item.name] = value
     return values
 
 

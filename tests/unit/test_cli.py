@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from pathlib import Path
 from typing import Any
@@ -41,10 +42,13 @@ def write_events(path: Path, *events: Any) -> str:
 
 
 
-def provision(record_id: str) -> dict[str, Any]:
-    """A voice channel with a phone number, so that a calling test may be requested."""
-    return provision_of(record_id, kind="voice",
-                        links={"msdyn_phonenumberid": new_id()}, source="cli-test")
+def provision(record_id: str, **data: Any) -> dict[str, Any]:
+    """A voice channel with a phone number, so that a calling test may be requested;
+    ``data`` replaces fields of the event's data."""
+    event = provision_of(record_id, kind="voice", links={"msdyn_phonenumberid": new_id()},
+                         source="cli-test")
+    event["data"].update(data)
+    return event
 
 
 def test_submit_accepts_good_lines_and_names_each_bad_one(run: Any, tmp_path: Path,
@@ -186,3 +190,97 @@ def test_an_unreachable_store_is_one_line_naming_it_without_its_password(
     assert err.startswith("provisioning: the record store at redis://:***@127.0.0.1:1/0 failed:")
     assert err.count("\n") == 1
     assert "s3cret" not in err
+
+
+# -- what a newcomer meets first (issue 16) -------------------------------------------------
+
+
+def test_submit_json_gives_each_problem_as_line_path_and_reason(run: Any, tmp_path: Path) -> None:
+    bad = provision(str(uuid.uuid4()))
+    del bad["source"]
+    path = write_events(tmp_path / "events.jsonl", provision(str(uuid.uuid4())), bad, "{,")
+    code, out, _ = run("submit", path, "--json")
+    assert code == 1
+    report = json.loads(out)
+    assert (report["accepted"], report["refused"]) == (1, 2)
+    assert report["problems"] == [
+        {"line": 2, "path": "source", "reason": "is required"},
+        {"line": 3, "path": "",
+         "reason": "not valid JSON (Expecting property name enclosed in double quotes at "
+                   "column 2)"}]
+
+
+def test_submit_streams_the_file_in_batches_keeping_line_order(
+    run: Any, tmp_path: Path, memory_service: Service, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from worker.cli import submit
+
+    monkeypatch.setattr(submit, "BATCH_LINES", 3)
+    batches: list[int] = []
+    real = submit.submit_events
+
+    def counting(service: Any, items: Any) -> Any:
+        batches.append(len(items))
+        return real(service, items)
+
+    monkeypatch.setattr(submit, "submit_events", counting)
+    ids = [str(uuid.uuid4()) for _ in range(7)]
+    lines: list[Any] = [provision(i) for i in ids]
+    lines[1] = "nope"
+    lines[5] = "[1"
+    code, out, err = run("submit", write_events(tmp_path / "e.jsonl", *lines))
+    assert batches == [2, 2, 1]  # 3 lines per batch, a bad line refused before validation
+    assert out.strip() == "accepted 5, refused 2"
+    assert [line.split(":")[0] for line in err.splitlines()] == ["line 2", "line 6"]
+    assert code == 1
+    assert sum(memory_service.store.inbox_size(i) for i in ids) == 5
+
+
+def test_history_and_failed_list_print_full_times_with_their_zone(
+    run: Any, memory_service: Service,
+) -> None:
+    record_id = str(uuid.uuid4())
+    memory_service.handle_message(provision(record_id))
+    memory_service.handle_message({"specversion": "1.0", "id": "bad-1", "type": "nope"})
+    _, out, _ = run("history", record_id)
+    stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z"
+    assert all(re.search(rf"^\s+v\d+  {stamp}  ", line) for line in out.splitlines()), out
+    _, out, _ = run("failed", "list")
+    [row] = out.splitlines()[1:]
+    assert re.search(rf"^\w+  {stamp} ", row), row
+    _, out, _ = run("show", record_id)
+    assert re.search(rf"^modified\s+{stamp}$", out, re.MULTILINE), out
+
+
+def test_show_of_a_record_deleted_by_a_cascade_points_at_its_history(
+    run: Any, memory_service: Service,
+) -> None:
+    record_id, account = str(uuid.uuid4()), str(uuid.uuid4())
+    event = provision(record_id, channel={"kind": "whatsapp", "id": account}, links={})
+    memory_service.handle_message(event)
+    memory_service.handle_message({
+        "specversion": "1.0", "id": str(uuid.uuid4()), "source": "cli-test",
+        "type": "parent.deleted",
+        "data": {"table": "msdyn_ocwhatsappchannelaccount", "id": account}})
+    code, out, err = run("show", record_id)
+    assert (code, out) == (1, "")
+    assert err.startswith(f"provisioning: record {record_id} not found: it was deleted at ")
+    assert err.rstrip().endswith(f"`provisioning history {record_id}` still shows its changes")
+    assert err.count("\n") == 1
+
+
+def test_replay_and_discard_json_report_each_entry(run: Any, memory_service: Service) -> None:
+    memory_service.handle_message(
+        {"specversion": "1.0", "id": "evt-x", "source": "cli-test",
+         "type": "deprovision.requested", "subject": str(uuid.uuid4())})
+    [entry] = memory_service.failed.all()
+    code, out, _ = run("failed", "replay", entry.id, "--dry-run", "--json")
+    assert code == 0
+    [result] = json.loads(out)
+    assert (result["entry"], result["ok"], result["dry_run"]) == (entry.id, True, True)
+    code, out, _ = run("failed", "discard", "--all", "--yes", "--reason", "test", "--json")
+    assert code == 0
+    assert json.loads(out) == [{"entry": entry.id, "ok": True, "dry_run": False,
+                                "result": "discarded"}]
+    code, out, _ = run("failed", "discard", "--all", "--yes", "--reason", "test", "--json")
+    assert (code, json.loads(out)) == (0, [])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from typing import Any
 
@@ -12,7 +13,15 @@ from tests.factories import event, new_id, run_cli_on
 from tests.unit.test_dataverse_support import Rig, make_rig, provision
 from worker.cli import console as cli
 from worker.cli import dataverse as commands
+from worker.cli.progress import Progress
 from worker.emulators import Fault
+
+
+class Terminal(io.StringIO):
+    """A stream that says it is a terminal (where progress counters are drawn)."""
+
+    def isatty(self) -> bool:
+        return True
 
 
 @pytest.fixture
@@ -103,7 +112,7 @@ def test_import_and_run_need_the_mirror_configured(run: Any,
     monkeypatch.setattr(commands, "_mirror", lambda: None)
     for action in ("import", "run"):
         code, _, err = run(action)
-        assert code == 1
+        assert code == 2  # a missing setting is a usage error
         assert err == ("provisioning: dataverse: PROVISIONING_DATAVERSE_URL is not set (the "
                        "mirror is off)\n")
 
@@ -152,7 +161,7 @@ def test_skip_needs_a_reason_and_drops_the_head_with_an_audit_line(run: Any, rig
 def test_skip_asks_first_and_off_a_terminal_needs_yes(run: Any, rig: Rig) -> None:
     rig.submit(provision(new_id()))
     code, _, err = run("skip", "--reason", "x")
-    assert code == 1
+    assert code == 2
     assert "needs --yes" in err
     assert rig.store.outbox_size() == 2
 
@@ -160,3 +169,50 @@ def test_skip_asks_first_and_off_a_terminal_needs_yes(run: Any, rig: Rig) -> Non
 def test_skip_on_an_empty_outbox(run: Any) -> None:
     code, out, _ = run("skip", "--reason", "x", "--yes")
     assert (code, out) == (0, "the outbox is empty: nothing to skip\n")
+
+
+def test_status_with_the_mirror_off_does_not_claim_dataverse_is_up_to_date(
+    run: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(commands, "_mirror", lambda: None)
+    code, out, _ = run("status")
+    assert code == 0
+    assert "up to date" not in out
+    assert out.splitlines()[1] == "outbox        empty"
+
+
+def test_run_json_prints_each_run_as_one_json_line(run: Any, rig: Rig) -> None:
+    record_id = new_id()
+    rig.submit(provision(record_id), event("deprovision.requested", record_id))
+    code, out, _ = run("run", "--once", "--json")
+    assert code == 0
+    [report] = [json.loads(line) for line in out.splitlines()]
+    assert (report["sent"], report["remaining"], report["stopped"]) == (3, 0, "empty")
+    assert report["at"].endswith("Z")
+
+
+def test_skip_json_names_what_was_dropped(run: Any, rig: Rig) -> None:
+    record_id = new_id()
+    rig.submit(provision(record_id))
+    code, out, _ = run("skip", "--reason", "refused by a plug-in", "--yes", "--json")
+    assert code == 0
+    assert json.loads(out)["dropped"] == f"create {record_id} v2"
+    run("skip", "--reason", "x", "--yes")  # the record's second entry
+    code, out, _ = run("skip", "--reason", "x", "--yes", "--json")
+    assert json.loads(out) == {"dropped": None,
+                               "result": "the outbox is empty: nothing to skip"}
+
+
+def test_import_reports_progress_per_page_on_a_terminal(
+    run: Any, rig: Rig, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    terminal = Terminal()
+    monkeypatch.setattr(commands, "Progress",
+                        lambda what: Progress(what, stream=terminal, every=0))
+    rig.dataverse.seed([{PRIMARY_KEY: new_id(), "msdyn_name": f"Row {n}"} for n in range(3)])
+    code, out, err = run("import", "--page-size", "1")
+    assert code == 0
+    assert "\r" not in out + err  # the counter went to the terminal only
+    shown = [part.strip() for part in terminal.getvalue().split("\r") if part.strip()]
+    assert shown == ["import: rows read: 1", "import: rows read: 2", "import: rows read: 3"]
+    assert terminal.getvalue().endswith("\r")  # cleared before the report

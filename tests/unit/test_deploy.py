@@ -296,9 +296,20 @@ def test_the_image_copies_only_the_package() -> None:
     assert "*" in ignore  # everything is left out but what is named
     copied = [arg for op, arg in instructions() if op == "COPY" and "--from" not in arg]
     sources = {part for arg in copied for part in arg.split()[:-1]}
-    assert sources == {"pyproject.toml", "README.md", "statemachine", "worker"}
+    assert sources == {"pyproject.toml", "README.md", "LICENSE", "constraints.txt",
+                       "statemachine", "worker"}
     for source in sources:
         assert f"!{source}" in ignore or f"!{source}/" in ignore
+
+
+def test_the_image_installs_the_locked_versions() -> None:
+    [install] = [arg for op, arg in instructions() if op == "RUN" and "pip install" in arg]
+    assert "-c constraints.txt '.[azure]'" in install
+    pins = [line for line in (ROOT / "constraints.txt").read_text(encoding="utf-8")
+            .splitlines() if line and not line.startswith(("#", " "))]
+    assert all("==" in pin for pin in pins), "every dependency pinned to one version"
+    names = {pin.split("==")[0].lower() for pin in pins}
+    assert {"celery", "kombu", "redis", "httpx", "structlog", "transitions"} <= names
 
 
 # -- the settings the files above rely on -----------------------------------------------------
@@ -339,3 +350,22 @@ def test_operations_settings_are_read_from_the_environment() -> None:
         0, "0.0.0.0", "/tmp/m")
     assert (settings.soft_shutdown_timeout, settings.health_beat_max_age,
             settings.health_failed_max, settings.health_timeout) == (12.0, 30.0, 7, 1.5)
+
+
+def test_every_shipped_configuration_passes_the_settings_checks(
+    compose: dict[str, Any],
+) -> None:
+    """What compose, Kubernetes and systemd set must start: a worker refuses bad settings."""
+    shipped = [{k: str(v) for k, v in compose["x-provisioning-env"].items()}
+               if "x-provisioning-env" in compose else {}]
+    shipped += [{k: str(v) for k, v in (service.get("environment") or {}).items()
+                 if k.startswith(PREFIX)} for service in compose["services"].values()
+                if isinstance(service.get("environment"), dict)]
+    shipped += [{k: str(v) for k, v in document["data"].items()}
+                for path in KUBERNETES for document in yaml.safe_load_all(path.read_text())
+                if document and document.get("kind") == "ConfigMap"]
+    shipped.append(dict(line.split("=", 1) for line in ENV_EXAMPLE.read_text().splitlines()
+                        if line.strip() and not line.startswith("#")))
+    assert len([env for env in shipped if env]) >= 3
+    for env in shipped:
+        Settings.from_env(env)  # raises ConfigurationError naming a bad value

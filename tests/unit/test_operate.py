@@ -15,6 +15,7 @@ from tests.factories import provision as provision_of
 from worker.cli import console as cli
 from worker.cli import operate
 from worker.cli.common import parse_moment
+from worker.cli.progress import Progress
 from worker.emulators import Emulator
 from worker.service import Service
 from worker.store.failed import FailedTask
@@ -121,7 +122,7 @@ def test_bulk_action_without_yes_off_a_terminal_changes_nothing(
     memory_service.handle_message(deprovision(new_id()))
     monkeypatch.setattr("sys.stdin", io.StringIO(""))
     code, _, err = run("failed", "discard", "--all", "--reason", "cleanup")
-    assert code == 1
+    assert code == 2
     assert "needs --yes" in err
     assert len(memory_service.failed.all()) == 1
     assert memory_service.failed.audit() == []
@@ -275,3 +276,26 @@ def crash_after_commit(service: Service, event_id: str, payload: str, owner: str
         entries=outcome.entries, dedupe_key=dedupe_key(command), pop_event_id=event_id,
         lease_owner=owner))
     assert status is CommitStatus.OK
+
+
+class Terminal(io.StringIO):
+    """A stream that says it is a terminal (where progress counters are drawn)."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_bulk_discard_counts_entries_on_a_terminal_and_prints_results_apart(
+    run: Any, memory_service: Service, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for _ in range(3):
+        memory_service.handle_message(deprovision(new_id()))
+    terminal = Terminal()
+    monkeypatch.setattr(operate, "Progress",
+                        lambda what, total: Progress(what, total, stream=terminal, every=0))
+    code, out, err = run("failed", "discard", "--all", "--yes", "--reason", "cleanup")
+    assert code == 0
+    assert out.count("  discarded\n") == 3
+    assert "\r" not in out + err
+    frames = [f.strip() for f in terminal.getvalue().split("\r") if f.strip()]
+    assert frames == ["discard: entries: 1/3", "discard: entries: 2/3", "discard: entries: 3/3"]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,3 +43,29 @@ def test_every_status_reason_value_is_in_the_readme(status: StatusReason) -> Non
 @pytest.mark.parametrize("choice", list(AutomatedCallingStatus), ids=lambda c: c.label)
 def test_every_calling_status_is_in_the_readme(choice: AutomatedCallingStatus) -> None:
     assert f"{int(choice)} {choice.label}" in README
+
+
+def _settings_table() -> Any:
+    spec = importlib.util.spec_from_file_location(
+        "settings_table", Path(__file__).parents[2] / "scripts" / "settings_table.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_configuration_table_is_the_one_the_settings_generate() -> None:
+    """scripts/settings_table.py writes it; run it after changing a setting."""
+    script = _settings_table()
+    assert script.rewritten(README) == README, (
+        "README's configuration table is stale: run .venv/bin/python scripts/settings_table.py")
+
+
+def test_the_table_check_catches_a_hand_edit() -> None:
+    script = _settings_table()
+    edited = README.replace("| `PROVISIONING_LEASE_SECONDS` | `30.0` |",
+                            "| `PROVISIONING_LEASE_SECONDS` | `45.0` |")
+    assert edited != README
+    assert script.rewritten(edited) == README
+    for name in setting_names():
+        assert f"| `{PREFIX}{name.upper()}` |" in script.table()

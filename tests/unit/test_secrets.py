@@ -129,7 +129,7 @@ def test_a_malformed_setting_names_the_variable_not_the_url(
     monkeypatch.setenv("PROVISIONING_METRICS_PORT", "99999")
     bootstrap.reset()
     try:
-        assert main(["list"]) == 1
+        assert main(["list"]) == 2  # a bad setting is a usage error
     finally:
         bootstrap.reset()
     err = capsys.readouterr().err

@@ -19,7 +19,8 @@ from pathlib import Path
 from statemachine import ChannelKind, StatusReason, parse_time
 from worker import bootstrap
 from worker.errors import WorkerError
-from worker.settings import redact_url
+from worker.settings import REDIS, redact_url
+from worker.settings_rules import Rule
 
 OK, FAILED, USAGE = 0, 1, 2
 
@@ -52,10 +53,14 @@ class CommandFailed(WorkerError):
     """The command ran but something was refused or not found (exit 1)."""
 
 
+class UsageError(WorkerError):
+    """The command was given wrong: a missing or contradictory argument (exit 2)."""
+
+
 def confirm(question: str) -> bool:
-    """Ask on the terminal; refuse (CommandFailed) when stdin is not one."""
+    """Ask on the terminal; a usage error when stdin is not one (``--yes`` is needed)."""
     if not sys.stdin.isatty():
-        raise CommandFailed(f"{question} needs --yes when stdin is not a terminal")
+        raise UsageError(f"{question} needs --yes when stdin is not a terminal")
     answer = input(f"{question} [y/N] ")
     return answer.strip().lower() in ("y", "yes")
 
@@ -121,3 +126,11 @@ def seconds(text: str) -> float:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive, not {text}")
     return value
+
+
+def redis_url(text: str) -> str:
+    """A ``redis://``, ``rediss://`` or ``unix://`` URL (its password kept out of errors)."""
+    if not Rule("", schemes=REDIS).broken_by(text):
+        return text
+    raise argparse.ArgumentTypeError(
+        f"not a redis://, rediss:// or unix:// URL: {redact_url(text)!r}")

@@ -18,6 +18,7 @@ from worker import bootstrap
 from worker.bootstrap.mirror import build_mirror
 from worker.cli.common import FAILED, OK, CommandFailed, confirm, operator_name
 from worker.cli.logs import quiet_logs
+from worker.cli.progress import Progress
 from worker.dataverse.importer import Importer
 from worker.dataverse.metadata import check_organization
 from worker.dataverse.mirror import Mirror
@@ -106,7 +107,12 @@ def cmd_import(args: argparse.Namespace) -> int:
     mirror = _required()
     _refuse_on_blocking(mirror)
     importer = Importer(mirror.client, mirror.store, mirror.state)
-    report = importer.run(args.page_size or mirror.settings.page_size, dry_run=args.dry_run)
+    progress = Progress("import: rows read")
+    try:
+        report = importer.run(args.page_size or mirror.settings.page_size,
+                              dry_run=args.dry_run, progress=progress.advance)
+    finally:
+        progress.done()
     for refused in report.refused:
         for problem in refused.problems:
             print(f"row {refused.record_id or '?'}: {problem}", file=sys.stderr)
@@ -125,7 +131,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     _refuse_on_blocking(mirror)
     while True:
         report = mirror.run(args.budget)
-        if report.sent or report.stopped not in ("empty", "paused", "locked"):
+        if args.json:  # every run, one JSON line each
+            print(json.dumps({"at": format_time(datetime.now(UTC)), **report.to_json()}),
+                  flush=True)
+        elif report.sent or report.stopped not in ("empty", "paused", "locked"):
             print(f"{format_time(datetime.now(UTC))}  sent {report.sent}, "
                   f"{report.remaining} waiting ({report.stopped})", flush=True)
         if args.once:
@@ -145,14 +154,14 @@ def cmd_skip(args: argparse.Namespace) -> int:
     mirror = _required()
     head = mirror.store.outbox_peek(1)
     if not head:
-        print("the outbox is empty: nothing to skip")
+        _skipped(args, None, "the outbox is empty: nothing to skip")
         return OK
     what = _describe(head[0])
     if not args.yes and not confirm(f"drop {what} from the outbox without sending it?"):
         raise CommandFailed("skip cancelled; nothing was changed")
     dropped = mirror.skip()
     if dropped is None:
-        print("the outbox is empty: nothing to skip")
+        _skipped(args, None, "the outbox is empty: nothing to skip")
         return OK
     what = _describe(dropped if isinstance(dropped, str) else dropped.raw)
     entry = dropped if isinstance(dropped, OutboxEntry) else None
@@ -163,8 +172,17 @@ def cmd_skip(args: argparse.Namespace) -> int:
         "record_id": entry.record_id if entry else None,
         "reason": args.reason, "result": "dropped from the Dataverse outbox",
     })
-    print(f"dropped {what}; the record's next change re-sends every column that differs")
+    _skipped(args, what, f"dropped {what}; the record's next change re-sends every column "
+                         "that differs")
     return OK
+
+
+def _skipped(args: argparse.Namespace, dropped: str | None, text: str) -> None:
+    """What ``skip`` did: ``text``, or with ``--json`` the entry dropped (null if none)."""
+    if args.json:
+        print(json.dumps({"dropped": dropped, "result": text}, indent=2))
+    else:
+        print(text)
 
 
 def _describe(raw: str) -> str:

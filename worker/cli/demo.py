@@ -1,10 +1,14 @@
 """``provisioning demo``: the bundled example, end to end, on an embedded default.
 
-Starts (unless PROVISIONING_REDIS_URL is set) an embedded Redis on a free loopback port,
-the backend emulator in this process on another, real ``celery worker`` and ``celery
-beat`` processes, then submits the example in two phases (onboarding, then operations)
-and prints the final records, one record's history and the failed-task entries.
-Everything it started is stopped by pid before it returns.
+Starts an embedded Redis on a free loopback port (or uses ``--redis-url``, only when given
+and only when that database is empty), the backend emulator in this process on another,
+real ``celery worker`` and ``celery beat`` processes, then submits the example in two
+phases (onboarding, then operations) and prints the final records, one record's history
+and the failed-task entries. Everything it started is stopped by pid before it returns.
+
+Safe next to a real system: the PROVISIONING_* environment is not handed to what it starts
+(no exported Redis, broker or Dataverse URL is used), a given database holding any key is
+refused before anything is written, and every wait ends with a message after a timeout.
 """
 
 from __future__ import annotations
@@ -20,12 +24,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import redis
 from celery import Celery
 
 from statemachine import AutomatedCallingStatus, BackendStep, StatusReason
+from worker import bootstrap
 from worker.app import celery_config
 from worker.bootstrap.services import build_service
-from worker.cli.common import OK
+from worker.cli.common import OK, CommandFailed, UsageError
 from worker.cli.logs import quiet_logs
 from worker.cli.render import describe_record, format_history, format_records
 from worker.emulators import Emulator, embedded, serve
@@ -58,18 +64,25 @@ def _example(name: str) -> Path:
     return Path(__file__).parent.parent / "examples" / name
 
 
-def run_demo(*, workers: int = 2, as_json: bool = False, timeout: float = 90.0) -> int:
+def run_demo(*, workers: int = 2, as_json: bool = False, timeout: float = 90.0,
+             redis_url: str | None = None) -> int:
+    """Run the example; ``redis_url`` (``--redis-url``) replaces the embedded Redis and
+    must name an empty database (UsageError, nothing written, otherwise)."""
     out = sys.stdout
     say: Callable[[str], None] = (lambda text: print(text, file=sys.stderr)) if as_json \
         else (lambda text: print(text, file=out, flush=True))
     redis_server: embedded.EmbeddedRedis | None = None
-    url = os.environ.get("PROVISIONING_REDIS_URL")
-    if not url:
-        redis_server = embedded.start(os.environ.get("PROVISIONING_EMBEDDED_REDIS", "auto"))
+    if redis_url is None:
+        try:
+            redis_server = embedded.start(bootstrap.current_settings().embedded_redis)
+        except RuntimeError as exc:  # it did not answer within its timeout
+            raise CommandFailed(f"demo: {exc}") from None
         url = redis_server.url
         say(f"embedded Redis ({redis_server.engine}) on {url}")
     else:
-        say(f"using Redis at {redact_url(url)}")
+        _refuse_unless_empty(redis_url)
+        url = redis_url
+        say(f"using the empty database at {redact_url(url)}")
     emulator = Emulator()
     # A flaky provisioner for the Teams channel: every in-task try fails, so the record
     # goes to Error and beat's retry brings it to Running.
@@ -78,10 +91,14 @@ def run_demo(*, workers: int = 2, as_json: bool = False, timeout: float = 90.0) 
                               {"error": "LINE channel secret was rejected"})
     server = serve("127.0.0.1", 0, emulator)
     say(f"backend emulator on {server.url}")
+    # None of this shell's PROVISIONING_* settings reach the demo's processes: an exported
+    # Redis, broker or Dataverse URL must not be written to by a demo.
     env = {
-        **os.environ, **DEMO_SETTINGS,
+        **{key: value for key, value in os.environ.items()
+           if not key.startswith("PROVISIONING_")},
+        **DEMO_SETTINGS,
         "PROVISIONING_REDIS_URL": url,
-        "PROVISIONING_BROKER_URL": os.environ.get("PROVISIONING_BROKER_URL") or url,
+        "PROVISIONING_BROKER_URL": url,
         "PROVISIONING_PROVISIONER_URL": server.url,
         "PROVISIONING_GATEKEEPER_URL": server.url,
         "PROVISIONING_CALLING_TEST_URL": server.url,
@@ -90,6 +107,7 @@ def run_demo(*, workers: int = 2, as_json: bool = False, timeout: float = 90.0) 
     settings = Settings.from_env(env)
     logdir = tempfile.mkdtemp(prefix="provisioning-demo-")
     processes: list[subprocess.Popen[bytes]] = []
+    ok = False
     try:
         processes.append(_start(
             ["worker", "--pool", "prefork", "--concurrency", str(workers), "--loglevel",
@@ -99,13 +117,37 @@ def run_demo(*, workers: int = 2, as_json: bool = False, timeout: float = 90.0) 
             ["beat", "--loglevel", "WARNING", "-s", str(Path(logdir, "beat-schedule"))],
             env, Path(logdir, "beat.log")))
         say(f"celery worker ({workers} processes) and beat started; logs in {logdir}")
-        return _play(settings, say, as_json, timeout, processes)
+        code = _play(settings, say, as_json, timeout, processes, logdir)
+        ok = True
+        return code
     finally:
         for process in processes:
             _stop(process)
         server.shutdown()
         if redis_server is not None:
             redis_server.stop()
+        if ok and redis_url is not None:
+            say(f"\nthe demo's records stay in {redact_url(redis_url)}: empty that "
+                "database before running the demo on it again")
+
+
+def _refuse_unless_empty(url: str) -> None:
+    """UsageError unless the database at ``url`` answers and holds no key: the demo writes
+    only where it cannot damage anything, and changes nothing when it refuses."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5)
+    try:
+        keys = int(client.dbsize())
+    except redis.RedisError as exc:
+        raise CommandFailed(f"demo: cannot reach the Redis at {redact_url(url)} (5 s "
+                            f"timeout): {exc}") from None
+    finally:
+        client.close()
+    if keys:
+        raise UsageError(
+            f"demo: the database at {redact_url(url)} holds {keys} key"
+            f"{'' if keys == 1 else 's'}: the demo runs only on an empty database, so as to "
+            "touch nothing it did not create (use another database number, or no "
+            "--redis-url for an embedded Redis); nothing was changed")
 
 
 def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -127,7 +169,7 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 def _play(settings: Settings, say: Callable[[str], None], as_json: bool, timeout: float,
-          processes: list[subprocess.Popen[bytes]]) -> int:
+          processes: list[subprocess.Popen[bytes]], logdir: str) -> int:
     # The demo's own producer: its settings come from the demo's environment for the
     # processes it started, not from this process's (which it leaves as it found it).
     producer = Celery("provisioning-demo", set_as_current=False)
@@ -144,11 +186,14 @@ def _play(settings: Settings, say: Callable[[str], None], as_json: bool, timeout
     def settled(check: Callable[[], bool], what: str) -> None:
         deadline = time.monotonic() + timeout
         while not check():
-            for process in processes:
+            for process, name in zip(processes, ("worker", "beat"), strict=False):
                 if process.poll() is not None:
-                    raise RuntimeError(f"a celery process exited with {process.returncode}")
+                    raise CommandFailed(
+                        f"demo: celery {name} exited with {process.returncode} before "
+                        f"{what}; its log: {Path(logdir, name + '.log')}")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"timed out waiting for {what}")
+                raise CommandFailed(f"demo: {what} did not happen within {timeout:g} s; "
+                                    f"the logs are in {logdir}")
             time.sleep(0.2)
         say(f"settled: {what}")
 
@@ -198,4 +243,5 @@ def _play(settings: Settings, say: Callable[[str], None], as_json: bool, timeout
 
 def cmd_demo(args: argparse.Namespace) -> int:
     quiet_logs()
-    return run_demo(workers=args.workers, as_json=args.json)
+    return run_demo(workers=args.workers, as_json=args.json, timeout=args.timeout,
+                    redis_url=args.redis_url)

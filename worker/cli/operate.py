@@ -8,15 +8,17 @@ path: a ``provisioning.handle_event`` message sent through the Celery app.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Mapping
 from typing import Any
 
 from worker import bootstrap
 from worker.app import app, process_service
-from worker.cli.common import FAILED, OK, CommandFailed, confirm, operator_name
+from worker.cli.common import FAILED, OK, CommandFailed, UsageError, confirm, operator_name
 from worker.cli.failed import filter_of
 from worker.cli.logs import quiet_logs
+from worker.cli.progress import Progress
 from worker.dispatch import Dispatch
 from worker.ops.operate import Operator
 from worker.service import Service
@@ -35,10 +37,10 @@ def _send_replay(event: Mapping[str, Any], entry_id: str) -> None:
 def cmd_act(args: argparse.Namespace) -> int:
     """replay / discard: named entries, or --all matching the filters (a snapshot)."""
     quiet_logs()
-    service = _service()
     verb = args.failed_command
     if bool(args.entries) == bool(args.all):
-        raise CommandFailed(f"failed {verb}: name ENTRY ids or give --all (with filters)")
+        raise UsageError(f"failed {verb}: name ENTRY ids or give --all (with filters)")
+    service = _service()
     failed = service.failed
     if args.all:
         chosen = select(failed.all(), filter_of(args))  # the snapshot: ids fixed from here on
@@ -50,18 +52,33 @@ def cmd_act(args: argparse.Namespace) -> int:
     for entry_id in missing:
         print(f"provisioning: failed-task entry {entry_id} not found", file=sys.stderr)
     if not chosen:
-        print(f"nothing to {verb}")
+        print("[]" if args.json else f"nothing to {verb}")
         return FAILED if missing else OK
     if args.all and not (args.yes or args.dry_run) and not confirm(
             f"{verb} {len(chosen)} failed-task entr{'y' if len(chosen) == 1 else 'ies'}?"):
         raise CommandFailed(f"{verb} cancelled; nothing was changed (use --yes to skip asking)")
     operator = Operator(service, _send_replay, operator_name(args.operator))
     refused = 0
+    results: list[dict[str, Any]] = []
+    progress = Progress(f"{verb}: entries", len(chosen)) if args.all else None
     for entry in chosen:
+        done = True
         if verb == "replay":
-            sent, result = operator.replay(entry, dry_run=args.dry_run)
-            refused += not sent
+            done, result = operator.replay(entry, dry_run=args.dry_run)
+            refused += not done
         else:
             result = operator.discard(entry, args.reason, dry_run=args.dry_run)
-        print(f"{entry.id}  {result}")
+        if args.json:  # printed at the end, one array
+            results.append({"entry": entry.id, "ok": done, "dry_run": args.dry_run,
+                            "result": result})
+        else:
+            if progress is not None:
+                progress.done()
+            print(f"{entry.id}  {result}", flush=progress is not None)
+        if progress is not None:
+            progress.advance()
+    if progress is not None:
+        progress.done()
+    if args.json:
+        print(json.dumps(results, indent=2, ensure_ascii=False))
     return FAILED if (missing or refused) else OK

@@ -4,6 +4,8 @@ they need to run, so that building it stays cheap for every command."""
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
+from importlib.metadata import version
 from typing import Any
 
 from worker.cli.common import (
@@ -11,12 +13,30 @@ from worker.cli.common import (
     input_file,
     moment,
     positive_int,
+    redis_url,
     seconds,
     status_label,
     uuid_text,
 )
 
 HEALTH_CHECKS = ("store", "broker", "beat", "failed_tasks")  # worker.ops.health.CHECKS
+SHELLS = ("bash", "zsh", "fish")  # the shells argcomplete writes a script for
+DISTRIBUTION = "provisioning-state-worker"  # pyproject.toml's name: the one version source
+
+
+class Version(argparse.Action):
+    """``--version``: the installed package's version, read from its metadata only when
+    asked (importlib.metadata is not free, and every command builds this parser)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
+                 **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="print the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        print(f"{parser.prog} {version(DISTRIBUTION)}")  # on stdout, as --help is
+        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="provisioning",
         description="Operate the Provisioning State worker (msdyn_ocprovisioningstate).",
     )
+    parser.add_argument("--version", action=Version)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     submit = commands.add_parser("submit", help="validate and enqueue events (JSON Lines)")
@@ -44,6 +65,35 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("record_id", type=uuid_text, metavar="ID")
     history.add_argument("--json", action="store_true")
 
+    _add_failed(commands)
+
+    demo = commands.add_parser("demo", help="run the bundled example end to end")
+    demo.add_argument("--json", action="store_true", help="print the final records as JSON")
+    demo.add_argument("--workers", type=positive_int, default=2,
+                      help="worker processes (default 2)")
+    demo.add_argument("--redis-url", type=redis_url, metavar="URL",
+                      help="run on this Redis database instead of an embedded one; it must "
+                           "be empty (PROVISIONING_REDIS_URL is never used by the demo)")
+    demo.add_argument("--timeout", type=seconds, default=90.0, metavar="SECONDS",
+                      help="how long each phase may take before the demo gives up "
+                           "(default 90)")
+
+    commands.add_parser("diagram", help="print the three state machines as Mermaid")
+    _add_completion(commands)
+
+    health = commands.add_parser(
+        "health", help="check the store, the broker, beat's heartbeat and the failed tasks",
+        description="One line per check; exit 0 when all pass, 1 when any fails.")
+    health.add_argument("--check", action="append", choices=HEALTH_CHECKS, metavar="NAME",
+                        help="run only this check (repeatable): " + ", ".join(HEALTH_CHECKS))
+    health.add_argument("--json", action="store_true")
+
+    _add_dataverse(commands)
+    return parser
+
+
+def _add_failed(commands: Any) -> None:
+    """Add ``failed`` and its actions (list, show, replay, discard, audit)."""
     failed = commands.add_parser("failed", help="the failed-task store")
     failed_commands = failed.add_subparsers(dest="failed_command", required=True,
                                             metavar="ACTION")
@@ -70,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     acting.add_argument("--dry-run", action="store_true", help="say what would be done")
     acting.add_argument("--operator", metavar="NAME",
                         help="who acts, for the audit log (default: the login name)")
+    acting.add_argument("--json", action="store_true",
+                        help="print each entry's result as JSON")
     failed_commands.add_parser("replay", parents=[acting],
                                help="re-enqueue entries through the normal path")
     discard = failed_commands.add_parser("discard", parents=[acting],
@@ -79,21 +131,14 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--limit", type=int, default=0, metavar="N", help="the last N lines")
     audit.add_argument("--json", action="store_true")
 
-    demo = commands.add_parser("demo", help="run the bundled example end to end")
-    demo.add_argument("--json", action="store_true", help="print the final records as JSON")
-    demo.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
 
-    commands.add_parser("diagram", help="print the three state machines as Mermaid")
-
-    health = commands.add_parser(
-        "health", help="check the store, the broker, beat's heartbeat and the failed tasks",
-        description="One line per check; exit 0 when all pass, 1 when any fails.")
-    health.add_argument("--check", action="append", choices=HEALTH_CHECKS, metavar="NAME",
-                        help="run only this check (repeatable): " + ", ".join(HEALTH_CHECKS))
-    health.add_argument("--json", action="store_true")
-
-    _add_dataverse(commands)
-    return parser
+def _add_completion(commands: Any) -> None:
+    completion = commands.add_parser(
+        "completion", help="print the shell completion script (bash, zsh or fish)",
+        description="e.g. `provisioning completion bash > "
+                    "~/.local/share/bash-completion/completions/provisioning`")
+    completion.add_argument("shell", choices=SHELLS, metavar="SHELL",
+                            help="one of " + ", ".join(SHELLS))
 
 
 def _add_dataverse(commands: Any) -> None:
@@ -130,6 +175,8 @@ def _add_dataverse(commands: Any) -> None:
                      help="stop when the outbox is empty (exit 0) or sending fails (exit 1)")
     run.add_argument("--budget", type=seconds, metavar="SECONDS",
                      help="seconds per run (default PROVISIONING_DATAVERSE_RUN_BUDGET)")
+    run.add_argument("--json", action="store_true",
+                     help="print each run's report as one JSON line")
     skip = actions.add_parser(
         "skip", help="drop the outbox head Dataverse keeps refusing (audited)",
         description="The record's next change re-reads its row and sends every column "
@@ -138,3 +185,4 @@ def _add_dataverse(commands: Any) -> None:
     skip.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     skip.add_argument("--operator", metavar="NAME",
                       help="who acts, for the audit log (default: the login name)")
+    skip.add_argument("--json", action="store_true", help="print what was dropped as JSON")

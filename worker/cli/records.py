@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from statemachine import HistoryEntry, ProvisioningState
+from statemachine import HistoryEntry, ProvisioningState, format_time
 from worker import bootstrap
 from worker.cli.common import OK, CommandFailed
 from worker.cli.render import describe_record, format_history, format_records
@@ -20,8 +20,15 @@ def _store() -> RedisStateStore:
 
 
 def _load(record_id: str) -> ProvisioningState:
-    record: ProvisioningState | None = _store().load(record_id)
+    store = _store()
+    record: ProvisioningState | None = store.load(record_id)
     if record is None:
+        history = store.history(record_id)
+        if history and history[-1].trigger == "delete":  # SPEC §7: history outlives it
+            raise CommandFailed(
+                f"record {record_id} not found: it was deleted at "
+                f"{format_time(history[-1].at)} ({history[-1].reason}); `provisioning "
+                f"history {record_id}` still shows its changes")
         raise CommandFailed(f"record {record_id} not found")
     return record
 

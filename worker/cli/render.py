@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from statemachine import GateKeeper, HistoryEntry, ProvisioningState
+from statemachine import GateKeeper, HistoryEntry, ProvisioningState, format_time
 from worker.store.failed import FailedTask
 
 
@@ -20,7 +20,7 @@ def describe_record(record: ProvisioningState) -> str:
         ("gatekeeper", gate),
         ("calling test", record.calling_status.label),
         ("version", str(record.version)),
-        ("modified", record.modified_on.isoformat()),
+        ("modified", format_time(record.modified_on)),
     ]
     if record.provisioning_response:
         rows.append(("response", record.provisioning_response))
@@ -53,18 +53,19 @@ def format_history(entries: Sequence[HistoryEntry]) -> str:
         version = f"v{e.version}" if e.version is not None else "-"
         before = e.before.status.label if e.before else "∅"
         after = e.after.status.label if e.after else "∅"
-        lines.append(f"{version:>4}  {e.at.strftime('%H:%M:%S')}  {e.trigger:<14} "
+        lines.append(f"{version:>4}  {format_time(e.at)}  {e.trigger:<14} "
                      f"{e.outcome.value:<9} {before} → {after}  [{e.event_type} {e.event_id}]"
                      f"  {e.reason}")
     return "\n".join(lines)
 
 
 def format_failed(entries: Sequence[FailedTask]) -> str:
-    lines = [f"{'ENTRY':<12}  {'LAST FAILED':<19}  {'TRIES':>5}  {'EXCEPTION':<16}  "
+    # Times in full, with their zone (UTC, "Z"), as every other command prints them.
+    lines = [f"{'ENTRY':<12}  {'LAST FAILED':<24}  {'TRIES':>5}  {'EXCEPTION':<16}  "
              f"{'EVENT TYPE':<22}  {'RECORD':<36}  MESSAGE"]
     for e in entries:
         message = e.message.splitlines()[0] if e.message else ""
-        lines.append(f"{e.id:<12}  {e.last_failed_at[:19]:<19}  {e.attempts:>5}  "
+        lines.append(f"{e.id:<12}  {e.last_failed_at:<24}  {e.attempts:>5}  "
                      f"{e.exception:<16}  {(e.event_type or '-'):<22}  "
                      f"{(e.record_id or '-'):<36}  {message[:120]}")
     return "\n".join(lines)
@@ -75,6 +76,6 @@ def format_audit(lines: Sequence[dict[str, Any]]) -> str:
     shown = []
     for line in lines:
         why = f"  reason: {line['reason']}" if line.get("reason") else ""
-        shown.append(f"{line['at'][:19]}  {line['operator']:<12} {line['action']:<8} "
+        shown.append(f"{line['at']}  {line['operator']:<12} {line['action']:<8} "
                      f"{line['entry']}  {line.get('result', '')}{why}")
     return "\n".join(shown)

@@ -1,7 +1,8 @@
 """``provisioning submit FILE``: validate JSON Lines of events and queue the valid ones.
 
 Every line is decoded on its own, so one line that is not UTF-8 or not JSON is refused by
-its number instead of ending the whole submit.
+its number instead of ending the whole submit. The file is streamed in batches, so a file
+of any length is submitted in constant memory (with a counter on a terminal's stderr).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from statemachine import Problem
 from worker.app import process_service
 from worker.cli.common import FAILED, OK
 from worker.cli.logs import quiet_logs
+from worker.cli.progress import Progress
 from worker.service import Refusal, Service, submit_events
 
 
@@ -34,37 +36,76 @@ def _lines(path: str) -> Iterator[tuple[int, bytes]]:
         yield from enumerate(stream, start=1)
 
 
-def cmd_submit(args: argparse.Namespace) -> int:
-    quiet_logs()
+BATCH_LINES = 1000  # lines validated and accepted per round trip: memory stays constant
+
+
+def _decoded(number: int, line: bytes) -> tuple[int, Any] | Refusal:
+    """One line's event, or its refusal when it is not UTF-8 or not JSON."""
+    try:
+        return number, json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        return Refusal(number, (Problem("", f"not UTF-8 (byte {exc.start + 1})"),))
+    except json.JSONDecodeError as exc:
+        return Refusal(number, (Problem("", f"not valid JSON ({exc.msg} at "
+                                            f"column {exc.colno})"),))
+    except RecursionError:
+        return Refusal(number, (Problem("", "not valid JSON (nested too deep)"),))
+
+
+def _batches(path: str) -> Iterator[tuple[list[tuple[int, Any]], list[Refusal], int]]:
+    """The file in batches of BATCH_LINES lines: (decoded events, refusals, lines read)."""
     items: list[tuple[int, Any]] = []
-    bad_json: list[Refusal] = []
-    for number, line in _lines(args.file):
-        if not line.strip():
-            continue
-        try:
-            items.append((number, json.loads(line.decode("utf-8"))))
-        except UnicodeDecodeError as exc:
-            bad_json.append(Refusal(number, (Problem("", f"not UTF-8 (byte {exc.start + 1})"),)))
-        except json.JSONDecodeError as exc:
-            bad_json.append(Refusal(number, (Problem("", f"not valid JSON ({exc.msg} at "
-                                                         f"column {exc.colno})"),)))
-        except RecursionError:
-            bad_json.append(Refusal(number, (Problem("", "not valid JSON (nested too "
-                                                         "deep)"),)))
-    report = submit_events(_service(), items)
-    report.refused = sorted(bad_json + report.refused, key=lambda r: r.line)
-    for refusal in report.refused:
-        for text in refusal.lines():
-            print(text, file=sys.stderr)
+    refused: list[Refusal] = []
+    read = 0
+    for number, line in _lines(path):
+        read += 1
+        if line.strip():
+            decoded = _decoded(number, line)
+            if isinstance(decoded, Refusal):
+                refused.append(decoded)
+            else:
+                items.append(decoded)
+        if read == BATCH_LINES:
+            yield items, refused, read
+            items, refused, read = [], [], 0
+    if read:
+        yield items, refused, read
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    """Stream the file in batches: each batch is validated, accepted and kicked before the
+    next is read, each problem printed as its batch is done (in line order). Only
+    ``--json`` keeps the touched record ids and the problems for its report."""
+    quiet_logs()
+    service = _service()
+    accepted = duplicates = refused_lines = 0
+    touched: dict[str, None] = {}
+    problems: list[dict[str, Any]] = []
+    progress = Progress("submit: lines read")
+    try:
+        for items, bad_lines, read in _batches(args.file):
+            report = submit_events(service, items)
+            accepted += report.accepted
+            duplicates += report.duplicates
+            refused = sorted(bad_lines + report.refused, key=lambda r: r.line)
+            refused_lines += len(refused)
+            progress.done()
+            for refusal in refused:
+                for text in refusal.lines():
+                    print(text, file=sys.stderr)
+            if args.json:
+                touched.update(dict.fromkeys(report.record_ids))
+                problems.extend({"line": r.line, "path": p.path, "reason": p.reason}
+                                for r in refused for p in r.problems)
+            progress.advance(read)
+    finally:
+        progress.done()
     if args.json:
         print(json.dumps({
-            "accepted": report.accepted, "duplicates": report.duplicates,
-            "refused": len(report.refused), "records": report.record_ids,
-            "problems": [text for r in report.refused for text in r.lines()],
+            "accepted": accepted, "duplicates": duplicates, "refused": refused_lines,
+            "records": list(touched), "problems": problems,
         }, indent=2))
     else:
-        print(f"accepted {report.accepted}, refused {len(report.refused)}"
-              + (f", already accepted {report.duplicates}" if report.duplicates else ""))
-    return OK if report.ok else FAILED
-
-
+        print(f"accepted {accepted}, refused {refused_lines}"
+              + (f", already accepted {duplicates}" if duplicates else ""))
+    return FAILED if refused_lines else OK

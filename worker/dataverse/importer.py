@@ -127,8 +127,10 @@ class Importer:
         self.state = state
         self.sleep = sleep
 
-    def run(self, page_size: int, *, dry_run: bool = False) -> ImportReport:
+    def run(self, page_size: int, *, dry_run: bool = False,
+            progress: Callable[[int], None] | None = None) -> ImportReport:
         """Import every row; a 429 waits its Retry-After and asks for the same page again.
+        ``progress`` is told the number of rows of each page once they are done.
 
         Other Dataverse errors raise (a second run resumes: known ids are skipped)."""
         report = ImportReport()
@@ -149,6 +151,8 @@ class Importer:
             for row in rows:
                 report.rows += 1
                 self._row(row, report, source=source, dry_run=dry_run)
+            if progress is not None:
+                progress(len(rows))
             if next_link is None:
                 return report
             link = next_link

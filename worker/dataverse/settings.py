@@ -129,7 +129,7 @@ class MirrorSettings:
         if queue:
             values["queue"] = queue
         if problems:
-            raise ConfigurationError("; ".join(problems))
+            raise ConfigurationError(*problems)
         return cls(
             url=settings.dataverse_url,
             tenant_id=settings.dataverse_tenant_id or "",

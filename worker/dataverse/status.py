@@ -65,14 +65,18 @@ def format_status(report: dict[str, Any]) -> str:
     else:
         rows.append(("mirror", f"on, to {report['url']}"))
     outbox = report["outbox"]
+    off = report["mirror"] == "off"
     if outbox["entries"]:
         lag = (f", oldest committed {outbox['oldest_at']} ({outbox['lag_seconds']:.1f} s ago)"
                if outbox["oldest_at"] else "")
-        rows.append(("outbox", f"{outbox['entries']} entries waiting{lag}"))
+        sent_when = " (sent once the mirror is on)" if off else ""
+        rows.append(("outbox", f"{outbox['entries']} entries waiting{lag}{sent_when}"))
         if outbox["next"]:
             rows.append(("next", _entry(outbox["next"])))
     else:
-        rows.append(("outbox", "empty (Dataverse is up to date)"))
+        # With the mirror off nothing is written to the outbox: an empty one says nothing
+        # about Dataverse.
+        rows.append(("outbox", "empty" if off else "empty (Dataverse is up to date)"))
     if report["last_success_at"]:
         rows.append(("last success", f"{report['last_success_at']}  "
                                      f"{_entry(report['last_success'] or {})}"))
