@@ -49,8 +49,30 @@ class BackendSettings:
     backoff_base: float = 0.2
     backoff_cap: float = 5.0
     retry_after_cap: float = 10.0
+    # Per-backend protection (README "Configuration"): steps calling one backend at once
+    # in a process, its calls per second across every process (0: no limit), and the
+    # circuit breaker (0 failures: no breaker).
+    provisioner_max_in_flight: int = 200
+    gatekeeper_max_in_flight: int = 200
+    calling_test_max_in_flight: int = 200
+    provisioner_rate: float = 0.0
+    gatekeeper_rate: float = 0.0
+    calling_test_rate: float = 0.0
+    circuit_failures: int = 20
+    circuit_cooldown: float = 10.0
 
     def __post_init__(self) -> None:
+        for name in ("provisioner_max_in_flight", "gatekeeper_max_in_flight",
+                     "calling_test_max_in_flight"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{PREFIX}{name.upper()} must be at least 1, not "
+                                 f"{getattr(self, name)}")
+        for name in ("provisioner_rate", "gatekeeper_rate", "calling_test_rate",
+                     "circuit_failures"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{PREFIX}{name.upper()} must not be negative")
+        if self.circuit_cooldown <= 0:
+            raise ValueError(f"{PREFIX}CIRCUIT_COOLDOWN must be positive")
         if self.max_tries < 1:
             raise ValueError(f"max_tries must be at least 1, not {self.max_tries}")
         for name in ("connect_timeout", "read_timeout"):
@@ -81,8 +103,11 @@ class Settings:
     lease_seconds: float = 30.0
     recovery_interval: float = 10.0
     drain_budget_seconds: float = 20.0
-    batch_records: int = 50  # records per drain task that submit and recovery send
+    batch_records: int = 500  # records per drain task that submit and recovery send
     step_threads: int = 8  # backend steps one worker process runs at once (one per record)
+    # "async": steps on one asyncio event loop per process (hundreds in flight, limited per
+    # backend); "threads": on step_threads threads (the runner before issue 12).
+    step_runner: str = "async"
     visibility_timeout: int = 600
     max_deliveries: int = 5
     # Retries scheduled by beat (SPEC §2.1, §4).
@@ -153,6 +178,9 @@ class Settings:
         for name in ("health_beat_max_age", "health_timeout", "batch_records", "step_threads"):
             if values.get(name, 1) <= 0:
                 problems.append(f"{PREFIX}{name.upper()}: must be positive")
+        if values.get("step_runner", "async") not in ("async", "threads"):
+            problems.append(f"{PREFIX}STEP_RUNNER: must be async or threads, not "
+                            f"{values['step_runner']!r}")
         log_format = values.get("log_format")
         if log_format not in (None, "json", "console"):
             problems.append(f"{PREFIX}LOG_FORMAT: must be json or console, not {log_format!r}")

@@ -39,19 +39,21 @@ Behaviour, in the order it is decided for each backend request:
 4. with probability ``failure_rate`` (drawn from a seeded RNG) a 503;
 5. normal behaviour.
 
-Every backend request waits ``latency_ms`` first, and is recorded in :attr:`Emulator.requests`.
+Every backend request waits ``latency_ms`` first, and is recorded in :attr:`Emulator.requests`;
+:attr:`Emulator.max_concurrency` is the most backend requests it answered at once.
 Serve it over HTTP with ``worker.emulators.server`` (``python -m worker.emulators``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -132,6 +134,8 @@ class Emulator:
         self._scripts: dict[tuple[BackendStep, str], Script] = {}
         self._answered: dict[str, tuple[str, Reply]] = {}  # key -> (request fingerprint, reply)
         self._requests: list[RecordedRequest] = []
+        self._in_flight = 0  # backend requests being answered now
+        self.max_concurrency = 0  # the most answered at once since the last reset
         self.dataverse = dataverse if dataverse is not None else DataverseEmulator()
 
     @classmethod
@@ -196,6 +200,7 @@ class Emulator:
             self._scripts.clear()
             self._answered.clear()
             self._requests.clear()
+            self.max_concurrency = self._in_flight
         self.dataverse.reset()
 
     # -- what tests look at ------------------------------------------------------------
@@ -244,7 +249,35 @@ class Emulator:
         self, method: str, raw_path: str, body: bytes, *, idempotency_key: str | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> Reply:
-        """Answer one HTTP request; ``raw_path`` is the request target (path and query)."""
+        """Answer one HTTP request; ``raw_path`` is the request target (path and query).
+        Waits (``sleep``) in the calling thread."""
+        steps = self._handling(method, raw_path, body, idempotency_key, headers)
+        try:
+            while True:
+                self._sleep(next(steps))
+        except StopIteration as done:
+            reply: Reply = done.value
+            return reply
+
+    async def handle_async(
+        self, method: str, raw_path: str, body: bytes, *, idempotency_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Reply:
+        """:meth:`handle` on an event loop: the waits are ``asyncio.sleep``, so thousands
+        of requests wait at once without a thread each."""
+        steps = self._handling(method, raw_path, body, idempotency_key, headers)
+        try:
+            while True:
+                await asyncio.sleep(next(steps))
+        except StopIteration as done:
+            reply: Reply = done.value
+            return reply
+
+    def _handling(
+        self, method: str, raw_path: str, body: bytes, idempotency_key: str | None,
+        headers: Mapping[str, str] | None,
+    ) -> Generator[float, None, Reply]:
+        """The answer to one request; yields each wait (seconds) before it goes on."""
         url = urlsplit(raw_path)
         if DataverseEmulator.owns(url.path):
             return self.dataverse.handle(method, raw_path, body, headers or {})
@@ -259,12 +292,19 @@ class Emulator:
             self._record(RecordedRequest(method, url.path, idempotency_key, exc.reply.status,
                                          None, None, loads_or_none(body)))
             return exc.reply
-        if self.latency_ms:
-            self._sleep(self.latency_ms / 1000)
         with self._lock:
-            reply, delay_ms = self._answer(method, url.path, request, idempotency_key)
-        if delay_ms:  # decided (and acted on) already; only the answer is late
-            self._sleep(delay_ms / 1000)
+            self._in_flight += 1
+            self.max_concurrency = max(self.max_concurrency, self._in_flight)
+        try:
+            if self.latency_ms:
+                yield self.latency_ms / 1000
+            with self._lock:
+                reply, delay_ms = self._answer(method, url.path, request, idempotency_key)
+            if delay_ms:  # decided (and acted on) already; only the answer is late
+                yield delay_ms / 1000
+        finally:
+            with self._lock:
+                self._in_flight -= 1
         return reply
 
     def _answer(self, method: str, path: str, route: Route, key: str | None,
@@ -386,6 +426,7 @@ class Emulator:
                     "gates": {r: {"status": g.status, "reason": g.reason}
                               for r, g in self.gates.items()},
                     "calling_tests": self.calling_tests,
+                    "max_concurrency": self.max_concurrency,
                 })
         return Reply.of(404, {"error": f"no admin endpoint {method} /_emulator/"
                                          f"{'/'.join(segments)}"})
