@@ -36,7 +36,15 @@ from worker.backends.limits import Gates
 from worker.backends.policy import backoff_delay
 from worker.backends.requests import Request, request_for
 from worker.backends.results import CallResult, failed
+from worker.backends.wire import AiohttpWire
 from worker.settings import BackendSettings
+
+
+def total_connections(settings: BackendSettings) -> int:
+    """Connections for every try the gates let through at once (one per try: HTTP/1.1)."""
+    return (settings.provisioner_max_in_flight + settings.gatekeeper_max_in_flight
+            + settings.calling_test_max_in_flight)
+
 
 # Connections per client of a ClientPool. httpcore's pool costs O(connections²) on every
 # request it queues or finishes (it counts its idle connections once per connection): one
@@ -48,13 +56,12 @@ SHARD_CONNECTIONS = 16
 class ClientPool:
     """Keep-alive HTTP/1.1 connections for the three backends, sized for every try the
     gates let through at once (one connection per try in flight), as several small
-    ``httpx.AsyncClient``s; each try goes to the least busy one."""
+    ``httpx.AsyncClient``s; each try goes to the least busy one. For an httpx transport
+    (the emulator's, in-process); the worker's wire is ``worker.backends.wire``."""
 
     def __init__(self, settings: BackendSettings,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
-        connections = (settings.provisioner_max_in_flight + settings.gatekeeper_max_in_flight
-                       + settings.calling_test_max_in_flight)
-        shards = max(1, -(-connections // SHARD_CONNECTIONS))
+        shards = max(1, -(-total_connections(settings) // SHARD_CONNECTIONS))
         limits = httpx.Limits(max_connections=SHARD_CONNECTIONS,
                               max_keepalive_connections=SHARD_CONNECTIONS,
                               keepalive_expiry=30.0)
@@ -86,13 +93,14 @@ class AsyncBackends:
     """
 
     def __init__(self, settings: BackendSettings,
-                 client: httpx.AsyncClient | ClientPool | None = None,
+                 client: httpx.AsyncClient | ClientPool | AiohttpWire | None = None,
                  *, gates: Gates | None = None,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  rng: random.Random | None = None, owns_client: bool | None = None) -> None:
         self._settings = settings
         self._owns_client = client is None if owns_client is None else owns_client
-        self._client = client if client is not None else ClientPool(settings)
+        self._client = client if client is not None else AiohttpWire(
+            settings, total_connections(settings))
         self.gates = gates if gates is not None else Gates(settings)
         self._sleep = sleep
         self._rng = rng if rng is not None else random.Random()

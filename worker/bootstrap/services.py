@@ -68,5 +68,6 @@ def _async_backends(settings: Settings, transport: httpx.AsyncBaseTransport | No
                           Keys(settings.key_prefix))
     reporter = CircuitReporter(board, observer, socket.gethostname(),
                                backends.circuit_cooldown)
-    return AsyncBackends(backends, ClientPool(backends, transport),
-                         gates=Gates(backends, rates, on_change=reporter), owns_client=True)
+    wire = ClientPool(backends, transport) if transport is not None else None
+    return AsyncBackends(backends, wire, gates=Gates(backends, rates, on_change=reporter),
+                         owns_client=True)
