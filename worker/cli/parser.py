@@ -16,7 +16,7 @@ from worker.cli.common import (
     uuid_text,
 )
 
-HEALTH_CHECKS = ("store", "broker", "beat", "failed_tasks")  # worker.ops.health.CHECKS
+HEALTH_CHECKS = ("store", "broker", "beat", "failed_tasks", "circuits")  # worker.ops.health.CHECKS
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -144,4 +144,6 @@ class StepLoop:
             asyncio.run_coroutine_threadsafe(stop(), self._loop).result(timeout)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout)
+        if not self._thread.is_alive():
+            self._loop.close()
 
