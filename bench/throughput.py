@@ -541,7 +541,7 @@ class Submitter:
 
     def __call__(self, events: Sequence[dict[str, Any]]) -> list[float]:
         from worker.service import submit_events
-        from worker.service.service import HANDLE_EVENT
+        from worker.task_names import HANDLE_EVENT
 
         times: list[float] = []
         if self.path == RAW:
@@ -675,7 +675,9 @@ def run_worker_phase(ctx: Context, concurrency: int, path: str, *,
         if args.profile_dir and concurrency == args.profile_concurrency:
             profiler = start_profiler(ctx, started, tag)
         ctx.emulator.max_concurrency = 0  # the measured part's, not the warm-up's
+        measured_from = len(ctx.emulator.requests)
         before = Resources.now(ctx, started)
+        outage = start_outage(ctx, args.outage_s) if args.outage_s else None
         submitted = (submit(workload.events) if rate is None
                      else submit.paced(workload.events, rate, args.tick))
         running, deprovisioned, errors = workload.expect()
@@ -687,7 +689,10 @@ def run_worker_phase(ctx: Context, concurrency: int, path: str, *,
         profiler = None
         done, outcomes = commit_times(ctx, keys, workload.events)
         ctx.queue_idle(started, args.drain_timeout)
+        calls = backend_calls(ctx, measured_from, outage, started)
     finally:
+        if args.outage_s:
+            ctx.emulator.clear_scripts()
         if profiler is not None:
             ctx.procs.stop(profiler, first=signal.SIGINT)
         ctx.procs.stop(started)
@@ -699,10 +704,49 @@ def run_worker_phase(ctx: Context, concurrency: int, path: str, *,
               "paced_rate": rate, "paced_share": None if rate is None else args.paced_share,
               "mix": workload.mix, **summarize(submitted, done),
               "cpu_per_event": before.per_item(after, len(workload.events)),
-              "outcomes": dict(sorted(outcomes.items())), "log": str(started.log)}
+              "outcomes": dict(sorted(outcomes.items())), "log": str(started.log),
+              "backend_calls": calls}
     if profile is not None:
         result["profile"] = profile
     return result
+
+
+def start_outage(ctx: Context, seconds: float) -> float:
+    """The provisioner answers 503 to every call for ``seconds`` from now (a backend that
+    is down); returns when the outage began."""
+    import threading
+
+    from statemachine import BackendStep
+
+    ctx.emulator.script("*", BackendStep.PROVISION_CHANNEL, [], then=503)
+    threading.Timer(seconds, ctx.emulator.clear_scripts).start()
+    return time.time()
+
+
+def backend_calls(ctx: Context, since: int, outage: float | None,
+                  started: Started) -> dict[str, Any]:
+    """What the emulator saw in the measured part: provisioner calls per second (503s and
+    others), Idempotency-Keys answered with a fresh success more than once (a step done
+    twice), and the worker's circuit changes (its log)."""
+    requests = ctx.emulator.requests[since:]
+    provisioner = [r for r in requests if r.step is not None
+                   and r.step.value in ("provision_channel", "deprovision_channel")]
+    origin = outage if outage is not None else min((r.at for r in requests), default=0.0)
+    per_second: Counter[int] = Counter(int(r.at - origin) for r in provisioner)
+    failed: Counter[int] = Counter(int(r.at - origin) for r in provisioner if r.status == 503)
+    fresh = Counter(r.idempotency_key for r in requests
+                    if r.idempotency_key and 200 <= r.status < 300 and not r.replayed)
+    changes = [json.loads(line) for line in started.log.read_text(errors="replace").splitlines()
+               if '"backend.circuit"' in line and line.startswith("{")]
+    return {
+        "provisioner_per_second": [per_second.get(i, 0) for i in range(max(per_second,
+                                                                         default=-1) + 1)],
+        "provisioner_503_per_second": [failed.get(i, 0) for i in range(max(failed,
+                                                                         default=-1) + 1)],
+        "keys_answered_twice": sum(1 for count in fresh.values() if count > 1),
+        "circuit_changes": [{k: c.get(k) for k in ("timestamp", "backend", "state",
+                                                   "failures", "reason")} for c in changes],
+    }
 
 
 def run_noop_phase(ctx: Context, concurrency: int) -> dict[str, Any]:
@@ -957,6 +1001,24 @@ def _vs_instant(phase: dict[str, Any], phases: list[dict[str, Any]]) -> float | 
     return None
 
 
+def print_backend_calls(phase: dict[str, Any], outage_s: float) -> None:
+    """The provisioner's calls per second and the circuit's changes (an --outage-s run)."""
+    calls = phase.get("backend_calls")
+    if not calls or not outage_s:
+        return
+    opened = sum(1 for c in calls["circuit_changes"] if c["state"] == "open")
+    probes = sum(1 for c in calls["circuit_changes"] if c["state"] == "half-open")
+    closed = sum(1 for c in calls["circuit_changes"] if c["state"] == "closed")
+    print(f"\nc{phase['concurrency']} {label(phase)}: provisioner down {outage_s:g} s; "
+          f"circuit opened {opened}x, probed {probes}x, closed {closed}x; "
+          f"{phase['completed']}/{phase['submitted']} completed, "
+          f"lost {phase['submitted'] - phase['completed']}, "
+          f"keys answered twice {calls['keys_answered_twice']}")
+    print(f"  provisioner calls per second from the outage's start: "
+          f"{calls['provisioner_per_second'][:int(outage_s) + 10]}")
+    print(f"  of which 503: {calls['provisioner_503_per_second'][:int(outage_s) + 10]}")
+
+
 def print_verdicts(rows: list[dict[str, Any]]) -> None:
     """Each path against its target: the batch path 5x the no-op rate and p99 <= 25 ms
     at half its rate; a per-event path 0.8x the no-op rate."""
@@ -1045,6 +1107,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="a setting of the workers (and the submitter), e.g. "
                         "--set PROVISIONING_STEP_THREADS=4; repeatable")
     parser.add_argument("--no-noop", action="store_true", help="skip the no-op baseline")
+    parser.add_argument("--outage-s", type=float, default=0.0,
+                        help="the provisioner answers 503 to every call for this many seconds "
+                        "from the start of each measured phase (the circuit breaker's run)")
     parser.add_argument("--backend-latency-ms", default="0",
                         help="comma-separated latencies of the emulator's answers; each "
                         "worker phase runs once per latency (e.g. 0,100,1000)")
@@ -1163,6 +1228,8 @@ def run(args: argparse.Namespace) -> int:
         output = write_json(args, stamp, info, source, phases, rows)
         print(f"\nresults: {output}")
         print_verdicts(rows)
+        for phase in phases:
+            print_backend_calls(phase, args.outage_s)
         return 0
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)

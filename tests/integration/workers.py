@@ -30,9 +30,10 @@ from statemachine import HistoryEntry, ProvisioningState, Result
 from worker.bootstrap.services import build_service
 from worker.emulators import Emulator, EmulatorServer, serve
 from worker.service import SubmitReport, submit_events
-from worker.service.service import DRAIN_RECORD, DRAIN_RECORDS, HANDLE_EVENT, Service
+from worker.service.service import Service
 from worker.settings import Settings
 from worker.store.failed import FailedTask
+from worker.task_names import DRAIN_RECORD, DRAIN_RECORDS, HANDLE_EVENT
 
 ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")

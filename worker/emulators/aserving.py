@@ -119,8 +119,10 @@ class AsyncReplyServer:
         try:
             while await self._one(reader, writer):
                 pass
-        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-                ValueError) as exc:
+        except asyncio.IncompleteReadError as exc:
+            if exc.partial:  # gone mid-request; an empty read is a client that hung up
+                log.info("emulator.client_gone", error=f"{type(exc).__name__}: {exc}")
+        except (ConnectionError, asyncio.LimitOverrunError, ValueError) as exc:
             # A client that went away mid-answer (a killed worker) is normal here.
             log.info("emulator.client_gone", error=f"{type(exc).__name__}: {exc}")
         finally:

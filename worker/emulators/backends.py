@@ -88,13 +88,14 @@ class RecordedRequest:
     payload: object  # the parsed JSON body, None when there was none
     replayed: bool = False  # answered from the idempotency store
     delay_ms: float = 0.0  # a scripted delay before the answer was sent
+    at: float = 0.0  # when it was answered (time.time())
 
     def as_json(self) -> dict[str, object]:
         return {"method": self.method, "path": self.path,
                 "idempotency_key": self.idempotency_key, "status": self.status,
                 "step": self.step.value if self.step else None, "target": self.target,
                 "payload": self.payload, "replayed": self.replayed,
-                "delay_ms": self.delay_ms}
+                "delay_ms": self.delay_ms, "at": self.at}
 
 
 @dataclass(frozen=True)
@@ -329,7 +330,7 @@ class Emulator:
                 self._answered[key] = (fingerprint, reply)
         self._requests.append(RecordedRequest(method, path, key, reply.status, route.step,
                                               route.targets[0], route.payload, replayed,
-                                              delay_ms))
+                                              delay_ms, time.time()))
         return reply, delay_ms
 
     def _script_targets(self, route: Route) -> tuple[str, ...]:

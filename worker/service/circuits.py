@@ -26,8 +26,8 @@ class CircuitReporter:
         self.cooldown = cooldown
 
     def __call__(self, change: Change) -> None:
-        level = log.info if change.state is CircuitState.CLOSED else log.warning
-        level("backend.circuit", backend=change.backend, state=change.state.label,
+        # Every change is a warning: an operator wants to see the closing too.
+        log.warning("backend.circuit", backend=change.backend, state=change.state.label,
               failures=change.failures, reason=change.reason,
               cooldown_s=self.cooldown if change.state is CircuitState.OPEN else None)
         self.observer.circuit_changed(change.backend, int(change.state))
