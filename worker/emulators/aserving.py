@@ -123,8 +123,9 @@ class AsyncReplyServer:
             if exc.partial:  # gone mid-request; an empty read is a client that hung up
                 log.info("emulator.client_gone", error=f"{type(exc).__name__}: {exc}")
         except (ConnectionError, asyncio.LimitOverrunError, ValueError) as exc:
-            # A client that went away mid-answer (a killed worker) is normal here.
-            log.info("emulator.client_gone", error=f"{type(exc).__name__}: {exc}")
+            # A client that went away mid-answer (a killed worker, hundreds of connections
+            # at once) is normal here.
+            log.debug("emulator.client_gone", error=f"{type(exc).__name__}: {exc}")
         finally:
             writer.close()
             with contextlib.suppress(Exception):
