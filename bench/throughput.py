@@ -674,8 +674,7 @@ def run_worker_phase(ctx: Context, concurrency: int, path: str, *,
             raise BenchError(f"{tag}: the queue did not empty after the warm-up")
         if args.profile_dir and concurrency == args.profile_concurrency:
             profiler = start_profiler(ctx, started, tag)
-        ctx.emulator.max_concurrency = 0  # the measured part's, not the warm-up's
-        measured_from = len(ctx.emulator.requests)
+        measured_from = measure_emulator(ctx)
         before = Resources.now(ctx, started)
         outage = start_outage(ctx, args.outage_s) if args.outage_s else None
         submitted = (submit(workload.events) if rate is None
@@ -701,6 +700,7 @@ def run_worker_phase(ctx: Context, concurrency: int, path: str, *,
     result = {"concurrency": concurrency, "path": path, "settled": settled,
               "backend_latency_ms": latency_ms,
               "emulator_max_concurrency": ctx.emulator.max_concurrency,
+              "emulator_max_concurrency_by_backend": dict(ctx.emulator.max_concurrency_by),
               "paced_rate": rate, "paced_share": None if rate is None else args.paced_share,
               "mix": workload.mix, **summarize(submitted, done),
               "cpu_per_event": before.per_item(after, len(workload.events)),
@@ -709,6 +709,14 @@ def run_worker_phase(ctx: Context, concurrency: int, path: str, *,
     if profile is not None:
         result["profile"] = profile
     return result
+
+
+def measure_emulator(ctx: Context) -> int:
+    """Start the emulator's peak counts over (the measured part's, not the warm-up's);
+    returns how many requests it answered so far."""
+    ctx.emulator.max_concurrency = 0
+    ctx.emulator.max_concurrency_by = {}
+    return len(ctx.emulator.requests)
 
 
 def start_outage(ctx: Context, seconds: float) -> float:
@@ -1230,6 +1238,8 @@ def run(args: argparse.Namespace) -> int:
         print_verdicts(rows)
         for phase in phases:
             print_backend_calls(phase, args.outage_s)
+            print(f"c{phase['concurrency']} {label(phase)}: the emulator's most calls at once "
+                  f"by backend: {phase.get('emulator_max_concurrency_by_backend')}")
         return 0
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -52,7 +52,7 @@ import random
 import threading
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -73,6 +73,12 @@ from worker.emulators.dataverse import DataverseEmulator
 from worker.emulators.serving import Reply
 
 __all__ = ["Emulator", "GateState", "RecordedRequest"]
+
+_BACKEND_OF = {
+    BackendStep.PROVISION_CHANNEL: "provisioner", BackendStep.DEPROVISION_CHANNEL: "provisioner",
+    BackendStep.ACTIVATE_GATE: "gatekeeper", BackendStep.DEACTIVATE_GATE: "gatekeeper",
+    BackendStep.START_CALLING_TEST: "calling_test",
+}
 
 
 @dataclass(frozen=True)
@@ -137,6 +143,8 @@ class Emulator:
         self._requests: list[RecordedRequest] = []
         self._in_flight = 0  # backend requests being answered now
         self.max_concurrency = 0  # the most answered at once since the last reset
+        self._in_flight_by: Counter[str] = Counter()
+        self.max_concurrency_by: dict[str, int] = {}  # the same, per backend
         self.dataverse = dataverse if dataverse is not None else DataverseEmulator()
 
     @classmethod
@@ -202,6 +210,7 @@ class Emulator:
             self._answered.clear()
             self._requests.clear()
             self.max_concurrency = self._in_flight
+            self.max_concurrency_by = {k: v for k, v in self._in_flight_by.items() if v}
         self.dataverse.reset()
 
     # -- what tests look at ------------------------------------------------------------
@@ -293,9 +302,13 @@ class Emulator:
             self._record(RecordedRequest(method, url.path, idempotency_key, exc.reply.status,
                                          None, None, loads_or_none(body)))
             return exc.reply
+        backend = _BACKEND_OF[request.step]
         with self._lock:
             self._in_flight += 1
             self.max_concurrency = max(self.max_concurrency, self._in_flight)
+            self._in_flight_by[backend] += 1
+            self.max_concurrency_by[backend] = max(self.max_concurrency_by.get(backend, 0),
+                                                   self._in_flight_by[backend])
         try:
             if self.latency_ms:
                 yield self.latency_ms / 1000
@@ -306,6 +319,7 @@ class Emulator:
         finally:
             with self._lock:
                 self._in_flight -= 1
+                self._in_flight_by[backend] -= 1
         return reply
 
     def _answer(self, method: str, path: str, route: Route, key: str | None,
@@ -428,6 +442,7 @@ class Emulator:
                               for r, g in self.gates.items()},
                     "calling_tests": self.calling_tests,
                     "max_concurrency": self.max_concurrency,
+                    "max_concurrency_by_backend": dict(self.max_concurrency_by),
                 })
         return Reply.of(404, {"error": f"no admin endpoint {method} /_emulator/"
                                          f"{'/'.join(segments)}"})
