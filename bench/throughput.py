@@ -720,13 +720,14 @@ def measure_emulator(ctx: Context) -> int:
 
 
 def start_outage(ctx: Context, seconds: float) -> float:
-    """The provisioner answers 503 to every call for ``seconds`` from now (a backend that
-    is down); returns when the outage began."""
+    """The provisioner answers 503 to every call (PUT and DELETE) for ``seconds`` from now
+    (a backend that is down); returns when the outage began."""
     import threading
 
     from statemachine import BackendStep
 
-    ctx.emulator.script("*", BackendStep.PROVISION_CHANNEL, [], then=503)
+    for step in (BackendStep.PROVISION_CHANNEL, BackendStep.DEPROVISION_CHANNEL):
+        ctx.emulator.script("*", step, [], then=503)
     threading.Timer(seconds, ctx.emulator.clear_scripts).start()
     return time.time()
 
