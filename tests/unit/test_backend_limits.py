@@ -185,3 +185,34 @@ def test_bad_limits_are_refused_naming_the_variable(name: str, value: float) -> 
 
     with pytest.raises(ConfigurationError, match=f"PROVISIONING_{name.upper()}"):
         Settings.from_env({f"PROVISIONING_{name.upper()}": str(value)})
+
+
+def test_each_change_of_a_circuit_is_logged_measured_and_published_for_health() -> None:
+    from structlog.testing import capture_logs
+
+    from worker.service.circuits import CircuitReporter
+    from worker.store.circuits import CircuitBoard
+
+    class Seen:
+        def __init__(self) -> None:
+            self.states: list[tuple[str, int]] = []
+
+        def circuit_changed(self, backend: str, state: int) -> None:
+            self.states.append((backend, state))
+
+    client = fakeredis.FakeRedis(decode_responses=True)
+    board = CircuitBoard(client, Keys("t"))
+    seen = Seen()
+    reporter = CircuitReporter(board, seen, "host", cooldown=10.0)
+    breaker = CircuitBreaker("gatekeeper", 1, 10.0, clock=Clock(), on_change=reporter)
+    with capture_logs() as logs:
+        breaker.failed("HTTP 502")
+        (entry,) = board.read()
+        assert (entry.backend, entry.state, entry.failures, entry.reason) == (
+            "gatekeeper", "open", 1, "HTTP 502")
+        assert 0 < client.pttl(f"t:circuit:gatekeeper:{reporter.holder}") <= 25_000
+        breaker.succeeded()
+        assert board.read() == []
+    assert seen.states == [("gatekeeper", 2), ("gatekeeper", 0)]
+    assert [(e["event"], e["state"], e["log_level"]) for e in logs] == [
+        ("backend.circuit", "open", "warning"), ("backend.circuit", "closed", "warning")]

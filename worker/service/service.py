@@ -174,11 +174,6 @@ class Service:
         future: Future[StepResult] = self._steps.submit(context.run, self.call_step, step)
         return future
 
-    @property
-    def step_loop(self) -> StepLoop | None:
-        """The step loop, once a step has started on it."""
-        return self._step_loop
-
     def call_step(self, step: RunStep) -> StepResult:
         """Run a started step's backend calls (on a step thread; no store access)."""
         return call_step(self.backends, self.observer, step)
