@@ -207,3 +207,25 @@ def test_the_aiohttp_wire_turns_a_refused_connection_into_a_transient_connect_er
     result = asyncio.run(run())
     assert result.failure is not None
     assert (result.failure.error_class, result.failure.transient) == ("ConnectError", True)
+
+
+def test_the_aiohttp_wire_turns_a_late_answer_into_a_transient_read_timeout() -> None:
+    emulator = Emulator()
+    emulator.script(RECORD, BackendStep.PROVISION_CHANNEL, [Answer(200, delay_ms=600)])
+    server = EmulatorServer(("127.0.0.1", 0), emulator).start()
+    configured = BackendSettings(provisioner_url=server.url, max_tries=1, read_timeout=0.2)
+
+    async def run() -> Any:
+        wire = AiohttpWire(configured, 10)
+        try:
+            return await AsyncBackends(configured, wire).call(
+                call(BackendStep.PROVISION_CHANNEL))
+        finally:
+            await wire.aclose()
+
+    try:
+        result = asyncio.run(run())
+    finally:
+        server.shutdown()
+    assert result.failure is not None
+    assert (result.failure.error_class, result.failure.transient) == ("ReadTimeout", True)
