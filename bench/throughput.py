@@ -68,6 +68,8 @@ RESULTS = ROOT / "bench" / "results"
 TARGET_RATIO = 0.8  # issue 3: a per-event path against the bare no-op task
 BATCH_TARGET_RATIO = 5.0  # issue 6: the batch path against the bare no-op task
 TARGET_P99_MS = 25.0  # issue 6: p99 of the batch path at half its sustained rate
+# issue 12: events/s with backends answering in this many ms, against instant ones
+LATENCY_TARGETS = {100.0: 0.8, 1000.0: 0.5}
 
 # -- the bare no-op app (what ``celery -A bench.throughput:noop_app worker`` runs) ----------
 
@@ -638,7 +640,7 @@ def commit_times(ctx: Context, keys: Any, events: Sequence[dict[str, Any]],
 
 
 def run_worker_phase(ctx: Context, concurrency: int, path: str, *,
-                     rate: float | None = None) -> dict[str, Any]:
+                     rate: float | None = None, latency_ms: float = 0.0) -> dict[str, Any]:
     """One measured phase of the provisioning worker, on a fresh worker and key prefix: a
     burst of N events, or (``rate``) events paced at that rate for --paced-seconds."""
     from worker.keys import Keys
@@ -646,7 +648,8 @@ def run_worker_phase(ctx: Context, concurrency: int, path: str, *,
 
     args = ctx.args
     n = args.n if rate is None else max(2, round(rate * args.paced_seconds))
-    tag = f"c{concurrency}-{path}" + ("" if rate is None else "-paced")
+    tag = (f"c{concurrency}-{path}" + ("" if rate is None else "-paced")
+           + (f"-{latency_ms:g}ms" if latency_ms else ""))
     env = ctx.env(f"{ctx.prefix}:{tag}")
     keys = Keys(env["PROVISIONING_KEY_PREFIX"])
     if args.mix == REPORTS:
@@ -656,6 +659,7 @@ def run_worker_phase(ctx: Context, concurrency: int, path: str, *,
                                  report_share=args.report_share, warmup=2 * concurrency,
                                  seed=args.seed)
     ctx.emulator.reset()
+    ctx.emulator.latency_ms = latency_ms
     submit = Submitter(path, Settings.from_env(env), args.batch)
     started = ctx.start_worker("worker.app", concurrency, tag, env)
     profiler: Started | None = None
@@ -670,7 +674,9 @@ def run_worker_phase(ctx: Context, concurrency: int, path: str, *,
             raise BenchError(f"{tag}: the queue did not empty after the warm-up")
         if args.profile_dir and concurrency == args.profile_concurrency:
             profiler = start_profiler(ctx, started, tag)
+        measured_from = measure_emulator(ctx)
         before = Resources.now(ctx, started)
+        outage = start_outage(ctx, args.outage_s) if args.outage_s else None
         submitted = (submit(workload.events) if rate is None
                      else submit.paced(workload.events, rate, args.tick))
         running, deprovisioned, errors = workload.expect()
@@ -682,19 +688,74 @@ def run_worker_phase(ctx: Context, concurrency: int, path: str, *,
         profiler = None
         done, outcomes = commit_times(ctx, keys, workload.events)
         ctx.queue_idle(started, args.drain_timeout)
+        calls = backend_calls(ctx, measured_from, outage, started)
     finally:
+        if args.outage_s:
+            ctx.emulator.clear_scripts()
         if profiler is not None:
             ctx.procs.stop(profiler, first=signal.SIGINT)
         ctx.procs.stop(started)
         submit.close()
+        ctx.emulator.latency_ms = 0.0
     result = {"concurrency": concurrency, "path": path, "settled": settled,
+              "backend_latency_ms": latency_ms,
+              "emulator_max_concurrency": ctx.emulator.max_concurrency,
+              "emulator_max_concurrency_by_backend": dict(ctx.emulator.max_concurrency_by),
               "paced_rate": rate, "paced_share": None if rate is None else args.paced_share,
               "mix": workload.mix, **summarize(submitted, done),
               "cpu_per_event": before.per_item(after, len(workload.events)),
-              "outcomes": dict(sorted(outcomes.items())), "log": str(started.log)}
+              "outcomes": dict(sorted(outcomes.items())), "log": str(started.log),
+              "backend_calls": calls}
     if profile is not None:
         result["profile"] = profile
     return result
+
+
+def measure_emulator(ctx: Context) -> int:
+    """Start the emulator's peak counts over (the measured part's, not the warm-up's);
+    returns how many requests it answered so far."""
+    ctx.emulator.max_concurrency = 0
+    ctx.emulator.max_concurrency_by = {}
+    return len(ctx.emulator.requests)
+
+
+def start_outage(ctx: Context, seconds: float) -> float:
+    """The provisioner answers 503 to every call (PUT and DELETE) for ``seconds`` from now
+    (a backend that is down); returns when the outage began."""
+    import threading
+
+    from statemachine import BackendStep
+
+    for step in (BackendStep.PROVISION_CHANNEL, BackendStep.DEPROVISION_CHANNEL):
+        ctx.emulator.script("*", step, [], then=503)
+    threading.Timer(seconds, ctx.emulator.clear_scripts).start()
+    return time.time()
+
+
+def backend_calls(ctx: Context, since: int, outage: float | None,
+                  started: Started) -> dict[str, Any]:
+    """What the emulator saw in the measured part: provisioner calls per second (503s and
+    others), Idempotency-Keys answered with a fresh success more than once (a step done
+    twice), and the worker's circuit changes (its log)."""
+    requests = ctx.emulator.requests[since:]
+    provisioner = [r for r in requests if r.step is not None
+                   and r.step.value in ("provision_channel", "deprovision_channel")]
+    origin = outage if outage is not None else min((r.at for r in requests), default=0.0)
+    per_second: Counter[int] = Counter(int(r.at - origin) for r in provisioner)
+    failed: Counter[int] = Counter(int(r.at - origin) for r in provisioner if r.status == 503)
+    fresh = Counter(r.idempotency_key for r in requests
+                    if r.idempotency_key and 200 <= r.status < 300 and not r.replayed)
+    changes = [json.loads(line) for line in started.log.read_text(errors="replace").splitlines()
+               if '"backend.circuit"' in line and line.startswith("{")]
+    return {
+        "provisioner_per_second": [per_second.get(i, 0) for i in range(max(per_second,
+                                                                         default=-1) + 1)],
+        "provisioner_503_per_second": [failed.get(i, 0) for i in range(max(failed,
+                                                                         default=-1) + 1)],
+        "keys_answered_twice": sum(1 for count in fresh.values() if count > 1),
+        "circuit_changes": [{k: c.get(k) for k in ("timestamp", "backend", "state",
+                                                   "failures", "reason")} for c in changes],
+    }
 
 
 def run_noop_phase(ctx: Context, concurrency: int) -> dict[str, Any]:
@@ -896,16 +957,20 @@ def _fmt(value: Any, width: int, digits: int = 1) -> str:
 
 def label(row: dict[str, Any]) -> str:
     rate = row.get("paced_rate")
-    return row["path"] if rate is None else f"{row['path']} @{rate:.0f}/s"
+    text = row["path"] if rate is None else f"{row['path']} @{rate:.0f}/s"
+    latency = row.get("backend_latency_ms") or 0
+    return f"{text} {latency:g}ms" if latency else text
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     print(f"\n{'C':>2}  {'path':<24}{'events/s':>10}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"
-          f"{'no-op tasks/s':>15}{'ratio':>8}")
+          f"{'no-op tasks/s':>15}{'ratio':>8}{'vs instant':>11}{'max conc':>9}")
     for row in rows:
         print(f"{row['concurrency']:>2}  {label(row):<24}{_fmt(row['per_s'], 10)}"
               f"{_fmt(row['p50_ms'], 9)}{_fmt(row['p95_ms'], 9)}{_fmt(row['p99_ms'], 9)}"
               f"{_fmt(row['noop_per_s'], 15)}{_fmt(row['ratio'], 8, 2)}"
+              f"{_fmt(row.get('vs_instant'), 11, 2)}"
+              f"{_fmt(row.get('emulator_max_concurrency'), 9, 0)}"
               f"{'' if row['settled'] else '  (incomplete)'}")
     print(f"\n{'C':>2}  {'path':<24}{'completed':>10}{'submit s':>9}{'worker':>9}"
           f"{'redis':>8}{'bench':>8}{'cmds':>7}{'others %':>10}   per event (task): CPU ms "
@@ -927,8 +992,40 @@ def table_rows(phases: list[dict[str, Any]]) -> list[dict[str, Any]]:
         ratio = (phase["per_s"] / base) if phase["path"] != NOOP and base and phase["per_s"] \
             and phase.get("paced_rate") is None else None
         rows.append({**{k: v for k, v in phase.items() if k not in ("outcomes", "profile")},
-                     "noop_per_s": base, "ratio": None if ratio is None else round(ratio, 3)})
+                     "noop_per_s": base, "ratio": None if ratio is None else round(ratio, 3),
+                     "vs_instant": _vs_instant(phase, phases)})
     return rows
+
+
+def _vs_instant(phase: dict[str, Any], phases: list[dict[str, Any]]) -> float | None:
+    """events/s with slow backends ÷ events/s of the same path and concurrency with
+    instant ones (issue 12's targets)."""
+    if not phase.get("backend_latency_ms") or phase.get("paced_rate") or not phase["per_s"]:
+        return None
+    for other in phases:
+        if (other["path"], other["concurrency"]) == (phase["path"], phase["concurrency"]) \
+                and not other.get("backend_latency_ms") and not other.get("paced_rate") \
+                and other["per_s"]:
+            return round(phase["per_s"] / other["per_s"], 3)
+    return None
+
+
+def print_backend_calls(phase: dict[str, Any], outage_s: float) -> None:
+    """The provisioner's calls per second and the circuit's changes (an --outage-s run)."""
+    calls = phase.get("backend_calls")
+    if not calls or not outage_s:
+        return
+    opened = sum(1 for c in calls["circuit_changes"] if c["state"] == "open")
+    probes = sum(1 for c in calls["circuit_changes"] if c["state"] == "half-open")
+    closed = sum(1 for c in calls["circuit_changes"] if c["state"] == "closed")
+    print(f"\nc{phase['concurrency']} {label(phase)}: provisioner down {outage_s:g} s; "
+          f"circuit opened {opened}x, probed {probes}x, closed {closed}x; "
+          f"{phase['completed']}/{phase['submitted']} completed, "
+          f"lost {phase['submitted'] - phase['completed']}, "
+          f"keys answered twice {calls['keys_answered_twice']}")
+    print(f"  provisioner calls per second from the outage's start: "
+          f"{calls['provisioner_per_second'][:int(outage_s) + 10]}")
+    print(f"  of which 503: {calls['provisioner_503_per_second'][:int(outage_s) + 10]}")
 
 
 def print_verdicts(rows: list[dict[str, Any]]) -> None:
@@ -941,6 +1038,13 @@ def print_verdicts(rows: list[dict[str, Any]]) -> None:
             verdict = "met" if min(ratios) >= target else "NOT met"
             print(f"{path}: target {target}x the no-op rate: {verdict} "
                   f"(ratios {min(ratios):.2f} to {max(ratios):.2f})")
+    for latency, target in LATENCY_TARGETS.items():
+        shares = [r["vs_instant"] for r in rows
+                  if r.get("backend_latency_ms") == latency and r.get("vs_instant")]
+        if shares:
+            verdict = "met" if min(shares) >= target else "NOT met"
+            print(f"{latency:g} ms backends: target {target}x the instant-backend rate: "
+                  f"{verdict} ({min(shares):.2f} to {max(shares):.2f})")
     paced = [r for r in rows if r["path"] == NORMAL and r.get("paced_rate")
              and r["p99_ms"] is not None and r.get("paced_share", 0.5) == 0.5]
     if paced:
@@ -1012,15 +1116,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="a setting of the workers (and the submitter), e.g. "
                         "--set PROVISIONING_STEP_THREADS=4; repeatable")
     parser.add_argument("--no-noop", action="store_true", help="skip the no-op baseline")
+    parser.add_argument("--outage-s", type=float, default=0.0,
+                        help="the provisioner answers 503 to every call for this many seconds "
+                        "from the start of each measured phase (the circuit breaker's run)")
+    parser.add_argument("--backend-latency-ms", default="0",
+                        help="comma-separated latencies of the emulator's answers; each "
+                        "worker phase runs once per latency (e.g. 0,100,1000)")
     parser.add_argument("--emulator-nagle", action="store_true",
-                        help="serve the emulator as worker.emulators does (Nagle on: each "
-                        "backend call waits ~40 ms for a delayed ACK)")
+                        help="serve the emulator without TCP_NODELAY (it writes each answer "
+                        "in one send, so Nagle's algorithm should cost nothing)")
     args = parser.parse_args(argv)
     try:
         args.levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
     except ValueError:
         parser.error("--concurrency: comma-separated integers, e.g. 1,2,4")
     args.path_list = [p.strip() for p in args.paths.split(",") if p.strip()]
+    args.latencies = latencies(parser, args.backend_latency_ms)
     args.worker_settings = worker_settings(parser, args.settings)
     if not args.levels or any(c < 1 for c in args.levels):
         parser.error("--concurrency: every level must be at least 1")
@@ -1035,6 +1146,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.redis_url and args.db is None:
         parser.error("--redis-url needs --db N, the number of an EMPTY database to use")
     return args
+
+
+def latencies(parser: argparse.ArgumentParser, text: str) -> list[float]:
+    """The --backend-latency-ms list."""
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        parser.error("--backend-latency-ms: comma-separated numbers, e.g. 0,100,1000")
+    if not values or any(v < 0 for v in values):
+        parser.error("--backend-latency-ms: at least one latency, none negative")
+    return values
 
 
 def worker_settings(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, str]:
@@ -1078,7 +1200,7 @@ def cleanup_redis(ctx: Context) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from worker.emulators import Emulator, serve
+    from worker.emulators import Emulator, EmulatorServer
 
     stamp = datetime.now(UTC)
     procs = Processes()
@@ -1086,15 +1208,10 @@ def run(args: argparse.Namespace) -> int:
     ctx: Context | None = None
     try:
         url, embedded_redis = open_redis(args)
-        server = serve("127.0.0.1", 0, Emulator(latency_ms=0, failure_rate=0.0))
-        if not args.emulator_nagle:
-            # http.server writes the headers and the body of an answer in two send()s;
-            # with Nagle on, the second waits for the client's delayed ACK (~40 ms on
-            # Linux), which would swamp a zero-latency backend. TCP_NODELAY, as a real
-            # HTTP server sets it.
-            server.RequestHandlerClass = type(
-                "NoDelayHandler", (server.RequestHandlerClass,),
-                {"disable_nagle_algorithm": True})
+        # One event loop answers every request (latency awaited, not slept in a thread
+        # each), each answer in one write with TCP_NODELAY (--emulator-nagle: without it).
+        server = EmulatorServer(("127.0.0.1", 0), Emulator(latency_ms=0, failure_rate=0.0),
+                                nodelay=not args.emulator_nagle).start()
         host, port = server.server_address[:2]
         logdir = args.log_dir or Path(tempfile.mkdtemp(prefix="bench-throughput-"))
         logdir.mkdir(parents=True, exist_ok=True)
@@ -1120,6 +1237,10 @@ def run(args: argparse.Namespace) -> int:
         output = write_json(args, stamp, info, source, phases, rows)
         print(f"\nresults: {output}")
         print_verdicts(rows)
+        for phase in phases:
+            print_backend_calls(phase, args.outage_s)
+            print(f"c{phase['concurrency']} {label(phase)}: the emulator's most calls at once "
+                  f"by backend: {phase.get('emulator_max_concurrency_by_backend')}")
         return 0
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -1163,7 +1284,10 @@ def run_phases(ctx: Context) -> list[dict[str, Any]]:
     steps: list[tuple[int, str, Callable[[], dict[str, Any]]]] = []
     for level in ctx.args.levels:
         for path in ctx.args.path_list:
-            steps.append((level, path, lambda c=level, p=path: run_worker_phase(ctx, c, p)))
+            for latency in ctx.args.latencies:
+                steps.append((level, path if not latency else f"{path} {latency:g}ms",
+                              lambda c=level, p=path, ms=latency: run_worker_phase(
+                                  ctx, c, p, latency_ms=ms)))
         if not ctx.args.no_noop:
             steps.append((level, NOOP, lambda c=level: run_noop_phase(ctx, c)))
     while steps:
@@ -1179,7 +1303,7 @@ def run_phases(ctx: Context) -> list[dict[str, Any]]:
               f"{result['per_s']}/s, p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms "
               f"(phase {time.monotonic() - began:.1f} s)", flush=True)
         if ctx.args.paced and path != NOOP and result["paced_rate"] is None \
-                and result["per_s"]:
+                and result["per_s"] and not result.get("backend_latency_ms"):
             rate = result["per_s"] * ctx.args.paced_share
             steps.insert(0, (level, f"{path} @{rate:.0f}/s", lambda c=level, p=path, r=rate:
                              run_worker_phase(ctx, c, p, rate=r)))
@@ -1203,11 +1327,12 @@ def write_json(args: argparse.Namespace, stamp: datetime, info: dict[str, Any],
                      "tick": args.tick,
                      "deprovision_share": args.deprovision_share,
                      "report_share": args.report_share, "seed": args.seed,
-                     "emulator_latency_ms": 0, "pool": "prefork",
+                     "emulator_latency_ms": args.latencies, "pool": "prefork",
                      "emulator_tcp_nodelay": not args.emulator_nagle},
         "table": [{k: row.get(k) for k in ("concurrency", "path", "paced_rate", "per_s",
                                            "p50_ms", "p95_ms", "p99_ms", "noop_per_s",
-                                           "ratio", "settled")}
+                                           "ratio", "backend_latency_ms", "vs_instant",
+                                           "emulator_max_concurrency", "settled")}
                   for row in rows],
         "phases": phases,
     }

@@ -260,5 +260,14 @@ def _fresh_process(**_: Any) -> None:
 
 @worker_process_shutdown.connect
 def _process_gone(pid: int | None = None, **_: Any) -> None:
-    """prometheus-client's multiprocess bookkeeping for an exiting pool child."""
+    """prometheus-client's multiprocess bookkeeping for an exiting pool child; its step
+    loop's steps still running are cancelled (their records' next drain runs them again
+    with the same Idempotency-Keys) and its HTTP connections closed."""
     metrics.process_exited(pid or os.getpid())
+    with _services_lock:
+        service = _services.pop(os.getpid(), None)
+    if service is not None:
+        try:
+            service.close(timeout=2.0)
+        except Exception as exc:  # noqa: BLE001 - an exiting process must not fail here
+            log.warning("service_close_failed", error=str(exc))

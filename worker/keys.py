@@ -21,6 +21,8 @@ Global:
   ``<p>:deliveries:<task id>``  counter of deliveries of one Celery message (expires)
   ``<p>:audit``            list of operator actions (JSON)
   ``<p>:beat:heartbeat``   string: beat's last heartbeat (host, pid); expires (PX)
+  ``<p>:rate:<backend>``   string: the backend's shared rate limit (GCRA tat); expires
+  ``<p>:circuit:<backend>:<host:pid>``  string: a process's open circuit (JSON); expires
 Dataverse mirror (worker/dataverse/):
   ``<p>:dataverse:lock``   string: the one mirror consumer sending the outbox; expires (PX)
   ``<p>:dataverse:etags``  hash record id -> the row's etag in Dataverse (for If-Match)
@@ -111,6 +113,14 @@ class Keys:
     def beat_heartbeat(self) -> str:
         """Written by beat on its ticks, with a time to live (worker/ops/heartbeat.py)."""
         return f"{self.prefix}:beat:heartbeat"
+
+    def rate(self, backend: str) -> str:
+        """A backend's shared rate limit (worker/backends/limits.py)."""
+        return f"{self.prefix}:rate:{backend}"
+
+    def circuit(self, backend: str, holder: str) -> str:
+        """A process's circuit of a backend while it is not closed (worker/store/circuits.py)."""
+        return f"{self.prefix}:circuit:{backend}:{holder}"
 
     @property
     def dataverse_lock(self) -> str:

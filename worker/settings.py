@@ -64,8 +64,40 @@ class BackendSettings:
         "longest in-task backoff, seconds (at least the base)", minimum=0))
     retry_after_cap: float = field(default=10.0, metadata=setting(
         "longest `Retry-After` honoured in the task, seconds", minimum=0))
+    # Per-backend protection (README "Configuration"): steps calling one backend at once
+    # in a process, its calls per second across every process (0: no limit), and the
+    # circuit breaker (0 failures: no breaker).
+    provisioner_max_in_flight: int = field(default=200, metadata=setting(
+        "provisioner calls one worker process has in flight at most", above=0))
+    gatekeeper_max_in_flight: int = field(default=200, metadata=setting(
+        "GateKeeper calls one worker process has in flight at most", above=0))
+    calling_test_max_in_flight: int = field(default=200, metadata=setting(
+        "calling-test service calls one worker process has in flight at most", above=0))
+    provisioner_rate: float = field(default=0.0, metadata=setting(
+        "provisioner calls per second across every process (0: no limit)", minimum=0))
+    gatekeeper_rate: float = field(default=0.0, metadata=setting(
+        "GateKeeper calls per second across every process (0: no limit)", minimum=0))
+    calling_test_rate: float = field(default=0.0, metadata=setting(
+        "calling-test service calls per second across every process (0: no limit)",
+        minimum=0))
+    circuit_failures: int = field(default=20, metadata=setting(
+        "consecutive transient failures that open a backend's circuit (0: no breaker)",
+        minimum=0))
+    circuit_cooldown: float = field(default=10.0, metadata=setting(
+        "seconds an open circuit waits before one probe call", above=0))
 
     def __post_init__(self) -> None:
+        for name in ("provisioner_max_in_flight", "gatekeeper_max_in_flight",
+                     "calling_test_max_in_flight"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{PREFIX}{name.upper()} must be at least 1, not "
+                                 f"{getattr(self, name)}")
+        for name in ("provisioner_rate", "gatekeeper_rate", "calling_test_rate",
+                     "circuit_failures"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{PREFIX}{name.upper()} must not be negative")
+        if self.circuit_cooldown <= 0:
+            raise ValueError(f"{PREFIX}CIRCUIT_COOLDOWN must be positive")
         if self.max_tries < 1:
             raise ValueError(f"max_tries must be at least 1, not {self.max_tries}")
         for name in ("connect_timeout", "read_timeout"):
@@ -108,13 +140,17 @@ class Settings:
     drain_budget_seconds: float = field(default=20.0, metadata=setting(
         "a drain task hands the rest of a long inbox to a fresh task after this (less "
         "than the soft task time limit)", above=0))
-    batch_records: int = field(default=50, metadata=setting(  # records per drain task
+    batch_records: int = field(default=500, metadata=setting(  # records per drain task
         "records per `drain_records` task that a submit (and the recovery sweep) sends; "
         "the worker drains them together", above=0))
     step_threads: int = field(default=8, metadata=setting(  # one per record at once
         "backend steps one worker process runs at once, each for a different record "
         "(more threads contend for the GIL: 16 ran 20 % slower than 8 in "
         "`bench/throughput.py`)", above=0))
+    step_runner: str = field(default="async", metadata=setting(
+        "async: backend steps on one asyncio event loop per process (hundreds in flight, "
+        "limited per backend); threads: on `step_threads` threads (the runner before "
+        "issue 12)", choices=("async", "threads")))
     visibility_timeout: int = field(default=600, metadata=setting(
         "Redis transport visibility timeout, seconds; the hard task time limit is the "
         "larger of 90 and 60 % of it, the soft one the larger of 60 and 50 %",

@@ -12,6 +12,7 @@ import random
 import threading
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import Future
 from typing import Any, cast
 
 import fakeredis
@@ -21,19 +22,37 @@ from hypothesis import strategies as st
 
 from statemachine import Result, StatusReason, check_invariants, dedupe_key, parse_event
 from tests.factories import deprovision, gatekeeper, new_id, provision
+from worker.backends.aio import AsyncBackends, ClientPool
 from worker.emulators import Emulator
 from worker.keys import Keys
 from worker.service import Service
+from worker.service.observer import NoObserver
+from worker.service.step_loop import StepLoop
 from worker.store.failed import RedisFailedStore
 from worker.store.protocol import StateStore
 from worker.store.redis import RedisStateStore
 
 
-@pytest.fixture(params=["memory", "fakeredis"])
-def service(request: pytest.FixtureRequest, memory_service: Service) -> Iterator[Service]:
-    """``memory_service``, or the same Service with its stores on fakeredis."""
+@pytest.fixture(params=["memory", "fakeredis", "step-loop"])
+def service(request: pytest.FixtureRequest, memory_service: Service,
+            emulator: Emulator) -> Iterator[Service]:
+    """``memory_service`` (steps on threads), the same Service with its stores on
+    fakeredis, or with its steps on an asyncio step loop (the worker's wiring)."""
     if request.param == "memory":
         yield memory_service
+        return
+    if request.param == "step-loop":
+        backends = memory_service.settings.backends
+        looped = Service(
+            memory_service.settings, memory_service.store, memory_service.failed,
+            memory_service.backends, kick=memory_service.kick,
+            step_loop=lambda: StepLoop(lambda: AsyncBackends(
+                backends, ClientPool(backends, emulator.transport()),
+                sleep=no_sleep), NoObserver()))
+        try:
+            yield looped
+        finally:
+            looped.close()
         return
     client = fakeredis.FakeRedis(decode_responses=True)
     keys = Keys(f"test-{uuid.uuid4().hex[:8]}")
@@ -43,6 +62,10 @@ def service(request: pytest.FixtureRequest, memory_service: Service) -> Iterator
         yield memory_service
     finally:
         client.close()
+
+
+async def no_sleep(seconds: float) -> None:
+    return None
 
 
 def lease_owner(store: StateStore, record_id: str) -> str | None:
@@ -227,15 +250,23 @@ def test_events_arriving_during_a_step_are_applied_while_it_runs(
     records = [new_id() for _ in range(3)]
     accept(service, *(provision(rid) for rid in records))
     gate = threading.Event()
-    original = service.call_step
+    original = service.start_step
     seen: list[str] = []
 
-    def slow(step: Any) -> Any:
+    def slow(step: Any, context: Any) -> Any:
+        # The step starts once ``gate`` opens (on the step threads or the step loop).
         seen.append(step.record_id)
-        assert gate.wait(10)
-        return original(step)
+        started: Future[Any] = Future()
 
-    service.call_step = slow  # type: ignore[method-assign]
+        def later() -> None:
+            assert gate.wait(10)
+            chain = original(step, context)
+            chain.add_done_callback(lambda done: started.set_result(done.result()))
+
+        threading.Thread(target=later, daemon=True).start()
+        return started
+
+    service.start_step = slow  # type: ignore[method-assign]
     again = {rid: provision(rid) for rid in records}
     timer = threading.Timer(0.3, lambda: (accept(service, *again.values()),
                                           threading.Timer(0.3, gate.set).start()))

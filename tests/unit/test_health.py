@@ -126,7 +126,7 @@ def test_all_checks_pass_on_a_healthy_store(client: fakeredis.FakeRedis) -> None
     heartbeat.write_heartbeat(client, KEYS, max_age=60)
     add_failed_tasks(client, 2)
     results = check(Settings(), client)
-    assert list(results) == ["store", "broker", "beat", "failed_tasks"]
+    assert list(results) == ["store", "broker", "beat", "failed_tasks", "circuits"]
     assert all(c.ok for c in results.values())
     assert results["failed_tasks"].detail == "2 entries (at most 100)"
     assert results["beat"].detail.startswith("heartbeat ")
@@ -242,8 +242,26 @@ def test_cli_health_exits_0_when_every_check_passes(
     monkeypatch.setattr(cli_health, "run_checks", on_fake_redis)
     assert main(["health"]) == 0
     out, err = capsys.readouterr()
-    assert len(out.splitlines()) == 4
+    assert len(out.splitlines()) == 5
     assert err == ""
+
+
+def test_an_open_circuit_fails_the_circuits_check_until_it_closes(
+    client: fakeredis.FakeRedis,
+) -> None:
+    from worker.store.circuits import CircuitBoard
+
+    board = CircuitBoard(client, KEYS)
+    assert check(Settings(), client, "circuits")["circuits"].ok
+    board.publish("provisioner", "host-a:11", "open", 20, "HTTP 503", ttl=25)
+    board.publish("provisioner", "host-b:12", "half-open", 21, "HTTP 503", ttl=25)
+    verdict = check(Settings(), client, "circuits")["circuits"]
+    assert not verdict.ok
+    assert verdict.detail.startswith("provisioner half-open/open in 2 processes for ")
+    assert "HTTP 503" in verdict.detail and "steps calling it wait" in verdict.detail
+    board.clear("provisioner", "host-a:11")
+    board.clear("provisioner", "host-b:12")
+    assert check(Settings(), client, "circuits")["circuits"].ok
 
 
 def test_cli_health_names_unknown_checks_as_a_usage_error(

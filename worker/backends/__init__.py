@@ -1,6 +1,10 @@
 """The HTTP client of the three backends (SPEC §4): provisioner, GateKeeper, calling test.
 
 * ``client``: ``Backends``, one call with its in-task tries; failures are values;
+* ``aio``: ``AsyncBackends``, the same on the step loop, each try through its backend's gate;
+* ``wire``: the step loop's HTTP (aiohttp, answers as ``httpx.Response``);
+* ``limits``: each backend's gate (in-flight cap, shared GCRA rate, circuit);
+* ``breaker``: the circuit breaker;
 * ``requests``: what each step sends and what a success must carry;
 * ``policy``: which failures are transient, and the backoff between tries;
 * ``results``: ``CallResult`` and ``CallFailure``;

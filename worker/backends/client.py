@@ -38,6 +38,9 @@ from worker.settings import BackendSettings
 log = structlog.get_logger("worker.backends")
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+# What a try can raise instead of answering (see transport_failure).
+NO_ANSWER = (httpx.TransportError, httpx.InvalidURL, httpx.DecodingError,
+             httpx.TooManyRedirects)
 
 
 def http_timeout(settings: BackendSettings) -> httpx.Timeout:
@@ -46,7 +49,7 @@ def http_timeout(settings: BackendSettings) -> httpx.Timeout:
 
 
 @dataclass(frozen=True)
-class _Try:
+class TryOutcome:
     """What one try came to; ``result`` is set when the call is over."""
 
     result: CallResult | None
@@ -103,11 +106,7 @@ class Backends:
         try:
             request = request_for(self._settings, call)
         except BackendNotConfigured as exc:
-            log.warning("backend.not_configured", step=call.step.value,
-                        idempotency_key=call.idempotency_key)
-            return failed(CallFailure(call.step, transient=False, status=None,
-                                       error_class="NotConfigured", body_start="", attempts=0,
-                                       reason=str(exc)))
+            return not_configured(call, exc)
 
         attempt = 0
         while True:
@@ -120,68 +119,99 @@ class Backends:
                 return failed(outcome.failure)
             self._sleep(self._delay(attempt, outcome.retry_after))
 
-    def _try(self, call: BackendCall, request: Request, attempt: int) -> _Try:
+    def _try(self, call: BackendCall, request: Request, attempt: int) -> TryOutcome:
         """One try: a final result, or a transient failure to retry."""
-        bound = log.bind(step=call.step.value, attempt=attempt,
-                         idempotency_key=call.idempotency_key,
-                         method=request.method, url=_loggable(request.url))
+        bound = bind_try(call, request, attempt)
         started = time.monotonic()
         try:
             response = self._client.request(
                 request.method,
                 request.url,
                 json=request.json,
-                headers={IDEMPOTENCY_HEADER: call.idempotency_key, "Accept": "application/json"},
+                headers=headers_for(call),
                 timeout=http_timeout(self._settings),
             )
-        except (httpx.UnsupportedProtocol, httpx.LocalProtocolError, httpx.InvalidURL,
-                httpx.DecodingError, httpx.TooManyRedirects) as exc:
-            # Our own request or the configured URL is wrong, or the answer cannot be
-            # decoded: trying again cannot help.
-            bound.warning("backend.try", status=None, error_class=type(exc).__name__,
-                          error=str(exc))
-            failure = CallFailure(call.step, transient=False, status=None,
-                                  error_class=type(exc).__name__, body_start="",
-                                  attempts=attempt, reason=str(exc))
-            return _Try(failed(failure))
-        except httpx.TransportError as exc:
-            # Connect errors, timeouts, a dropped connection. Trying again is safe even if
-            # the backend acted on the request: the Idempotency-Key makes it replay.
-            bound.warning("backend.try", status=None, error_class=type(exc).__name__,
-                          error=str(exc), transient=True)
-            failure = CallFailure(call.step, transient=True, status=None,
-                                  error_class=type(exc).__name__, body_start="",
-                                  attempts=attempt, reason=str(exc))
-            return _Try(None, failure)
-
-        elapsed_ms = round((time.monotonic() - started) * 1000, 1)
-        status = response.status_code
-        bound = bound.bind(status=status, elapsed_ms=elapsed_ms)
-        if status in request.success:
-            try:
-                payload = request.parse(response)
-            except InvalidResponseError as exc:
-                bound.warning("backend.try", error_class="InvalidResponse", error=str(exc))
-                failure = CallFailure(call.step, transient=False, status=status,
-                                      error_class="InvalidResponse",
-                                      body_start=body_start(response), attempts=attempt,
-                                      reason=str(exc))
-                return _Try(failed(failure))
-            bound.info("backend.try")
-            return _Try(CallResult(call.step, ok=True, response=payload.response,
-                                   test_id=payload.test_id, attempts=attempt))
-
-        transient = is_transient(status)
-        bound.warning("backend.try", error_class=f"HTTP {status}", transient=transient)
-        failure = CallFailure(call.step, transient=transient, status=status,
-                              error_class=f"HTTP {status}", body_start=body_start(response),
-                              attempts=attempt)
-        if not transient:
-            return _Try(failed(failure))
-        return _Try(None, failure, retry_after(response.headers, self._settings.retry_after_cap))
+        except NO_ANSWER as exc:
+            return transport_failure(bound, call, attempt, exc)
+        return judge(bound, call, request, attempt, response, started, self._settings)
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         return backoff_delay(attempt, retry_after, self._settings, self._rng)
+
+
+def headers_for(call: BackendCall) -> dict[str, str]:
+    """The headers of every try of ``call``: its Idempotency-Key, the same on every try."""
+    return {IDEMPOTENCY_HEADER: call.idempotency_key, "Accept": "application/json"}
+
+
+def bind_try(call: BackendCall, request: Request, attempt: int) -> structlog.BoundLogger:
+    """The logger of one try, bound to what identifies it."""
+    bound: structlog.BoundLogger = log.bind(
+        step=call.step.value, attempt=attempt, idempotency_key=call.idempotency_key,
+        method=request.method, url=_loggable(request.url))
+    return bound
+
+
+def transport_failure(bound: structlog.BoundLogger, call: BackendCall, attempt: int,
+                      exc: Exception) -> TryOutcome:
+    """What a try that got no answer comes to (shared by the sync and async clients)."""
+    if isinstance(exc, (httpx.UnsupportedProtocol, httpx.LocalProtocolError, httpx.InvalidURL,
+                        httpx.DecodingError, httpx.TooManyRedirects)):
+        # Our own request or the configured URL is wrong, or the answer cannot be
+        # decoded: trying again cannot help.
+        bound.warning("backend.try", status=None, error_class=type(exc).__name__,
+                      error=str(exc))
+        failure = CallFailure(call.step, transient=False, status=None,
+                              error_class=type(exc).__name__, body_start="",
+                              attempts=attempt, reason=str(exc))
+        return TryOutcome(failed(failure))
+    # Connect errors, timeouts, a dropped connection. Trying again is safe even if
+    # the backend acted on the request: the Idempotency-Key makes it replay.
+    bound.warning("backend.try", status=None, error_class=type(exc).__name__,
+                  error=str(exc), transient=True)
+    failure = CallFailure(call.step, transient=True, status=None,
+                          error_class=type(exc).__name__, body_start="",
+                          attempts=attempt, reason=str(exc))
+    return TryOutcome(None, failure)
+
+
+def judge(bound: structlog.BoundLogger, call: BackendCall, request: Request, attempt: int,
+          response: httpx.Response, started: float, settings: BackendSettings) -> TryOutcome:
+    """What a try that got ``response`` comes to (shared by the sync and async clients)."""
+    elapsed_ms = round((time.monotonic() - started) * 1000, 1)
+    status = response.status_code
+    bound = bound.bind(status=status, elapsed_ms=elapsed_ms)
+    if status in request.success:
+        try:
+            payload = request.parse(response)
+        except InvalidResponseError as exc:
+            bound.warning("backend.try", error_class="InvalidResponse", error=str(exc))
+            failure = CallFailure(call.step, transient=False, status=status,
+                                  error_class="InvalidResponse",
+                                  body_start=body_start(response), attempts=attempt,
+                                  reason=str(exc))
+            return TryOutcome(failed(failure))
+        bound.info("backend.try")
+        return TryOutcome(CallResult(call.step, ok=True, response=payload.response,
+                               test_id=payload.test_id, attempts=attempt))
+
+    transient = is_transient(status)
+    bound.warning("backend.try", error_class=f"HTTP {status}", transient=transient)
+    failure = CallFailure(call.step, transient=transient, status=status,
+                          error_class=f"HTTP {status}", body_start=body_start(response),
+                          attempts=attempt)
+    if not transient:
+        return TryOutcome(failed(failure))
+    return TryOutcome(None, failure, retry_after(response.headers, settings.retry_after_cap))
+
+
+def not_configured(call: BackendCall, exc: BackendNotConfigured) -> CallResult:
+    """A step whose base URL is not set fails permanently, with no try."""
+    log.warning("backend.not_configured", step=call.step.value,
+                idempotency_key=call.idempotency_key)
+    return failed(CallFailure(call.step, transient=False, status=None,
+                              error_class="NotConfigured", body_start="", attempts=0,
+                              reason=str(exc)))
 
 
 def _loggable(url: str) -> str:

@@ -19,7 +19,7 @@ from worker.cli.common import (
     uuid_text,
 )
 
-HEALTH_CHECKS = ("store", "broker", "beat", "failed_tasks")  # worker.ops.health.CHECKS
+HEALTH_CHECKS = ("store", "broker", "beat", "failed_tasks", "circuits")  # ops.health.CHECKS
 SHELLS = ("bash", "zsh", "fish")  # the shells argcomplete writes a script for
 DISTRIBUTION = "provisioning-state-worker"  # pyproject.toml's name: the one version source
 

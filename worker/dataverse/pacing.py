@@ -12,6 +12,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from worker import gcra
+
 
 class Pacer:
     def __init__(self, requests_per_window: int, window_seconds: float, burst: int, *,
@@ -27,13 +29,12 @@ class Pacer:
 
     def delay(self) -> float:
         """Seconds the next request must wait (0: it may go now)."""
-        now = self._clock()
-        return max(0.0, max(self.tat, now) - (self.burst - 1) * self.interval - now)
+        return gcra.delay(self.tat, self._clock(), self.interval, self.burst)
 
     def wait(self) -> float:
         """Sleep until the next request may go, and count it; returns the seconds slept."""
         pause = self.delay()
         if pause > 0:
             self._sleep(pause)
-        self.tat = max(self.tat, self._clock()) + self.interval
+        self.tat = gcra.advance(self.tat, self._clock(), self.interval)
         return pause

@@ -39,19 +39,21 @@ Behaviour, in the order it is decided for each backend request:
 4. with probability ``failure_rate`` (drawn from a seeded RNG) a 503;
 5. normal behaviour.
 
-Every backend request waits ``latency_ms`` first, and is recorded in :attr:`Emulator.requests`.
+Every backend request waits ``latency_ms`` first, and is recorded in :attr:`Emulator.requests`;
+:attr:`Emulator.max_concurrency` is the most backend requests it answered at once.
 Serve it over HTTP with ``worker.emulators.server`` (``python -m worker.emulators``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import threading
 import time
 import uuid
-from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections import Counter, deque
+from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -72,6 +74,12 @@ from worker.emulators.serving import Reply
 
 __all__ = ["Emulator", "GateState", "RecordedRequest"]
 
+_BACKEND_OF = {
+    BackendStep.PROVISION_CHANNEL: "provisioner", BackendStep.DEPROVISION_CHANNEL: "provisioner",
+    BackendStep.ACTIVATE_GATE: "gatekeeper", BackendStep.DEACTIVATE_GATE: "gatekeeper",
+    BackendStep.START_CALLING_TEST: "calling_test",
+}
+
 
 @dataclass(frozen=True)
 class RecordedRequest:
@@ -86,13 +94,14 @@ class RecordedRequest:
     payload: object  # the parsed JSON body, None when there was none
     replayed: bool = False  # answered from the idempotency store
     delay_ms: float = 0.0  # a scripted delay before the answer was sent
+    at: float = 0.0  # when it was answered (time.time())
 
     def as_json(self) -> dict[str, object]:
         return {"method": self.method, "path": self.path,
                 "idempotency_key": self.idempotency_key, "status": self.status,
                 "step": self.step.value if self.step else None, "target": self.target,
                 "payload": self.payload, "replayed": self.replayed,
-                "delay_ms": self.delay_ms}
+                "delay_ms": self.delay_ms, "at": self.at}
 
 
 @dataclass(frozen=True)
@@ -132,6 +141,10 @@ class Emulator:
         self._scripts: dict[tuple[BackendStep, str], Script] = {}
         self._answered: dict[str, tuple[str, Reply]] = {}  # key -> (request fingerprint, reply)
         self._requests: list[RecordedRequest] = []
+        self._in_flight = 0  # backend requests being answered now
+        self.max_concurrency = 0  # the most answered at once since the last reset
+        self._in_flight_by: Counter[str] = Counter()
+        self.max_concurrency_by: dict[str, int] = {}  # the same, per backend
         self.dataverse = dataverse if dataverse is not None else DataverseEmulator()
 
     @classmethod
@@ -196,6 +209,8 @@ class Emulator:
             self._scripts.clear()
             self._answered.clear()
             self._requests.clear()
+            self.max_concurrency = self._in_flight
+            self.max_concurrency_by = {k: v for k, v in self._in_flight_by.items() if v}
         self.dataverse.reset()
 
     # -- what tests look at ------------------------------------------------------------
@@ -244,7 +259,35 @@ class Emulator:
         self, method: str, raw_path: str, body: bytes, *, idempotency_key: str | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> Reply:
-        """Answer one HTTP request; ``raw_path`` is the request target (path and query)."""
+        """Answer one HTTP request; ``raw_path`` is the request target (path and query).
+        Waits (``sleep``) in the calling thread."""
+        steps = self._handling(method, raw_path, body, idempotency_key, headers)
+        try:
+            while True:
+                self._sleep(next(steps))
+        except StopIteration as done:
+            reply: Reply = done.value
+            return reply
+
+    async def handle_async(
+        self, method: str, raw_path: str, body: bytes, *, idempotency_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Reply:
+        """:meth:`handle` on an event loop: the waits are ``asyncio.sleep``, so thousands
+        of requests wait at once without a thread each."""
+        steps = self._handling(method, raw_path, body, idempotency_key, headers)
+        try:
+            while True:
+                await asyncio.sleep(next(steps))
+        except StopIteration as done:
+            reply: Reply = done.value
+            return reply
+
+    def _handling(
+        self, method: str, raw_path: str, body: bytes, idempotency_key: str | None,
+        headers: Mapping[str, str] | None,
+    ) -> Generator[float, None, Reply]:
+        """The answer to one request; yields each wait (seconds) before it goes on."""
         url = urlsplit(raw_path)
         if DataverseEmulator.owns(url.path):
             return self.dataverse.handle(method, raw_path, body, headers or {})
@@ -259,12 +302,24 @@ class Emulator:
             self._record(RecordedRequest(method, url.path, idempotency_key, exc.reply.status,
                                          None, None, loads_or_none(body)))
             return exc.reply
-        if self.latency_ms:
-            self._sleep(self.latency_ms / 1000)
+        backend = _BACKEND_OF[request.step]
         with self._lock:
-            reply, delay_ms = self._answer(method, url.path, request, idempotency_key)
-        if delay_ms:  # decided (and acted on) already; only the answer is late
-            self._sleep(delay_ms / 1000)
+            self._in_flight += 1
+            self.max_concurrency = max(self.max_concurrency, self._in_flight)
+            self._in_flight_by[backend] += 1
+            self.max_concurrency_by[backend] = max(self.max_concurrency_by.get(backend, 0),
+                                                   self._in_flight_by[backend])
+        try:
+            if self.latency_ms:
+                yield self.latency_ms / 1000
+            with self._lock:
+                reply, delay_ms = self._answer(method, url.path, request, idempotency_key)
+            if delay_ms:  # decided (and acted on) already; only the answer is late
+                yield delay_ms / 1000
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+                self._in_flight_by[backend] -= 1
         return reply
 
     def _answer(self, method: str, path: str, route: Route, key: str | None,
@@ -289,7 +344,7 @@ class Emulator:
                 self._answered[key] = (fingerprint, reply)
         self._requests.append(RecordedRequest(method, path, key, reply.status, route.step,
                                               route.targets[0], route.payload, replayed,
-                                              delay_ms))
+                                              delay_ms, time.time()))
         return reply, delay_ms
 
     def _script_targets(self, route: Route) -> tuple[str, ...]:
@@ -386,6 +441,8 @@ class Emulator:
                     "gates": {r: {"status": g.status, "reason": g.reason}
                               for r, g in self.gates.items()},
                     "calling_tests": self.calling_tests,
+                    "max_concurrency": self.max_concurrency,
+                    "max_concurrency_by_backend": dict(self.max_concurrency_by),
                 })
         return Reply.of(404, {"error": f"no admin endpoint {method} /_emulator/"
                                          f"{'/'.join(segments)}"})

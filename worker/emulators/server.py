@@ -18,9 +18,10 @@ from types import FrameType
 
 import structlog
 
+from worker.emulators.aserving import AsyncReplyServer
 from worker.emulators.backends import Emulator
 from worker.emulators.dataverse import DataverseEmulator
-from worker.emulators.serving import Reply, ReplyServer
+from worker.emulators.serving import Reply
 
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "EmulatorServer", "main", "serve"]
 
@@ -30,19 +31,22 @@ DEFAULT_HOST = "127.0.0.1"  # loopback unless told otherwise: the emulator has n
 DEFAULT_PORT = 8080
 
 
-class EmulatorServer(ReplyServer):
-    """``emulator`` over real HTTP. ``start()`` serves from a daemon thread."""
+class EmulatorServer(AsyncReplyServer):
+    """``emulator`` over real HTTP, from one event loop (its latency is awaited, not slept
+    in a thread per request). ``start()`` serves from a daemon thread."""
 
     thread_name = "backend-emulator"
 
-    def __init__(self, address: tuple[str, int], emulator: Emulator) -> None:
-        super().__init__(address, self._respond)
+    def __init__(self, address: tuple[str, int], emulator: Emulator, *,
+                 nodelay: bool = True) -> None:
+        super().__init__(address, self._respond, nodelay=nodelay)
         self.emulator = emulator
 
-    def _respond(self, method: str, raw_path: str, body: bytes, headers: Message) -> Reply:
-        return self.emulator.handle(method, raw_path, body,
-                                    idempotency_key=headers.get("Idempotency-Key"),
-                                    headers=dict(headers.items()))
+    async def _respond(self, method: str, raw_path: str, body: bytes,
+                       headers: Message) -> Reply:
+        return await self.emulator.handle_async(
+            method, raw_path, body, idempotency_key=headers.get("Idempotency-Key"),
+            headers=dict(headers.items()))
 
 
 def serve(

@@ -6,6 +6,7 @@ Checks, one line each (for probes and for humans)::
     broker  a connection to the Celery broker can be opened
     beat    beat's heartbeat is younger than PROVISIONING_HEALTH_BEAT_MAX_AGE
     failed_tasks  the failed-task store holds at most PROVISIONING_HEALTH_FAILED_MAX entries
+    circuits  no worker process has a backend's circuit open (worker/backends/breaker.py)
 
 Beat's heartbeat is written by beat itself (worker/ops/heartbeat.py).
 """
@@ -26,9 +27,10 @@ from worker.errors import StoreError
 from worker.keys import Keys
 from worker.ops.heartbeat import read_heartbeat
 from worker.settings import Settings, redact_url
+from worker.store.circuits import CircuitBoard, CircuitEntry
 from worker.store.counts import StoreCounts
 
-CHECKS = ("store", "broker", "beat", "failed_tasks")
+CHECKS = ("store", "broker", "beat", "failed_tasks", "circuits")
 
 
 @dataclass(frozen=True)
@@ -78,12 +80,13 @@ def run_checks(settings: Settings, client: redis.Redis, names: Sequence[str] = C
         "broker": lambda: (True, (broker_check or check_broker)(settings)),
         "beat": lambda: _beat(client, settings),
         "failed_tasks": lambda: _failed(counts, settings),
+        "circuits": lambda: _circuits(CircuitBoard(client, Keys(settings.key_prefix))),
     }
     where = {"store": redact_url(settings.redis_url), "broker": redact_url(settings.broker)}
     store_error: str | None = None
     results: list[Check] = []
     for name in (n for n in CHECKS if n in names):
-        if name in ("beat", "failed_tasks") and store_error is not None:
+        if name in ("beat", "failed_tasks", "circuits") and store_error is not None:
             results.append(Check(name, False, f"store unreachable: {store_error}"))
             continue
         started = time.perf_counter()
@@ -131,6 +134,26 @@ def _failed(counts: StoreCounts, settings: Settings) -> tuple[bool, str]:
     if size > limit:
         return False, f"{entries}, more than {limit} (see: provisioning failed list)"
     return True, f"{entries} (at most {limit})"
+
+
+def _circuits(board: CircuitBoard) -> tuple[bool, str]:
+    """Fails while any process holds a backend's circuit open (or half-open): the backend
+    is failing and the steps that call it wait (README "On call")."""
+    entries = board.read()
+    if not entries:
+        return True, "every backend's circuit is closed"
+    now = time.time()
+    by_backend: dict[str, list[CircuitEntry]] = {}
+    for entry in entries:
+        by_backend.setdefault(entry.backend, []).append(entry)
+    parts = []
+    for backend, held in sorted(by_backend.items()):
+        oldest = min(entry.since for entry in held)
+        states = sorted({entry.state for entry in held})
+        parts.append(f"{backend} {'/'.join(states)} in {len(held)} "
+                     f"process{'es' if len(held) > 1 else ''} for {now - oldest:.0f} s "
+                     f"(last failure: {held[-1].reason})")
+    return False, "; ".join(parts) + " - steps calling it wait"
 
 
 def summary(checks: Iterable[Check]) -> dict[str, Any]:

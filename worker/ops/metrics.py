@@ -38,6 +38,7 @@ import structlog
 from prometheus_client import (
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     make_wsgi_app,
     multiprocess,
@@ -46,6 +47,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from statemachine import HistoryEntry
+from worker.backends.limits import BACKENDS
 from worker.errors import StoreError
 from worker.keys import Keys
 from worker.ops.heartbeat import read_heartbeat
@@ -64,7 +66,7 @@ COUNTERS = (
 )
 HISTOGRAMS = ("provisioning_transition_seconds", "provisioning_backend_call_seconds")
 GAUGES = ("provisioning_records", "provisioning_failed_tasks", "provisioning_store_up",
-          "provisioning_beat_heartbeat_age_seconds")
+          "provisioning_beat_heartbeat_age_seconds", "provisioning_backend_circuit_state")
 
 # /healthz: the loop ticks every LIVENESS_TICK seconds; older than LIVENESS_MAX_AGE is a
 # stall. Generous, so that a slow Redis (whose calls the recovery timer makes in the same
@@ -189,6 +191,12 @@ class _Metrics:
             "provisioning_task_failures_total",
             "Entries written to the failed-task store, by task and exception.",
             ["task", "exception"], registry=None)
+        # The worst state over the live processes: 0 closed, 1 half-open, 2 open.
+        self.circuit = Gauge(
+            "provisioning_backend_circuit_state",
+            "A backend's circuit breaker: 0 closed, 1 half-open, 2 open (the highest over "
+            "the worker's live processes).",
+            ["backend"], registry=None, multiprocess_mode="livemax")
 
 
 _metrics_lock = threading.Lock()
@@ -222,6 +230,8 @@ class PrometheusObserver:
 
     def __init__(self) -> None:
         self.metrics = _recorded()
+        for backend in BACKENDS:  # every circuit starts closed, and is shown so
+            self.circuit_changed(backend, 0)
 
     @_never_raises
     def entry_committed(self, entry: HistoryEntry) -> None:
@@ -248,6 +258,10 @@ class PrometheusObserver:
     @_never_raises
     def task_failed(self, task: str, exception: str) -> None:
         self.metrics.task_failures.labels(task=task, exception=exception).inc()
+
+    @_never_raises
+    def circuit_changed(self, backend: str, state: int) -> None:
+        self.metrics.circuit.labels(backend=backend).set(state)
 
 
 def observer(settings: Settings) -> PrometheusObserver | None:

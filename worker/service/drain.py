@@ -18,11 +18,12 @@ the steps those changes started, run side by side on the step threads, one per r
 from __future__ import annotations
 
 import contextvars
+import threading
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, wait
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -50,13 +51,17 @@ from worker.service import failures
 from worker.service.context import Context
 from worker.service.effects import Plan, plan, retry_delay
 from worker.service.leases import LeaseKeeper
-from worker.service.steps import InFlight, StepRunner
+from worker.service.steps import InFlight
 from worker.store.protocol import Commit, CommitStatus, InboxItem, Release
 from worker.task_names import HANDLE_EVENT
 
 log = structlog.get_logger("worker")
 
 INBOX_POLL_SECONDS = 0.05
+# While steps run, the inboxes of their records are read again for the events that arrive
+# meanwhile: every INBOX_POLL_SECONDS, or less often when so many steps are in flight that
+# this would be more than INBOX_POLLS_PER_SECOND reads (hundreds of slow steps at once).
+INBOX_POLLS_PER_SECOND = 1000
 INBOX_READ = 32  # inbox events read per record per round trip
 
 
@@ -101,21 +106,25 @@ class _Staged:
     started: float  # perf_counter when it was computed
 
 
+StartStep = Callable[[RunStep, contextvars.Context], Future[StepResult]]
+
+
 class Drain:
     """One drain of several records (a ``drain_records`` task, or a batch of one).
 
-    ``call_step`` runs a step's backend calls (on ``steps``' threads); ``leases`` renews
-    the leases this drain holds while it works.
+    ``start_step`` starts a step's backend calls off this thread (on the process's step
+    loop, or its step threads) in the given context and returns their future; ``leases``
+    renews the leases this drain holds while it works.
     """
 
-    def __init__(self, ctx: Context, steps: StepRunner, leases: LeaseKeeper,
-                 call_step: Callable[[RunStep], StepResult], task_id: str | None) -> None:
+    def __init__(self, ctx: Context, start_step: StartStep, leases: LeaseKeeper,
+                 task_id: str | None) -> None:
         self.ctx = ctx
-        self.steps = steps
+        self.start_step = start_step
         self.leases = leases
-        self.call_step = call_step
         self.task_id = task_id
         self.owner = f"{ctx.hostname}:{uuid.uuid4().hex[:12]}"
+        self._woken = threading.Event()  # set when a step of this drain ends
 
     def run(self, record_ids: Sequence[str]) -> list[DrainReport]:
         """Drain the records' inboxes, each in order under its own lease.
@@ -385,19 +394,27 @@ class Drain:
         lane.report.steps += 1
         with structlog.contextvars.bound_contextvars(record_id=lane.record_id):
             context = contextvars.copy_context()  # the step thread logs with record_id
-        future = self.steps.submit(context.run, self.call_step, step)
+        future = self.start_step(step, context)
+        future.add_done_callback(self._wake)
         lane.inflight = InFlight((step.kind, step.started_version), future)
         return True
+
+    def _wake(self, _: Future[StepResult]) -> None:
+        self._woken.set()
 
     def _wait_for_steps(self, lanes: list[_Lane]) -> None:
         """Nothing to do but wait: for a step to end, or for the next look at the inboxes
         of records whose step runs (events that arrive meanwhile are applied)."""
         futures = [lane.inflight.future for lane in lanes if lane.inflight is not None]
+        poll = max(INBOX_POLL_SECONDS, len(futures) / INBOX_POLLS_PER_SECOND)
         if futures:
-            wait(futures, timeout=INBOX_POLL_SECONDS, return_when=FIRST_COMPLETED)
+            # Cleared before looking, so that a step ending meanwhile still wakes the wait.
+            self._woken.clear()
+            if not any(future.done() for future in futures):
+                self._woken.wait(poll)
         now = time.monotonic()
         for lane in lanes:
-            if not lane.buffer and now - lane.polled >= INBOX_POLL_SECONDS:
+            if not lane.buffer and now - lane.polled >= poll:
                 lane.refill = True
 
     # -- leases ----------------------------------------------------------------------------

@@ -26,6 +26,10 @@ class Observer(Protocol):
 
     def retry_scheduled(self, attempt: int) -> None: ...
 
+    def circuit_changed(self, backend: str, state: int) -> None:
+        """A backend's circuit changed: 0 closed, 1 half-open, 2 open."""
+        ...
+
     def task_failed(self, task: str, exception: str) -> None:
         """An entry was written to the failed-task store."""
         ...
@@ -45,6 +49,9 @@ class NoObserver:
         return None
 
     def retry_scheduled(self, attempt: int) -> None:
+        return None
+
+    def circuit_changed(self, backend: str, state: int) -> None:
         return None
 
     def task_failed(self, task: str, exception: str) -> None:

@@ -8,9 +8,11 @@ order, run steps), ``failures`` (the failed-task store), ``sweeps`` (beat's time
 
 from __future__ import annotations
 
+import contextvars
 import random
 import socket
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from datetime import datetime
 from typing import Any
 
@@ -26,6 +28,7 @@ from worker.service.effects import retry_delay
 from worker.service.ingest import Accepted
 from worker.service.leases import LeaseKeeper
 from worker.service.observer import NoObserver, Observer
+from worker.service.step_loop import StepLoop
 from worker.service.steps import StepRunner, call_step
 from worker.settings import Settings
 from worker.store.failed import FailedStore, FailedTask
@@ -40,7 +43,9 @@ class Service:
 
     ``kick``/``kick_many`` ask some worker to drain records (a Celery message in a real
     deployment, see ``worker.broker.Dispatch``); ``now``, ``rng`` and ``hostname`` are
-    injected for tests.
+    injected for tests. ``step_loop`` runs the steps' backend calls on an event loop (the
+    worker's wiring, ``worker.bootstrap.build_service``, gives one); without it they run
+    on ``settings.step_threads`` threads through ``call_step`` and ``backends``.
     """
 
     def __init__(
@@ -56,6 +61,7 @@ class Service:
         rng: random.Random | None = None,
         hostname: str | None = None,
         observer: Observer | None = None,
+        step_loop: Callable[[], StepLoop] | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -68,17 +74,23 @@ class Service:
         self.hostname = hostname or socket.gethostname()
         self.observer: Observer = observer or NoObserver()
         self._steps: StepRunner | None = None
+        self._make_step_loop = step_loop
+        self._step_loop: StepLoop | None = None
         self._leases: LeaseKeeper | None = None
 
     def _kick_each(self, record_ids: Sequence[str]) -> None:
         for record_id in record_ids:
             self.kick(record_id)
 
-    def close(self) -> None:
-        """Close the backends' HTTP client (a process that ends); the step threads idle
-        until the process ends."""
+    def close(self, timeout: float = 5.0) -> None:
+        """Close the backends' HTTP clients (a process that ends): steps still on the step
+        loop are cancelled (they run again after recovery, with the same keys); the step
+        threads idle until the process ends."""
         self.backends.close()
         self._steps = None
+        if self._step_loop is not None:
+            self._step_loop.close(timeout)
+            self._step_loop = None
 
     # -- accepting -------------------------------------------------------------------------
 
@@ -146,11 +158,21 @@ class Service:
                    task_id: str | None = None) -> list[DrainReport]:
         """Drain several records' inboxes at once, each in order under its own lease (see
         ``worker.service.drain.Drain.run`` for the rules and the reports)."""
-        if self._steps is None:
-            self._steps = StepRunner(self.settings.step_threads)
         if self._leases is None:
             self._leases = LeaseKeeper(self.store, self.settings.lease_seconds)
-        return Drain(self, self._steps, self._leases, self.call_step, task_id).run(record_ids)
+        return Drain(self, self.start_step, self._leases, task_id).run(record_ids)
+
+    def start_step(self, step: RunStep, context: contextvars.Context) -> Future[StepResult]:
+        """Start a step's backend calls off the drain's thread, in ``context``: on the step
+        loop when the service has one, else on the step threads (``call_step``)."""
+        if self._make_step_loop is not None:
+            if self._step_loop is None:
+                self._step_loop = self._make_step_loop()
+            return self._step_loop.submit(step, context)
+        if self._steps is None:
+            self._steps = StepRunner(self.settings.step_threads)
+        future: Future[StepResult] = self._steps.submit(context.run, self.call_step, step)
+        return future
 
     def call_step(self, step: RunStep) -> StepResult:
         """Run a started step's backend calls (on a step thread; no store access)."""
