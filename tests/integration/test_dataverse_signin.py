@@ -147,10 +147,9 @@ def test_workload_identity_signs_in_through_azure_identity_over_tls(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     org = org_emulator(federated_credentials=[FederatedCredential(issuer, subject, public)])
     cert_path, key_path = tls_files(tmp_path)
-    server = EmulatorServer(("127.0.0.1", 0), Emulator(dataverse=org))
     tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     tls.load_cert_chain(cert_path, key_path)
-    server.socket = tls.wrap_socket(server.socket, server_side=True)
+    server = EmulatorServer(("127.0.0.1", 0), Emulator(dataverse=org), tls=tls)
     server.start()
     try:
         url = f"https://127.0.0.1:{server.server_address[1]}"

@@ -223,7 +223,7 @@ class Cluster:
         for process in self.processes:
             process.stop()
         self.client.close()
-        self.service.backends.close()
+        self.service.close()  # its backends, and its step loop if a drain started one
         self.service.store.client.close()  # type: ignore[attr-defined]
         self.server.shutdown()
 

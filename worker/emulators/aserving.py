@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 import threading
 from email.message import Message
 from http import HTTPStatus
@@ -56,9 +57,10 @@ class AsyncReplyServer:
     thread_name = "emulator"
 
     def __init__(self, address: tuple[str, int], respond: AsyncResponder, *,
-                 nodelay: bool = True) -> None:
+                 nodelay: bool = True, tls: ssl.SSLContext | None = None) -> None:
         self.respond = respond
         self.nodelay = nodelay
+        self.tls = tls  # serve HTTPS with this server-side context (tests of TLS clients)
         self._loop = asyncio.new_event_loop()
         self._socket = socket.create_server(address, reuse_port=False, backlog=1024)
         self._server: asyncio.Server | None = None
@@ -73,7 +75,7 @@ class AsyncReplyServer:
     @property
     def url(self) -> str:
         host, port = self.server_address
-        return f"http://{host}:{port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{port}"
 
     def start(self) -> Self:
         self._thread = threading.Thread(target=self.serve_forever, name=self.thread_name,
@@ -86,7 +88,8 @@ class AsyncReplyServer:
         asyncio.set_event_loop(self._loop)
         try:
             self._server = self._loop.run_until_complete(
-                asyncio.start_server(self._connection, sock=self._socket, limit=MAX_HEADER_BYTES))
+                asyncio.start_server(self._connection, sock=self._socket, limit=MAX_HEADER_BYTES,
+                                     ssl=self.tls))
             self._loop.run_forever()
         finally:
             self._stopped.set()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import ssl
 from collections.abc import Mapping, Sequence
 from email.message import Message
 from types import FrameType
@@ -38,8 +39,8 @@ class EmulatorServer(AsyncReplyServer):
     thread_name = "backend-emulator"
 
     def __init__(self, address: tuple[str, int], emulator: Emulator, *,
-                 nodelay: bool = True) -> None:
-        super().__init__(address, self._respond, nodelay=nodelay)
+                 nodelay: bool = True, tls: ssl.SSLContext | None = None) -> None:
+        super().__init__(address, self._respond, nodelay=nodelay, tls=tls)
         self.emulator = emulator
 
     async def _respond(self, method: str, raw_path: str, body: bytes,
