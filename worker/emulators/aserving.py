@@ -66,6 +66,7 @@ class AsyncReplyServer:
         self._server: asyncio.Server | None = None
         self._thread: threading.Thread | None = None
         self._stopped = threading.Event()
+        self._writers: set[asyncio.StreamWriter] = set()  # open connections, closed at stop
 
     @property
     def server_address(self) -> tuple[str, int]:
@@ -95,12 +96,25 @@ class AsyncReplyServer:
             self._stopped.set()
 
     def shutdown(self) -> None:
-        """Stop serving (when started) and close the socket."""
+        """Stop serving (when started): close every open connection on the loop, then stop
+        it and close the socket."""
         if self._thread is not None and not self._loop.is_closed():
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(self._close_connections(), self._loop
+                                                 ).result(10)
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10)
             self._thread = None
         self.server_close()
+
+    async def _close_connections(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        # abort, not close: a TLS close waits for the peer's close_notify, which a client
+        # keeping its connection alive never sends.
+        for writer in list(self._writers):
+            writer.transport.abort()
+        await asyncio.sleep(0)  # let the aborted transports finish closing
 
     def server_close(self) -> None:
         if self._server is not None:
@@ -115,6 +129,7 @@ class AsyncReplyServer:
 
     async def _connection(self, reader: asyncio.StreamReader,
                           writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
         sock = writer.get_extra_info("socket")
         if sock is not None and self.nodelay:
             with contextlib.suppress(OSError):
@@ -130,6 +145,7 @@ class AsyncReplyServer:
             # at once) is normal here.
             log.debug("emulator.client_gone", error=f"{type(exc).__name__}: {exc}")
         finally:
+            self._writers.discard(writer)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
