@@ -28,6 +28,8 @@ COMPOSE = ROOT / "docker-compose.yml"
 KUBERNETES = sorted((DEPLOY / "kubernetes").glob("*.yaml"))
 UNITS = sorted((DEPLOY / "systemd").glob("*.service"))
 ENV_EXAMPLE = DEPLOY / "systemd" / "provisioning.env.example"
+MONITORING = {DEPLOY / "grafana" / "provisioning-dashboard.json",  # tests/unit/test_monitoring.py
+              DEPLOY / "prometheus" / "alerts.yml", DEPLOY / "prometheus" / "alerts.test.yml"}
 KUBERNETES_VERSION = "1.30.0"  # the oldest minor still in upstream support when written
 SETTINGS = {PREFIX + name.upper() for name in setting_names()}
 METRICS_PORT = Settings().metrics_port
@@ -38,7 +40,7 @@ def soft_shutdown_default() -> float:
 
 
 def test_every_file_in_deploy_is_validated_here() -> None:
-    validated = {*KUBERNETES, *UNITS, ENV_EXAMPLE}
+    validated = {*KUBERNETES, *UNITS, ENV_EXAMPLE, *MONITORING}
     present = {path for path in DEPLOY.rglob("*") if path.is_file()}
     assert present == validated, "a new file in deploy/ needs a test in this module"
 
