@@ -245,3 +245,19 @@ def test_promtool_catches_a_broken_rule_and_a_changed_threshold(
     done = run(promtool, "test", "rules", RULE_TESTS.name, cwd=tmp_path)
     assert done.returncode != 0
     assert "ProvisioningRedisMemoryNearMax" in done.stdout + done.stderr
+
+
+def test_every_dashboard_query_is_valid_promql(
+    promtool: str, dashboard: dict[str, Any], tmp_path: Path,
+) -> None:
+    """promtool parses each panel's query as a recording rule (Grafana's $__rate_interval
+    replaced by a duration, as Grafana does before sending it)."""
+    rules = [{"record": f"dashboard:query:{number}",
+              "expr": expr.replace("$__rate_interval", "1m")}
+             for number, (_, expr) in enumerate(queries(dashboard))]
+    assert all("$" not in rule["expr"] for rule in rules), "an unknown Grafana variable"
+    path = tmp_path / "dashboard-queries.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    done = run(promtool, "check", "rules", path.name, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"SUCCESS: {len(rules)} rules found" in done.stdout
