@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 
 from statemachine import StatusReason
+from tests.factories import new_id, provision
 from tests.integration.test_dataverse_mirror import (
     PROVIDER,
     build,
@@ -30,7 +31,6 @@ from tests.integration.test_dataverse_mirror import (
     mirror_settings,
     org_emulator,
 )
-from tests.integration.workers import new_id, provision
 from tests.unit.test_dataverse_credentials import certificate_pem
 from worker.dataverse import DataverseAuthError, DataverseClient, Pacer
 from worker.dataverse.credentials import (
