@@ -36,7 +36,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     REMAP_SIGTERM=SIGQUIT
 USER 10001:10001
 WORKDIR /var/lib/provisioning
-EXPOSE 9808
+EXPOSE 9839
 STOPSIGNAL SIGTERM
 # Exec form: celery is PID 1 and receives SIGTERM itself (no shell in between).
 CMD ["celery", "-A", "worker.app", "worker", "--loglevel", "INFO"]

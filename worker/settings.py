@@ -198,7 +198,8 @@ class Settings:
     history_limit: int = field(default=1000, metadata=setting(
         "history entries kept per record (0: all)", minimum=0))
     # Running it (README "Deploy"): metrics, health checks, shutdown.
-    metrics_port: int = field(default=9808, metadata=setting(  # 0: no endpoint
+    # 9839, not 9808: celery-exporter's default, which often runs in the same pod.
+    metrics_port: int = field(default=9839, metadata=setting(  # 0: no endpoint
         "the worker's Prometheus `/metrics` and `/healthz` port (0: no endpoint); see "
         "Deploy", minimum=0, maximum=65535,
         wording="must be a port number (0 turns it off)"))

@@ -28,8 +28,11 @@ COMPOSE = ROOT / "docker-compose.yml"
 KUBERNETES = sorted((DEPLOY / "kubernetes").glob("*.yaml"))
 UNITS = sorted((DEPLOY / "systemd").glob("*.service"))
 ENV_EXAMPLE = DEPLOY / "systemd" / "provisioning.env.example"
+MONITORING = {DEPLOY / "grafana" / "provisioning-dashboard.json",  # tests/unit/test_monitoring.py
+              DEPLOY / "prometheus" / "alerts.yml", DEPLOY / "prometheus" / "alerts.test.yml"}
 KUBERNETES_VERSION = "1.30.0"  # the oldest minor still in upstream support when written
 SETTINGS = {PREFIX + name.upper() for name in setting_names()}
+METRICS_PORT = Settings().metrics_port
 
 
 def soft_shutdown_default() -> float:
@@ -37,7 +40,7 @@ def soft_shutdown_default() -> float:
 
 
 def test_every_file_in_deploy_is_validated_here() -> None:
-    validated = {*KUBERNETES, *UNITS, ENV_EXAMPLE}
+    validated = {*KUBERNETES, *UNITS, ENV_EXAMPLE, *MONITORING}
     present = {path for path in DEPLOY.rglob("*") if path.is_file()}
     assert present == validated, "a new file in deploy/ needs a test in this module"
 
@@ -108,7 +111,7 @@ def test_compose_gives_the_worker_its_soft_shutdown_and_probes(compose: dict[str
     soft = float(worker["environment"]["PROVISIONING_SOFT_SHUTDOWN_TIMEOUT"])
     assert seconds(worker["stop_grace_period"]) > soft
     assert "/healthz" in " ".join(worker["healthcheck"]["test"])
-    assert any(port.endswith(":9808") for port in worker["ports"])
+    assert any(port.endswith(f":{METRICS_PORT}") for port in worker["ports"])
     assert compose["services"]["beat"]["healthcheck"]["test"][1:] == [
         "provisioning", "health", "--check", "beat"]
 
@@ -160,7 +163,8 @@ def test_worker_deployment_probes_and_grace_period() -> None:
     [container] = pod["containers"]
     for probe in ("livenessProbe", "startupProbe"):
         assert container[probe]["httpGet"] == {"path": "/healthz", "port": "metrics"}
-    assert {"name": "metrics", "containerPort": 9808, "protocol": "TCP"} in container["ports"]
+    assert {"name": "metrics", "containerPort": METRICS_PORT,
+            "protocol": "TCP"} in container["ports"]
     soft = float(config_map()["PROVISIONING_SOFT_SHUTDOWN_TIMEOUT"])
     assert pod["terminationGracePeriodSeconds"] > soft + 10
     env = {item["name"]: item["value"] for item in container["env"]}
@@ -313,6 +317,25 @@ def test_the_image_installs_the_locked_versions() -> None:
 
 
 # -- the settings the files above rely on -----------------------------------------------------
+
+
+def test_every_file_ships_the_default_metrics_port_and_not_celery_exporters(
+    compose: dict[str, Any],
+) -> None:
+    """9808 is celery-exporter's default: the two would collide in one pod or host."""
+    assert METRICS_PORT not in (0, 9808)
+    pod = kind("Deployment", "provisioning-worker")["spec"]["template"]
+    assert pod["metadata"]["annotations"]["prometheus.io/port"] == str(METRICS_PORT)
+    [port] = kind("Service", "provisioning-worker-metrics")["spec"]["ports"]
+    assert port["port"] == METRICS_PORT
+    assert config_map()["PROVISIONING_METRICS_PORT"] == str(METRICS_PORT)
+    assert f"PROVISIONING_METRICS_PORT={METRICS_PORT}\n" in ENV_EXAMPLE.read_text()
+    assert ("EXPOSE", str(METRICS_PORT)) in instructions()
+    healthcheck = " ".join(compose["services"]["worker"]["healthcheck"]["test"])
+    assert f"127.0.0.1:{METRICS_PORT}/healthz" in healthcheck
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert f":{METRICS_PORT}/metrics" in readme
+    assert ":9808" not in readme
 
 
 def test_celery_soft_shutdown_follows_the_setting() -> None:

@@ -4,6 +4,7 @@ on fakeredis, and the WSGI app is called directly."""
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import tempfile
@@ -219,6 +220,58 @@ def test_store_gauges_count_records_by_status_and_failed_tasks(redis_service: Se
     assert families["provisioning_store_up"].samples[0].value == 1
     age = families["provisioning_beat_heartbeat_age_seconds"].samples[0].value
     assert 0 <= age < 5
+
+
+def backlog_gauges(collector: metrics.StoreCollector) -> dict[str, float]:
+    names = {"provisioning_pending_records", "provisioning_inbox_oldest_age_seconds",
+             "provisioning_mirror_outbox_entries", "provisioning_mirror_lag_seconds"}
+    return {f.name: f.samples[0].value for f in collector.collect() if f.name in names}
+
+
+def test_backlog_gauges_age_the_oldest_waiting_record_and_the_mirror_outbox() -> None:
+    client = fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True)
+    settings = dataclasses.replace(SETTINGS, dataverse_url="https://contoso.crm.dynamics.com")
+    backends = Backends(settings.backends, httpx.Client(transport=Emulator(seed=1).transport()),
+                        sleep=lambda _: None)
+    service = Service(settings, RedisStateStore(client), RedisFailedStore(client, Keys()),
+                      backends)
+    first, second = str(uuid.uuid4()), str(uuid.uuid4())
+    accepted_at = time.time()
+    report = submit_events(service, enumerate(
+        [provision(first, str(uuid.uuid4())), provision(second, str(uuid.uuid4()))], start=1))
+    assert not report.refused
+    # Accepted, not drained: both wait; the mirror has nothing yet.
+    later = metrics.StoreCollector(settings, client, clock=lambda: accepted_at + 100)
+    gauges = backlog_gauges(later)
+    assert gauges["provisioning_pending_records"] == 2
+    assert 99 <= gauges["provisioning_inbox_oldest_age_seconds"] <= 101
+    assert (gauges["provisioning_mirror_outbox_entries"],
+            gauges["provisioning_mirror_lag_seconds"]) == (0, 0)
+
+    committed_at = time.time()
+    service.drain(first)  # two commits (create+provision, the step): an entry each
+    gauges = backlog_gauges(later)
+    assert gauges["provisioning_pending_records"] == 1
+    assert gauges["provisioning_mirror_outbox_entries"] == 2
+    lag = gauges["provisioning_mirror_lag_seconds"]
+    assert accepted_at + 100 - time.time() - 1 <= lag <= accepted_at + 100 - committed_at + 1
+    # The scraping host's clock behind the committing one: no negative ages.
+    behind = metrics.StoreCollector(settings, client, clock=lambda: accepted_at - 100)
+    gauges = backlog_gauges(behind)
+    assert (gauges["provisioning_inbox_oldest_age_seconds"],
+            gauges["provisioning_mirror_lag_seconds"]) == (0, 0)
+
+
+def test_an_idle_store_has_no_backlog_and_an_unreadable_outbox_head_no_lag() -> None:
+    client = fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True)
+    collector = metrics.StoreCollector(SETTINGS, client)
+    assert backlog_gauges(collector) == {
+        "provisioning_pending_records": 0, "provisioning_inbox_oldest_age_seconds": 0,
+        "provisioning_mirror_outbox_entries": 0, "provisioning_mirror_lag_seconds": 0}
+    client.rpush(Keys().outbox, "not json")
+    gauges = backlog_gauges(collector)
+    assert gauges["provisioning_mirror_outbox_entries"] == 1
+    assert "provisioning_mirror_lag_seconds" not in gauges
 
 
 def test_an_unreachable_store_scrapes_as_store_up_zero(tmp_path: Path) -> None:

@@ -56,7 +56,7 @@ DEMO_SETTINGS = {
     "PROVISIONING_BACKOFF_BASE": "0.05",
     "PROVISIONING_BACKOFF_CAP": "0.2",
     "PROVISIONING_RECOVERY_INTERVAL": "2",
-    "PROVISIONING_METRICS_PORT": "0",  # a worker already running here may hold 9808
+    "PROVISIONING_METRICS_PORT": "0",  # a worker already running here may hold 9839
 }
 
 

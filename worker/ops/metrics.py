@@ -10,7 +10,8 @@ dead (``worker_process_shutdown``); its counts stay in the sums, as counters mus
 
 The size of the store is not recorded but read at scrape time by :class:`StoreCollector`
 (``SCARD`` of each status index set, ``ZCARD`` of the failed-task store, the age of beat's
-heartbeat): cheap, and true whichever process changed it.
+heartbeat, the pending set's oldest member and the mirror outbox's head): cheap, and true
+whichever process changed it.
 
 The endpoint also answers ``/healthz``: 200 while the main process's event loop ticks (a
 timer of the bootstep), 503 before the first tick and when the loop has stalled. It is the
@@ -48,11 +49,13 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from statemachine import HistoryEntry
 from worker.backends.limits import BACKENDS
+from worker.dataverse.errors import UnreadableEntry
+from worker.dataverse.outbox import OutboxEntry
 from worker.errors import StoreError
 from worker.keys import Keys
 from worker.ops.heartbeat import read_heartbeat
 from worker.settings import Settings
-from worker.store.counts import StoreCounts
+from worker.store.counts import Backlog, StoreCounts
 
 log = structlog.get_logger("worker")
 
@@ -66,7 +69,9 @@ COUNTERS = (
 )
 HISTOGRAMS = ("provisioning_transition_seconds", "provisioning_backend_call_seconds")
 GAUGES = ("provisioning_records", "provisioning_failed_tasks", "provisioning_store_up",
-          "provisioning_beat_heartbeat_age_seconds", "provisioning_backend_circuit_state")
+          "provisioning_beat_heartbeat_age_seconds", "provisioning_backend_circuit_state",
+          "provisioning_pending_records", "provisioning_inbox_oldest_age_seconds",
+          "provisioning_mirror_outbox_entries", "provisioning_mirror_lag_seconds")
 
 # /healthz: the loop ticks every LIVENESS_TICK seconds; older than LIVENESS_MAX_AGE is a
 # stall. Generous, so that a slow Redis (whose calls the recovery timer makes in the same
@@ -276,13 +281,17 @@ def observer(settings: Settings) -> PrometheusObserver | None:
 
 class StoreCollector:
     """Gauges read from Redis on every scrape: records by status reason, the failed-task
-    store's size, beat's heartbeat age, and whether the store answered at all."""
+    store's size, beat's heartbeat age, the backlog (records waiting to be drained and the
+    age of the oldest, the mirror's outbox and its lag), and whether the store answered.
+    ``clock`` gives epoch seconds (tests)."""
 
-    def __init__(self, settings: Settings, client: redis.Redis) -> None:
+    def __init__(self, settings: Settings, client: redis.Redis,
+                 clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
         self.client = client  # a probe client: a scrape must not hang on a dead Redis
         self.counts = StoreCounts(self.client, self.keys)
+        self.clock = clock
 
     def describe(self) -> Iterable[Metric]:
         return ()  # registering must not touch Redis
@@ -294,6 +303,7 @@ class StoreCollector:
             by_status = self.counts.records_by_status()
             failed = self.counts.failed_tasks()
             beat = read_heartbeat(self.client, self.keys, self.settings.health_beat_max_age)
+            backlog = self.counts.backlog()
         except StoreError as exc:
             log.warning("metrics_store_unreachable", error=str(exc))
             up.add_metric([], 0)
@@ -314,6 +324,34 @@ class StoreCollector:
                 "provisioning_beat_heartbeat_age_seconds",
                 "Seconds since beat's last heartbeat (absent: none within "
                 "PROVISIONING_HEALTH_BEAT_MAX_AGE).", value=beat.age)
+        yield from self._backlog(backlog)
+
+    def _backlog(self, backlog: Backlog) -> Iterator[Metric]:
+        now = self.clock()
+        yield GaugeMetricFamily("provisioning_pending_records",
+                                "Records with accepted events not yet applied.",
+                                value=backlog.pending)
+        since = backlog.oldest_pending_since
+        # Clocks of the accepting and the scraping host may differ: never a negative age.
+        yield GaugeMetricFamily(
+            "provisioning_inbox_oldest_age_seconds",
+            "Seconds since the longest-waiting record with unapplied events got work "
+            "(0: none waiting).", value=max(0.0, now - since) if since is not None else 0.0)
+        yield GaugeMetricFamily("provisioning_mirror_outbox_entries",
+                                "Outbox entries the Dataverse mirror has not sent yet.",
+                                value=backlog.outbox)
+        lag: float | None = 0.0
+        if backlog.outbox_head is not None:
+            try:
+                at = OutboxEntry.decode(backlog.outbox_head).at
+            except UnreadableEntry:
+                at = None
+            lag = max(0.0, now - at.timestamp()) if at is not None else None
+        if lag is not None:  # an unreadable head has no age (dataverse status names it)
+            yield GaugeMetricFamily(
+                "provisioning_mirror_lag_seconds",
+                "Seconds since the oldest outbox entry not yet sent to Dataverse was "
+                "committed (0: the outbox is empty).", value=lag)
 
     def close(self) -> None:
         self.client.close()
