@@ -30,10 +30,17 @@ _cache: dict[str, object] = {}
 
 
 def redis_client(settings: Settings) -> redis.Redis:
-    return redis.Redis.from_url(
-        settings.redis_url, decode_responses=True, socket_connect_timeout=5,
-        socket_timeout=30, health_check_interval=30, retry_on_timeout=True,
-    )
+    """The store's client: a ``RedisCluster`` for a cluster URL (worker/connect.py)."""
+    from worker.connect import store_client
+
+    client: redis.Redis = store_client(settings.redis_url)
+    return client
+
+
+def make_store(settings: Settings, client: redis.Redis) -> RedisStateStore:
+    return RedisStateStore(client, keys=Keys(settings.key_prefix, settings.store_shards),
+                           history_limit=settings.history_limit,
+                           dedupe_window=settings.dedupe_window_seconds)
 
 
 def build_service(
@@ -49,8 +56,9 @@ def build_service(
     ``observer`` sees what the service does (``worker.metrics.PrometheusObserver`` in a
     worker that serves metrics); None observes nothing."""
     client = redis_client(settings)
-    keys = Keys(settings.key_prefix)
-    store = RedisStateStore(client, keys=keys, history_limit=settings.history_limit)
+    keys = Keys(settings.key_prefix, settings.store_shards)
+    store = make_store(settings, client)
+    store.ensure_format()
     failed = RedisFailedStore(client, keys)
     timeout = httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout)
     http = httpx.Client(timeout=timeout, transport=transport)
@@ -83,8 +91,8 @@ def build_mirror(
 
     mirror_settings = MirrorSettings.from_env(settings, environ)
     client = redis_client(settings)
-    keys = Keys(settings.key_prefix)
-    store = RedisStateStore(client, keys=keys, history_limit=settings.history_limit)
+    keys = Keys(settings.key_prefix, settings.store_shards)
+    store = make_store(settings, client)
     http = httpx.Client(timeout=httpx.Timeout(mirror_settings.timeout), transport=transport)
     pacer = Pacer(mirror_settings.requests_per_window, SERVICE_WINDOW_SECONDS,
                   mirror_settings.burst)

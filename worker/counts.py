@@ -1,9 +1,9 @@
 """Read-only counts of the store, for metrics scrapes and health checks.
 
-Each is one round trip that loads no record: the size of every status index set
-(``<prefix>:idx:status:<code>``, SCARD) and of the failed-task store (``<prefix>:failed``,
-ZCARD). ``RedisStateStore.list_records`` would load every record; a scrape every 15 s
-must not.
+Each is one pipelined round trip that loads no record: the size of every status index
+set of every shard (``<b>x:<status>:<kind>``, SCARD) and of each shard's failed-task zset
+(``<b>failed``, ZCARD). ``RedisStateStore.list_records`` would load every record; a
+scrape every 15 s must not.
 """
 
 from __future__ import annotations
@@ -21,12 +21,14 @@ from worker.settings import Settings
 
 def probe_client(settings: Settings) -> redis.Redis:
     """A client for probes and scrapes: short timeouts, no retries, so a dead Redis answers
-    within ``PROVISIONING_HEALTH_TIMEOUT`` instead of hanging the probe."""
-    return redis.Redis.from_url(
-        settings.redis_url, decode_responses=True,
-        socket_connect_timeout=settings.health_timeout,
-        socket_timeout=settings.health_timeout, retry_on_timeout=False,
-    )
+    within ``PROVISIONING_HEALTH_TIMEOUT`` instead of hanging the probe. A ``RedisCluster``
+    for a cluster URL (worker/connect.py)."""
+    from worker.connect import store_client
+
+    client: redis.Redis = store_client(
+        settings.redis_url, connect_timeout=settings.health_timeout,
+        timeout=settings.health_timeout, retry_on_timeout=False)
+    return client
 
 
 class StoreCounts:
@@ -50,15 +52,21 @@ class StoreCounts:
         try:
             pipe = self.client.pipeline(transaction=False)
             for status in StatusReason:
-                pipe.scard(self.keys.by_status(int(status)))
+                for key in self.keys.index_sets(status=status):
+                    pipe.scard(key)
             sizes = cast(list[int], pipe.execute())
         except redis.RedisError as exc:
             raise StoreError(f"{type(exc).__name__}: {exc}") from exc
-        return {status: int(size) for status, size in zip(StatusReason, sizes, strict=True)}
+        per_status = len(sizes) // len(StatusReason)
+        return {status: sum(int(size) for size in sizes[i * per_status:(i + 1) * per_status])
+                for i, status in enumerate(StatusReason)}
 
     def failed_tasks(self) -> int:
         """Entries in the failed-task store (ZCARD)."""
         try:
-            return int(self.client.zcard(self.keys.failed))
+            pipe = self.client.pipeline(transaction=False)
+            for shard in range(self.keys.shards):
+                pipe.zcard(self.keys.failed(shard))
+            return sum(int(size) for size in pipe.execute())
         except redis.RedisError as exc:
             raise StoreError(f"{type(exc).__name__}: {exc}") from exc

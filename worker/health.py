@@ -89,7 +89,7 @@ class BeatHeartbeat:
 
     def __init__(self, settings: Settings, client: redis.Redis | None = None) -> None:
         self.settings = settings
-        self.keys = Keys(settings.key_prefix)
+        self.keys = Keys(settings.key_prefix, settings.store_shards)
         self.interval = heartbeat_interval(settings.health_beat_max_age)
         self._client = client
         self._next = 0.0
@@ -177,7 +177,7 @@ def run_checks(settings: Settings, names: Sequence[str] = CHECKS, *,
     ``client`` and ``broker_check`` replace the real store client and broker check (tests)."""
     own_client = client is None
     client = probe_client(settings) if client is None else client
-    counts = StoreCounts(client, Keys(settings.key_prefix))
+    counts = StoreCounts(client, Keys(settings.key_prefix, settings.store_shards))
     probes: dict[str, Callable[[], tuple[bool, str]]] = {
         "store": lambda: (True, f"PING {counts.ping() * 1000:.1f} ms "
                                 f"({redact_url(settings.redis_url)})"),
@@ -230,7 +230,7 @@ def check_broker(settings: Settings) -> str:
 
 def _beat(client: redis.Redis, settings: Settings) -> tuple[bool, str]:
     max_age = settings.health_beat_max_age
-    beat = read_heartbeat(client, Keys(settings.key_prefix), max_age)
+    beat = read_heartbeat(client, Keys(settings.key_prefix, settings.store_shards), max_age)
     if beat is None:
         return False, f"no heartbeat in the last {max_age:g} s (is one celery beat running?)"
     return True, f"heartbeat {beat.age:.1f} s ago from {beat.host} pid {beat.pid}"

@@ -266,7 +266,7 @@ class StoreCollector:
 
     def __init__(self, settings: Settings, client: redis.Redis | None = None) -> None:
         self.settings = settings
-        self.keys = Keys(settings.key_prefix)
+        self.keys = Keys(settings.key_prefix, settings.store_shards)
         self.client = probe_client(settings) if client is None else client
         self.counts = StoreCounts(self.client, self.keys)
 

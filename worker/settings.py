@@ -82,6 +82,13 @@ class Settings:
     dataverse_authority_url: str = "https://login.microsoftonline.com"
     # History kept per record (0: unbounded).
     history_limit: int = 1000
+    # Store v2 (README "Store v2"): shards, the dedupe window, retention.
+    store_shards: int = 16
+    dedupe_window_seconds: float = 7 * 86400.0
+    deleted_retention_seconds: float = 30 * 86400.0
+    audit_retention_seconds: float = 365 * 86400.0
+    audit_max_entries: int = 100000
+    outbox_max_entries: int = 100000
     # Running it (README "Deploy"): metrics, health checks, shutdown.
     metrics_port: int = 9808  # the worker's /metrics and /healthz; 0: no endpoint
     metrics_address: str = "127.0.0.1"  # the container image sets 0.0.0.0
@@ -156,7 +163,15 @@ class Settings:
         for name in ("soft_shutdown_timeout", "health_failed_max"):
             if values.get(name, 0) < 0:
                 problems.append(f"{PREFIX}{name.upper()}: must not be negative")
-        for name in ("health_beat_max_age", "health_timeout", "batch_records", "step_threads"):
+        if not 1 <= values.get("store_shards", 16) <= 16384:
+            problems.append(f"{PREFIX}STORE_SHARDS: must be between 1 and 16384")
+        redis_url = values.get("redis_url", DEFAULT_REDIS_URL)
+        if "+cluster://" in redis_url and not values.get("broker_url"):
+            problems.append(f"{PREFIX}BROKER_URL: must be set when {PREFIX}REDIS_URL names "
+                            "a Redis Cluster (Celery's broker is a plain Redis or RabbitMQ)")
+        for name in ("health_beat_max_age", "health_timeout", "batch_records", "step_threads",
+                     "dedupe_window_seconds", "deleted_retention_seconds",
+                     "audit_retention_seconds", "audit_max_entries", "outbox_max_entries"):
             if values.get(name, 1) <= 0:
                 problems.append(f"{PREFIX}{name.upper()}: must be positive")
         log_format = values.get("log_format")

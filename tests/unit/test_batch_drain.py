@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any, cast
@@ -20,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from statemachine import Result, StatusReason, check_invariants, dedupe_key, parse_event
+from worker import codec
 from worker.emulator import Emulator
 from worker.failed import RedisFailedStore
 from worker.keys import Keys
@@ -54,9 +56,9 @@ def lease_owner(store: StateStore, record_id: str) -> str | None:
 def mark_applied(store: StateStore, record_id: str, key: str) -> None:
     """What an earlier delivery that applied a change and died before popping it left."""
     if isinstance(store, RedisStateStore):
-        store.client.sadd(store.keys.applied(record_id), key)
+        store.client.zadd(store.keys.window(record_id), {codec.mark("k", key): time.time()})
     else:
-        store._data.applied[record_id].add(key)  # type: ignore[attr-defined]
+        store._data.applied[record_id][key] = time.time()  # type: ignore[attr-defined]
 
 
 def new_id() -> str:

@@ -1,7 +1,7 @@
 -- drop_head: pop the inbox head that could not be applied (it went to the failed-task
 -- store), only for the lease holder and only if the head is that event.
--- KEYS: inbox, lease, accepted    ARGV: event_id, owner
--- The event id leaves the accepted set so that a replay can be accepted again.
+-- KEYS: inbox, lease, window    ARGV: event_id, owner, accepted mark
+-- The event's accepted mark leaves the window so that a replay can be accepted again.
 if redis.call('GET', KEYS[2]) ~= ARGV[2] then
   return 0
 end
@@ -10,5 +10,5 @@ if not head or cjson.decode(head)[1] ~= ARGV[1] then
   return 0
 end
 redis.call('LPOP', KEYS[1])
-redis.call('SREM', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[3])
 return 1
