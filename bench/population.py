@@ -146,10 +146,12 @@ def apply_rounds(service: Any, rounds: Sequence[Sequence[dict[str, Any]]]) -> No
 
 
 def populate_real(service: Any, emulator: Any, seed: int, start: int, stop: int,
-                  progress: Callable[[int], None] | None = None) -> None:
-    """Records ``start`` .. ``stop - 1`` through accept_all + drain, BATCH at a time."""
+                  progress: Callable[[int], None] | None = None,
+                  life: str | None = None) -> None:
+    """Records ``start`` .. ``stop - 1`` through accept_all + drain, BATCH at a time; each
+    lives ``life`` when given, else its own (``life_of``)."""
     for first in range(start, stop, BATCH):
-        lives = [life_events(seed, i) for i in range(first, min(first + BATCH, stop))]
+        lives = [life_events(seed, i, life) for i in range(first, min(first + BATCH, stop))]
         depth = max(len(rounds) for rounds in lives)
         apply_rounds(service, [[e for rounds in lives if r < len(rounds) for e in rounds[r]]
                                for r in range(depth)])

@@ -52,6 +52,20 @@ _EVENT_TYPES = ("provision.requested", "deprovision.requested", "gatekeeper.repo
                 "step.provision", "step.deprovision", "step.calling_test", "retry.due",
                 "calling_test.timed_out")
 NO_RECORD = "0|"
+# Texts of history reasons stored as "~A", "~B", ... (longest first; "~" itself doubled).
+# Part of format 2: append only (a new phrase gets the next letter).
+_PHRASES = ("provisioner and GateKeeper succeeded", "GateKeeper deactivated and channel deleted",
+            "deprovisioning requested", "GateKeeper reported ", "Inactive/Error",
+            "Active/Running", "created for ", "provisioning ", " channel ", "calling test ",
+            "the record is ", " failed", "whatsapp", "facebook", "teams", "voice", "line",
+            "Inactive/Deprovisioned", " is not allowed from ", "Deprovisioned", "Running",
+            "Processing", "Error", " (now ", ", version ")
+_PHRASE_TOKENS = tuple(f"~{chr(ord('A') + i)}" for i in range(len(_PHRASES)))
+_BY_LENGTH = sorted(zip(_PHRASE_TOKENS, _PHRASES, strict=True), key=lambda tp: -len(tp[1]))
+_TRIGGERS = ("create", "provision", "provisioned", "fail", "retry", "deprovision",
+             "deprovisioned", "recover", "activate", "report_error", "close_gate",
+             "request_test", "test_started", "test_passed", "test_failed", "remove_link",
+             "delete")
 
 
 def _dumps(value: Any) -> str:
@@ -75,11 +89,55 @@ def _from_opt(values: tuple[Any, ...], code: int) -> Any:
     return None if code == 0 else values[code - 1]
 
 
+def _ids(record_id: str, links: dict[str, Any]) -> list[tuple[str, str]]:
+    """(token, id) pairs: the ids a record's texts often repeat (the backend's answer
+    names the channel and the record), each replaced by a 2-character token."""
+    pairs = [("~r", record_id)]
+    pairs.extend((f"~{code}", value) for code, value in sorted(links.items()))
+    return pairs
+
+
+def _shrink(text: str | None, pairs: list[tuple[str, str]]) -> str | None:
+    """``text`` with "~" doubled, then each id replaced by its token (exactly reversible)."""
+    if not text:
+        return text
+    text = text.replace("~", "~~")
+    for token, value in pairs:
+        text = text.replace(value, token)
+    return text
+
+
+def _expand(text: str | None, pairs: list[tuple[str, str]]) -> str | None:
+    if not text or "~" not in text:
+        return text
+    lookup = dict(pairs)
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        if text[i] == "~":
+            follower = text[i + 1]
+            out.append("~" if follower == "~" else lookup[f"~{follower}"])
+            i += 2
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
+
+
+def _shrink_reason(text: str) -> str:
+    return _shrink(text, _BY_LENGTH) or ""
+
+
+def _expand_reason(text: str) -> str:
+    return _expand(text, list(zip(_PHRASE_TOKENS, _PHRASES, strict=True))) or ""
+
+
 def pack_record(record: ProvisioningState) -> str:
     """``<version>|<packed columns>`` (see the module docstring)."""
     t = record.tracking
     links = {str(i): record.links[column] for i, column in enumerate(LOOKUP_COLUMNS)
              if record.links.get(column) is not None}
+    pairs = _ids(record.id, links) + _BY_LENGTH
     tracking: list[Any] = [
         _opt(_KINDS, t.channel_kind) or None, t.step, t.step_version, t.step_event_id,
         t.failed_call, t.retry_attempt or None, t.calling_test_id, t.calling_test_version,
@@ -90,8 +148,8 @@ def pack_record(record: ProvisioningState) -> str:
         record.name, _STATUS.index(record.status), micros(record.created_on),
         micros(record.modified_on), _opt(_GK_STATUS, record.gatekeeper_status),
         _opt(_GK_REASON, record.gatekeeper_reason), _CALLING.index(record.calling_status),
-        record.exception_details, record.error_message, record.provisioning_response,
-        links, tracking]
+        _shrink(record.exception_details, pairs), _shrink(record.error_message, pairs),
+        _shrink(record.provisioning_response, pairs), links, tracking]
     return f"{record.version}|{_dumps(body)}"
 
 
@@ -120,13 +178,15 @@ def unpack_record(record_id: str, head: str | None) -> ProvisioningState | None:
      response, links, tracking) = json.loads(packed)
     tracking = list(tracking) + [None] * (9 - len(tracking))
     started = tracking[8]
+    pairs = _ids(record_id, links) + _BY_LENGTH
     return ProvisioningState(
         id=record_id, name=name, status=_STATUS[status], created_on=from_micros(created),
         modified_on=from_micros(modified), version=int(version_text),
         gatekeeper_status=_from_opt(_GK_STATUS, gks),
         gatekeeper_reason=_from_opt(_GK_REASON, gkr), calling_status=_CALLING[calling],
-        exception_details=exception_details, error_message=error_message,
-        provisioning_response=response,
+        exception_details=_expand(exception_details, pairs) or "",
+        error_message=_expand(error_message, pairs),
+        provisioning_response=_expand(response, pairs),
         links={column: links.get(str(i)) for i, column in enumerate(LOOKUP_COLUMNS)},
         tracking=Tracking(
             channel_kind=_from_opt(_KINDS, tracking[0] or 0), step=tracking[1],
@@ -160,8 +220,10 @@ def pack_entry(entry: HistoryEntry) -> str:
     """A history entry without its record id (the key names the record)."""
     event_type: int | str = (_EVENT_TYPES.index(entry.event_type)
                              if entry.event_type in _EVENT_TYPES else entry.event_type)
-    body: list[Any] = [entry.version, entry.event_id, event_type, entry.trigger,
-                       _RESULTS.index(entry.outcome), entry.reason,
+    trigger: int | str = (_TRIGGERS.index(entry.trigger) if entry.trigger in _TRIGGERS
+                          else entry.trigger)
+    body: list[Any] = [entry.version, entry.event_id, event_type, trigger,
+                       _RESULTS.index(entry.outcome), _shrink_reason(entry.reason),
                        _pack_snapshot(entry.before), _pack_snapshot(entry.after),
                        micros(entry.at)]
     if entry.task_id is not None:
@@ -175,14 +237,30 @@ def unpack_entry(record_id: str, packed: str) -> HistoryEntry:
     return HistoryEntry(
         record_id=record_id, version=version, event_id=event_id,
         event_type=_EVENT_TYPES[event_type] if isinstance(event_type, int) else event_type,
-        trigger=trigger, outcome=_RESULTS[outcome], reason=reason,
+        trigger=_TRIGGERS[trigger] if isinstance(trigger, int) else trigger,
+        outcome=_RESULTS[outcome], reason=_expand_reason(reason),
         before=_unpack_snapshot(before), after=_unpack_snapshot(after),
         at=from_micros(at), task_id=values[9] if len(values) > 9 else None)
 
 
-def mark(kind: str, text: str) -> str:
-    """A dedupe mark: ``kind`` ("a" accepted event id, "k" applied dedupe key) and 11
-    characters of a 64-bit digest of ``text``. Two ids of one record collide with a
-    probability of about n² / 2⁶⁵ (n ids in the window): never, in practice."""
-    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
-    return kind + base64.b64encode(digest).decode("ascii")[:11]
+def digest(text: str) -> str:
+    """11 characters of a 64-bit digest of an event id or dedupe key: its dedupe marks are
+    a kind ("a" accepted, "k" applied, "b" both; lua/window.lua) and this. Two ids of one
+    record collide with a probability of about n² / 2⁶⁵ (n ids in the window)."""
+    raw = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return base64.b64encode(raw).decode("ascii")[:11]
+
+
+MARK_WIDTH = 22  # a 12-character mark and 10 digits of epoch seconds
+
+
+def window_marks(blob: str) -> dict[str, int]:
+    """The marks of an inline window (element 1 of a record list): mark -> seconds."""
+    return {blob[i:i + 12]: int(blob[i + 12:i + MARK_WIDTH])
+            for i in range(0, len(blob), MARK_WIDTH)}
+
+
+def window_blob(marks: dict[str, int]) -> str:
+    """The inline form of ``marks`` (window_marks' inverse), oldest first."""
+    return "".join(f"{mark}{seen:010d}" for mark, seen in
+                   sorted(marks.items(), key=lambda item: (item[1], item[0])))

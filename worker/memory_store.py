@@ -175,6 +175,11 @@ class MemoryStateStore:
             self._append(rid, commit.entries)
             if commit.dedupe_key:
                 data.applied[rid][commit.dedupe_key] = int(self.wall())
+                if commit.dedupe_key == commit.pop_event_id and commit.pop_event_id in (
+                        data.accepted[rid]):
+                    # As on Redis, the accepted mark of an applied event is renewed with
+                    # its applied mark (one 'b' mark there).
+                    data.accepted[rid][commit.pop_event_id] = int(self.wall())
             if commit.cancel_retry or commit.deleted:
                 data.retries.pop(rid, None)
             if commit.retry_at is not None:

@@ -28,11 +28,16 @@ from worker.store import Claim, Commit, CommitStatus, Deletion, InboxItem, Relea
 
 DEFAULT_DEDUPE_WINDOW = 7 * 86400.0
 SCRIPTS = ("accept", "commit", "release", "renew", "drop_head", "claim_orphans", "append",
-           "purge")
+           "purge", "forget")
+WITH_WINDOW = ("accept", "commit", "drop_head", "append", "forget")
 
 
 def _script(name: str) -> str:
-    return (Path(__file__).parent / "lua" / f"{name}.lua").read_text(encoding="utf-8")
+    """A script's text; those that read or write the dedupe marks start with window.lua."""
+    def text(stem: str) -> str:
+        return (Path(__file__).parent / "lua" / f"{stem}.lua").read_text(encoding="utf-8")
+
+    return text("window") + "\n" + text(name) if name in WITH_WINDOW else text(name)
 
 
 def inbox_item(event_id: str, payload: str) -> str:
@@ -110,8 +115,9 @@ class RedisStateStore:
                      now: float) -> tuple[list[str], list[Any]]:
         k = self.keys
         now_s, cutoff = self._window_args()
-        return ([k.window(record_id), k.inbox(record_id), k.pending(k.shard(record_id))],
-                [codec.mark("a", event_id), inbox_item(event_id, payload), now, record_id,
+        return ([k.record(record_id), k.window(record_id), k.inbox(record_id),
+                 k.pending(k.shard(record_id))],
+                [codec.digest(event_id), inbox_item(event_id, payload), now, record_id,
                  now_s, cutoff])
 
     def accept(self, record_id: str, event_id: str, payload: str, *, now: float) -> bool:
@@ -137,7 +143,9 @@ class RedisStateStore:
 
     def forget_accepted(self, record_id: str, event_id: str) -> None:
         with _translated():
-            self.client.zrem(self.keys.window(record_id), codec.mark("a", event_id))
+            self._scripts["forget"](
+                keys=[self.keys.record(record_id), self.keys.window(record_id)],
+                args=[codec.digest(event_id), self._window_args()[1]])
 
     def head(self, record_id: str) -> InboxItem | None:
         with _translated():
@@ -163,8 +171,9 @@ class RedisStateStore:
         k = self.keys
         with _translated():
             return bool(self._scripts["drop_head"](
-                keys=[k.inbox(record_id), k.lease(record_id), k.window(record_id)],
-                args=[event_id, owner, codec.mark("a", event_id)],
+                keys=[k.inbox(record_id), k.lease(record_id), k.record(record_id),
+                      k.window(record_id)],
+                args=[event_id, owner, codec.digest(event_id)],
             ))
 
     # -- records ---------------------------------------------------------------------------
@@ -175,9 +184,18 @@ class RedisStateStore:
         return codec.unpack_record(record_id, head)
 
     def is_applied(self, record_id: str, key: str) -> bool:
-        with _translated():
-            seen = self.client.zscore(self.keys.window(record_id), codec.mark("k", key))
-        return seen is not None and float(seen) >= self._window_args()[1]
+        k = self.keys
+        digest = codec.digest(key)
+
+        def fill(pipe: Any) -> None:
+            pipe.lindex(k.record(record_id), 1)
+            pipe.zmscore(k.window(record_id), ["k" + digest, "b" + digest])
+
+        blob, scores = self._pipelined(fill)
+        marks = codec.window_marks(blob) if blob and blob != "*" else {}
+        seen = [marks.get("k" + digest), marks.get("b" + digest), *(scores or [])]
+        cutoff = self._window_args()[1]
+        return any(score is not None and float(score) >= cutoff for score in seen)
 
     def commit(self, commit: Commit) -> CommitStatus:
         keys, args = self._commit_call(commit)
@@ -244,7 +262,7 @@ class RedisStateStore:
         args: list[Any] = [
             commit.expected_version,
             "" if after is None else codec.pack_record(after),
-            codec.mark("k", commit.dedupe_key) if commit.dedupe_key else "",
+            codec.digest(commit.dedupe_key) if commit.dedupe_key else "",
             commit.pop_event_id or "",
             commit.lease_owner or "",
             "" if commit.retry_at is None else repr(commit.retry_at),
@@ -258,7 +276,7 @@ class RedisStateStore:
             cutoff,
             len(unlink),
             len(link),
-            len(commit.entries),
+            "1" if commit.dedupe_key and commit.dedupe_key == commit.pop_event_id else "0",
             *(value for _, value in unlink),
             *(value for _, value in link),
             *(codec.pack_entry(entry) for entry in commit.entries),
@@ -269,7 +287,7 @@ class RedisStateStore:
 
     def history(self, record_id: str) -> list[HistoryEntry]:
         with _translated():
-            rows = cast(list[str], self.client.lrange(self.keys.record(record_id), 1, -1))
+            rows = cast(list[str], self.client.lrange(self.keys.record(record_id), 2, -1))
         return [codec.unpack_entry(record_id, row) for row in rows]
 
     def append_history(self, record_id: str, entries: Iterable[HistoryEntry]) -> None:

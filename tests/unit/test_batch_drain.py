@@ -56,7 +56,10 @@ def lease_owner(store: StateStore, record_id: str) -> str | None:
 def mark_applied(store: StateStore, record_id: str, key: str) -> None:
     """What an earlier delivery that applied a change and died before popping it left."""
     if isinstance(store, RedisStateStore):
-        store.client.zadd(store.keys.window(record_id), {codec.mark("k", key): time.time()})
+        key_of = store.keys.record(record_id)
+        marks = codec.window_marks(store.client.lindex(key_of, 1) or "")
+        marks["k" + codec.digest(key)] = int(time.time())
+        store.client.lset(key_of, 1, codec.window_blob(marks))
     else:
         store._data.applied[record_id][key] = time.time()  # type: ignore[attr-defined]
 

@@ -5,13 +5,15 @@
 -- history, dedupe window, inbox, indexes, retry schedule and the mirror's outbox change in
 -- one step: no reader ever sees half, and the outbox holds every applied change in commit
 -- order (per shard). Every key is in the record's shard (one hash tag, one cluster slot).
--- The record is element 0 of the record list (worker/codec.py), its history the rest.
--- KEYS: record, inbox, window, lease, retries, outbox, deleted, purged,
+-- The record is element 0 of the record list (worker/codec.py), its dedupe marks element
+-- 1 (window.lua), its history the rest.
+-- KEYS: record, inbox, window zset, lease, retries, outbox, deleted, purged,
 --       idx_remove..., idx_add..., link_remove..., link_add... (links hashes)
--- ARGV: expected_version, head ('' deletes: a tombstone '0|x<now_s>'), dedupe_mark,
+-- ARGV: expected_version, head ('' deletes: a tombstone '0|x<now_s>'), dedupe digest,
 --       pop_event_id, owner, retry_at, cancel_retry, history_limit, n_remove, n_add,
 --       record_id, outbox_entry ('' for none), now_s, cutoff_s, n_link_remove,
---       n_link_add, n_entries, link values (one per link key)..., entries...
+--       n_link_add, event_applied ('1': the dedupe key is the popped event's id),
+--       link values (one per link key)..., entries...
 local head = redis.call('LINDEX', KEYS[1], 0)
 local current = 0
 if head then
@@ -23,9 +25,11 @@ end
 if ARGV[5] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[5] then
   return 'conflict'
 end
+local R, Z = KEYS[1], KEYS[3]
+local blob = false
 if ARGV[3] ~= '' then
-  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. ARGV[14])
-  if redis.call('ZSCORE', KEYS[3], ARGV[3]) then
+  blob = window_read(R, Z, ARGV[14])
+  if window_find(Z, blob, 'k' .. ARGV[3]) or window_find(Z, blob, 'b' .. ARGV[3]) then
     return 'duplicate'
   end
 end
@@ -46,9 +50,18 @@ else
   redis.call('ZREM', KEYS[8], rid)
 end
 if head then
-  redis.call('LSET', KEYS[1], 0, new_head)
+  redis.call('LSET', R, 0, new_head)
 else
-  redis.call('RPUSH', KEYS[1], new_head)
+  redis.call('RPUSH', R, new_head, '')
+  blob = ''
+end
+if ARGV[3] ~= '' then
+  if ARGV[17] == '1' then
+    blob = window_remove(R, Z, blob, 'a' .. ARGV[3])
+    window_add(R, Z, blob, 'b' .. ARGV[3], ARGV[13])
+  else
+    window_add(R, Z, blob, 'k' .. ARGV[3], ARGV[13])
+  end
 end
 local n_remove, n_add = tonumber(ARGV[9]), tonumber(ARGV[10])
 local n_link_remove, n_link_add = tonumber(ARGV[15]), tonumber(ARGV[16])
@@ -90,15 +103,7 @@ local first_entry = 18 + n_link_remove + n_link_add
 for i = first_entry, #ARGV do
   redis.call('RPUSH', KEYS[1], ARGV[i])
 end
-local limit = tonumber(ARGV[8])
-if limit > 0 and redis.call('LLEN', KEYS[1]) > limit + 1 then
-  redis.call('LPOP', KEYS[1])
-  redis.call('LTRIM', KEYS[1], -limit, -1)
-  redis.call('LPUSH', KEYS[1], new_head)
-end
-if ARGV[3] ~= '' then
-  redis.call('ZADD', KEYS[3], ARGV[13], ARGV[3])
-end
+history_trim(R, tonumber(ARGV[8]))
 if ARGV[7] == '1' then
   redis.call('ZREM', KEYS[5], rid)
 end
