@@ -50,6 +50,23 @@ def redis_server() -> Iterator[str]:
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A Redis Cluster of 3 masters started for this session (tests/cluster.py)."""
+    from tests.cluster import RedisCluster
+
+    try:
+        cluster = RedisCluster(tmp_path_factory.mktemp("redis-cluster")).start()
+    except (RuntimeError, OSError) as exc:
+        if IN_CI:
+            pytest.fail(f"cluster tests need redis-server and redis-cli under CI=true: {exc}")
+        pytest.skip(f"no Redis Cluster to start: {exc}")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
 @pytest.fixture
 def redis_url(redis_server: str) -> str:
     """A database of our own server, emptied first; only this session ever wrote to it."""

@@ -308,12 +308,14 @@ class RedisStateStore:
 
         def members(pipe: Any) -> None:
             for shard in range(k.shards):
-                pipe.sunion(*wanted[shard * per_shard:(shard + 1) * per_shard])
+                # SUNION by name: redis-py's cluster pipeline blocks multi-key methods,
+                # though these keys share one hash tag.
+                pipe.execute_command("SUNION", *wanted[shard * per_shard:(shard + 1) * per_shard])
 
         if testing:
             ids = sorted(self._testing_ids(wanted, per_shard))
         else:
-            ids = sorted(set().union(*cast(list[set[str]], self._pipelined(members))))
+            ids = sorted(set().union(*(set(found) for found in self._pipelined(members))))
 
         def heads(pipe: Any) -> None:
             for record_id in ids:
@@ -330,12 +332,12 @@ class RedisStateStore:
         def fill(pipe: Any) -> None:
             for shard in range(k.shards):
                 pipe.smembers(k.calling_in_progress(shard))
-                pipe.sunion(*wanted[shard * per_shard:(shard + 1) * per_shard])
+                pipe.execute_command("SUNION", *wanted[shard * per_shard:(shard + 1) * per_shard])
 
-        answers = cast(list[set[str]], self._pipelined(fill))
+        answers = self._pipelined(fill)
         found: set[str] = set()
         for start in range(0, len(answers), 2):
-            found |= answers[start] & answers[start + 1]
+            found |= set(answers[start]) & set(answers[start + 1])
         return found
 
     def records_linking(self, column: str, value: str) -> list[str]:
