@@ -145,10 +145,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run only this check (repeatable): " + ", ".join(HEALTH_CHECKS))
     health.add_argument("--json", action="store_true")
 
+    _add_module_commands(commands)
+    return parser
+
+
+def _add_module_commands(commands: Any) -> None:
+    """Commands whose parsers live in their own modules."""
     from worker.dataverse.commands import add_parser as add_dataverse_parser
+    from worker.migrate_command import add_parser as add_migrate_parser
 
     add_dataverse_parser(commands)
-    return parser
+    add_migrate_parser(commands)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -497,6 +504,12 @@ def cmd_dataverse(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from worker.migrate_command import run
+
+    return run(args)
+
+
 HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "submit": cmd_submit,
     "show": cmd_show,
@@ -507,4 +520,5 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "diagram": cmd_diagram,
     "health": cmd_health,
     "dataverse": cmd_dataverse,
+    "migrate": cmd_migrate,
 }
