@@ -47,7 +47,7 @@ def restore(client: redis.Redis) -> dict[str, Any]:
         elif kind == "set":
             client.sadd(key, *value)
         elif kind == "zset":
-            client.zadd(key, {member: score for member, score in value})
+            client.zadd(key, dict(value))
         else:
             client.set(key, value)
     return {row["key"]: row["value"] for row in rows}
