@@ -70,6 +70,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "failed-task-age-out": {
                 "task": "provisioning.expire_failed", "schedule": 3600.0,
             },
+            "retention": {  # worker/retention.py
+                "task": "provisioning.sweep_retention", "schedule": 3600.0,
+            },
             **_mirror_schedule(settings),
         },
     }

@@ -27,7 +27,8 @@ from statemachine import (
 from worker.errors import StoreError, WorkerError
 
 OK, FAILED, USAGE = 0, 1, 2
-HEALTH_CHECKS = ("store", "broker", "beat", "failed_tasks")  # worker.health.CHECKS, kept light
+# worker.health.CHECKS, kept light
+HEALTH_CHECKS = ("store", "broker", "beat", "failed_tasks", "outbox")
 
 
 class CommandFailed(Exception):
@@ -325,13 +326,24 @@ def format_records(records: Sequence[ProvisioningState]) -> str:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    entries: list[HistoryEntry] = _service().store.history(args.record_id)
+    from worker.retention import describe_deletion
+
+    service = _service()
+    entries: list[HistoryEntry] = service.store.history(args.record_id)
+    deletion = service.store.deletion(args.record_id)
+    note = describe_deletion(deletion.deleted_at, deletion.purged_at,
+                             service.settings.deleted_retention_seconds)
     if not entries:
-        raise CommandFailed(f"record {args.record_id} has no history (unknown id)")
+        raise CommandFailed(f"record {args.record_id} has no history "
+                            f"({note or 'unknown id'})")
     if args.json:
         print(json.dumps([e.to_json() for e in entries], indent=2, ensure_ascii=False))
+        if note:  # stdout stays the SPEC §5.2 array
+            print(f"provisioning: history: {note}", file=sys.stderr)
         return OK
     print(format_history(entries))
+    if note:
+        print(note)
     return OK
 
 

@@ -61,6 +61,16 @@ class StoreCounts:
         return {status: sum(int(size) for size in sizes[i * per_status:(i + 1) * per_status])
                 for i, status in enumerate(StatusReason)}
 
+    def outbox_entries(self) -> int:
+        """Entries in the Dataverse outbox, every shard (LLEN)."""
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for shard in range(self.keys.shards):
+                pipe.llen(self.keys.outbox(shard))
+            return sum(int(size) for size in pipe.execute())
+        except redis.RedisError as exc:
+            raise StoreError(f"{type(exc).__name__}: {exc}") from exc
+
     def failed_tasks(self) -> int:
         """Entries in the failed-task store (ZCARD)."""
         try:

@@ -38,7 +38,7 @@ from worker.settings import Settings, redact_url
 
 log = structlog.get_logger("worker")
 
-CHECKS = ("store", "broker", "beat", "failed_tasks")
+CHECKS = ("store", "broker", "beat", "failed_tasks", "outbox")
 
 
 def heartbeat_key(keys: Keys) -> str:
@@ -184,13 +184,14 @@ def run_checks(settings: Settings, names: Sequence[str] = CHECKS, *,
         "broker": lambda: (True, (broker_check or check_broker)(settings)),
         "beat": lambda: _beat(client, settings),
         "failed_tasks": lambda: _failed(counts, settings),
+        "outbox": lambda: _outbox(counts, settings),
     }
     where = {"store": redact_url(settings.redis_url), "broker": redact_url(settings.broker)}
     store_error: str | None = None
     results: list[Check] = []
     try:
         for name in (n for n in CHECKS if n in names):
-            if name in ("beat", "failed_tasks") and store_error is not None:
+            if name in ("beat", "failed_tasks", "outbox") and store_error is not None:
                 results.append(Check(name, False, f"store unreachable: {store_error}"))
                 continue
             started = time.perf_counter()
@@ -243,6 +244,19 @@ def _failed(counts: StoreCounts, settings: Settings) -> tuple[bool, str]:
     if size > limit:
         return False, f"{entries}, more than {limit} (see: provisioning failed list)"
     return True, f"{entries} (at most {limit})"
+
+
+def _outbox(counts: StoreCounts, settings: Settings) -> tuple[bool, str]:
+    """With the mirror on, a full outbox fails (the consumer is not keeping up; nothing is
+    dropped). With it off, beat trims it (worker/retention.py)."""
+    size = counts.outbox_entries()
+    cap = settings.outbox_max_entries
+    if not settings.dataverse_url:
+        return True, f"mirror off; {size} entries (trimmed to {cap} by beat)"
+    if size >= cap:
+        return False, (f"{size} entries, the cap PROVISIONING_OUTBOX_MAX_ENTRIES={cap}: the "
+                       "mirror is not keeping up (see: provisioning dataverse status)")
+    return True, f"{size} entries (cap {cap})"
 
 
 def summary(checks: Iterable[Check]) -> dict[str, Any]:

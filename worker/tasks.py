@@ -139,6 +139,16 @@ def expire_failed() -> int:
     return len(_service().expire_failed())
 
 
+@app.task(name="provisioning.sweep_retention")
+def sweep_retention() -> dict[str, object]:
+    """Deleted records past retention, old audit lines, an outbox nobody reads (worker/
+    retention.py)."""
+    from worker.retention import sweep_retention as sweep
+
+    service = _service()
+    return sweep(service.settings, service.store, service.failed).to_json()
+
+
 @app.task(name="provisioning.sweep_calling_tests")
 def sweep_calling_tests() -> int:
     return len(_service().sweep_calling_tests())

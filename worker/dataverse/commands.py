@@ -20,6 +20,7 @@ from worker.dataverse.mirror import Mirror
 from worker.dataverse.outbox import OutboxEntry
 from worker.dataverse.status import format_status, mirror_status
 from worker.errors import ConfigurationError
+from worker.settings import Settings
 
 OK, FAILED = 0, 1
 
@@ -83,6 +84,12 @@ def add_parser(commands: Any) -> None:
                       help="who acts, for the audit log (default: the login name)")
 
 
+def bootstrap_settings() -> Settings:
+    from worker import bootstrap
+
+    return bootstrap.current_settings()
+
+
 def _mirror() -> Mirror | None:
     from worker import bootstrap
 
@@ -114,9 +121,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     if mirror is None:
         from worker import cli
 
-        report = mirror_status(cli._service().store, None, None, datetime.now(UTC))
+        report = mirror_status(cli._service().store, None, None, datetime.now(UTC),
+                               bootstrap_settings().outbox_max_entries)
     else:
-        report = mirror_status(mirror.store, mirror.state, mirror.settings, datetime.now(UTC))
+        report = mirror_status(mirror.store, mirror.state, mirror.settings, datetime.now(UTC),
+                               bootstrap_settings().outbox_max_entries)
     if args.json:
         print(json.dumps(report, indent=2, ensure_ascii=False))
     else:
