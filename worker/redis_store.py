@@ -111,35 +111,46 @@ class RedisStateStore:
 
     # -- inbox ---------------------------------------------------------------------------
 
-    def _accept_call(self, record_id: str, event_id: str, payload: str,
+    def _accept_call(self, record_id: str, events: Sequence[tuple[str, str]],
                      now: float) -> tuple[list[str], list[Any]]:
+        """The accept script for one record's (event id, payload) pairs, in order."""
         k = self.keys
         now_s, cutoff = self._window_args()
+        args: list[Any] = [now, record_id, now_s, cutoff]
+        for event_id, payload in events:
+            args.extend((codec.digest(event_id), inbox_item(event_id, payload)))
         return ([k.record(record_id), k.window(record_id), k.inbox(record_id),
-                 k.pending(k.shard(record_id))],
-                [codec.digest(event_id), inbox_item(event_id, payload), now, record_id,
-                 now_s, cutoff])
+                 k.pending(k.shard(record_id))], args)
 
     def accept(self, record_id: str, event_id: str, payload: str, *, now: float) -> bool:
-        keys, args = self._accept_call(record_id, event_id, payload, now)
+        keys, args = self._accept_call(record_id, [(event_id, payload)], now)
         with _translated():
             added = self._accept(keys=keys, args=args)
-        return bool(added)
+        return bool(cast(list[int], added)[0])
 
     def accept_many(self, items: Sequence[tuple[str, str, str]], *, now: float,
                     claim_seconds: float = 0.0) -> list[bool]:
+        """One script call per record with all its events of the batch, so that a failure
+        never leaves a later event of a record accepted and an earlier one not."""
         k = self.keys
+        by_record: dict[str, list[int]] = {}
+        for position, (record_id, _, _) in enumerate(items):
+            by_record.setdefault(record_id, []).append(position)
 
         def fill(pipe: Any) -> None:
-            for record_id, event_id, payload in items:
-                _evalsha(pipe, self._accept, *self._accept_call(record_id, event_id,
-                                                                payload, now))
+            for record_id, positions in by_record.items():
+                _evalsha(pipe, self._accept, *self._accept_call(
+                    record_id, [(items[p][1], items[p][2]) for p in positions], now))
             if claim_seconds > 0:
-                for record_id in dict.fromkeys(record_id for record_id, _, _ in items):
+                for record_id in by_record:
                     pipe.set(k.claimed(record_id), "1", px=max(1, int(claim_seconds * 1000)))
 
         answers = self._pipelined(fill)
-        return [bool(added) for added in answers[:len(items)]]
+        added = [False] * len(items)
+        for positions, flags in zip(by_record.values(), answers, strict=False):
+            for position, flag in zip(positions, flags, strict=True):
+                added[position] = bool(flag)
+        return added
 
     def forget_accepted(self, record_id: str, event_id: str) -> None:
         with _translated():
