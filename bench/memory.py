@@ -281,12 +281,12 @@ def worker_part(url: str, args: argparse.Namespace, rows: list[dict[str, Any]]) 
                 done += len(work.seed) + len(work.events)
                 ctx.emulator.reset()
                 time.sleep(args.settle)
-                records = int(ctx.client.scard(keys.all_records))
+                records = sum(int(ctx.client.scard(key)) for key in keys.index_sets())
                 rows.append({"events": done, "records": records,
                              "state": f"idle after {done:,} events "
                                       f"({len(work.events) / seconds:.0f} events/s)",
-                             "running": int(ctx.client.scard(
-                                 keys.by_status(int(StatusReason.RUNNING)))),
+                             "running": sum(int(ctx.client.scard(key)) for key in
+                                            keys.index_sets(status=StatusReason.RUNNING)),
                              **worker_memory(started)})
                 print_worker_row(rows[-1])
         finally:

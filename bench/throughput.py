@@ -586,14 +586,25 @@ def wait_settled(ctx: Context, started: Started, keys: Any, *, running: int,
     want = [running, deprovisioned, errors, 0]
     while True:
         ctx.procs.check(started)
+        # Store v2: each status is one set per shard and channel kind.
+        groups = [keys.index_sets(status=s) for s in (
+            StatusReason.RUNNING, StatusReason.DEPROVISIONED, StatusReason.ERROR)]
         pipe = ctx.client.pipeline(transaction=False)
-        pipe.scard(keys.by_status(int(StatusReason.RUNNING)))
-        pipe.scard(keys.by_status(int(StatusReason.DEPROVISIONED)))
-        pipe.scard(keys.by_status(int(StatusReason.ERROR)))
-        pipe.zcard(keys.pending)
-        pipe.zcard(keys.failed)
+        for group in groups:
+            for key in group:
+                pipe.scard(key)
+        for shard in range(keys.shards):
+            pipe.zcard(keys.pending(shard))
+            pipe.zcard(keys.failed(shard))
         pipe.llen("celery")
-        *counts, failed, queued = pipe.execute()
+        answers = pipe.execute()
+        queued = answers.pop()
+        counts, at = [], 0
+        for group in groups:
+            counts.append(sum(answers[at:at + len(group)]))
+            at += len(group)
+        counts.append(sum(answers[at::2]))
+        failed = sum(answers[at + 1::2])
         if counts == want:
             return True
         if failed and not counts[3] and not queued:
@@ -616,12 +627,14 @@ def commit_times(ctx: Context, keys: Any, events: Sequence[dict[str, Any]],
         chunk = record_ids[start:start + 500]
         pipe = ctx.client.pipeline(transaction=False)
         for record_id in chunk:
-            pipe.lrange(keys.history(record_id), 0, -1)
+            pipe.lrange(keys.history(record_id), 2, -1)  # store v2: after record and marks
         rows.update(zip(chunk, pipe.execute(), strict=True))
+    from worker import codec
+
     last: dict[str, dict[str, Any]] = {}
-    for history in rows.values():
+    for record_id, history in rows.items():
         for row in history:
-            entry = json.loads(row)
+            entry = codec.unpack_entry(record_id, row).to_json()
             last[entry["event_id"]] = entry
     done: list[float | None] = []
     outcomes: Counter[str] = Counter()
