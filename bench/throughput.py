@@ -409,6 +409,13 @@ class Context:
     prefix: str
     run_deadline: float
     created_db: bool  # the database was empty when we started (--redis-url)
+    store_url: str = ""  # the record store when it is not ``url`` (--cluster)
+    store_client: Any = None
+
+    @property
+    def store(self) -> Any:
+        """A client of the record store (``client`` unless the store is a cluster)."""
+        return self.store_client if self.store_client is not None else self.client
 
     def deadline(self, seconds: float) -> float:
         return min(time.monotonic() + seconds, self.run_deadline)
@@ -416,7 +423,7 @@ class Context:
     def env(self, key_prefix: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PROVISIONING_")}
         env.update({
-            "PROVISIONING_REDIS_URL": self.url,
+            "PROVISIONING_REDIS_URL": self.store_url or self.url,
             "PROVISIONING_BROKER_URL": self.url,
             "PROVISIONING_PROVISIONER_URL": self.emulator_url,
             "PROVISIONING_GATEKEEPER_URL": self.emulator_url,
@@ -589,16 +596,15 @@ def wait_settled(ctx: Context, started: Started, keys: Any, *, running: int,
         # Store v2: each status is one set per shard and channel kind.
         groups = [keys.index_sets(status=s) for s in (
             StatusReason.RUNNING, StatusReason.DEPROVISIONED, StatusReason.ERROR)]
-        pipe = ctx.client.pipeline(transaction=False)
+        pipe = ctx.store.pipeline(transaction=False)
         for group in groups:
             for key in group:
                 pipe.scard(key)
         for shard in range(keys.shards):
             pipe.zcard(keys.pending(shard))
             pipe.zcard(keys.failed(shard))
-        pipe.llen("celery")
         answers = pipe.execute()
-        queued = answers.pop()
+        queued = ctx.client.llen("celery")
         counts, at = [], 0
         for group in groups:
             counts.append(sum(answers[at:at + len(group)]))
@@ -625,7 +631,7 @@ def commit_times(ctx: Context, keys: Any, events: Sequence[dict[str, Any]],
     rows: dict[str, list[str]] = {}
     for start in range(0, len(record_ids), 500):
         chunk = record_ids[start:start + 500]
-        pipe = ctx.client.pipeline(transaction=False)
+        pipe = ctx.store.pipeline(transaction=False)
         for record_id in chunk:
             pipe.lrange(keys.history(record_id), 2, -1)  # store v2: after record and marks
         rows.update(zip(chunk, pipe.execute(), strict=True))
@@ -995,6 +1001,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="a paced submitter sends what fell due every TICK seconds")
     parser.add_argument("--redis-url", help="use this Redis (an EMPTY database, --db) instead "
                         "of starting a redis-server")
+    parser.add_argument("--cluster", action="store_true",
+                        help="the record store on a Redis Cluster of 3 masters this run starts "
+                             "(tests/cluster.py); the broker stays the plain Redis. Redis "
+                             "CPU figures are then the broker's only")
     parser.add_argument("--db", type=int, help="database number (required with --redis-url; "
                         "it must be empty; default 0 on the embedded server)")
     parser.add_argument("--batch", type=int, default=50,
@@ -1081,6 +1091,25 @@ def open_redis(args: argparse.Namespace) -> tuple[str, Any]:
     return with_db(server.url, args.db or 0), server
 
 
+def open_cluster(args: argparse.Namespace) -> Any:
+    """With --cluster, a 3-master Redis Cluster started for this run (tests/cluster.py)."""
+    if not args.cluster:
+        return None
+    sys.path.insert(0, str(ROOT))
+    from tests.cluster import RedisCluster
+
+    return RedisCluster(Path(tempfile.mkdtemp(prefix="bench-cluster-"))).start()
+
+
+def use_cluster(ctx: Context, cluster: Any) -> None:
+    """The record store on ``cluster`` (when there is one), the broker where it was."""
+    if cluster is None:
+        return
+    from worker.connect import store_client
+
+    ctx.store_url, ctx.store_client = cluster.url, store_client(cluster.url)
+
+
 def cleanup_redis(ctx: Context) -> None:
     """Delete what this run created in a database it did not start (it was empty)."""
     names = ["celery", "unacked", "unacked_index", "unacked_mutex"]
@@ -1095,10 +1124,11 @@ def run(args: argparse.Namespace) -> int:
 
     stamp = datetime.now(UTC)
     procs = Processes()
-    server = embedded_redis = None
+    server = embedded_redis = cluster = None
     ctx: Context | None = None
     try:
         url, embedded_redis = open_redis(args)
+        cluster = open_cluster(args)
         server = serve("127.0.0.1", 0, Emulator(latency_ms=0, failure_rate=0.0))
         if not args.emulator_nagle:
             # http.server writes the headers and the body of an answer in two send()s;
@@ -1115,7 +1145,8 @@ def run(args: argparse.Namespace) -> int:
                       f"http://{host}:{port}", procs, logdir,
                       f"bench-{stamp:%Y%m%d%H%M%S}-{os.getpid()}",
                       time.monotonic() + args.max_runtime, embedded_redis is None)
-        configure_clients(url)
+        use_cluster(ctx, cluster)
+        configure_clients(url, ctx.store_url or url)
         info = machine(ctx)
         source = source_state()
         print(f"machine: {info['nproc']} CPUs ({info['usable_cpus']} usable), "
@@ -1148,12 +1179,15 @@ def run(args: argparse.Namespace) -> int:
                 server.shutdown()
             if embedded_redis is not None:
                 embedded_redis.stop()
+            if cluster is not None:
+                cluster.stop()
         finally:
             signal.signal(signal.SIGINT, previous)
 
 
-def configure_clients(url: str) -> None:
-    """Point the provisioning app (the submitting side) and the no-op app at ``url``."""
+def configure_clients(url: str, store_url: str | None = None) -> None:
+    """Point the provisioning app (the submitting side) and the no-op app at ``url`` (the
+    record store at ``store_url`` when given)."""
     from worker import bootstrap
     from worker.app import celery_config
     from worker.logs import configure as configure_logging
@@ -1161,7 +1195,7 @@ def configure_clients(url: str) -> None:
 
     for name in [k for k in os.environ if k.startswith("PROVISIONING_")]:
         del os.environ[name]
-    os.environ["PROVISIONING_REDIS_URL"] = url
+    os.environ["PROVISIONING_REDIS_URL"] = store_url or url
     os.environ["PROVISIONING_BROKER_URL"] = url
     os.environ["PROVISIONING_LOG_LEVEL"] = "WARNING"
     bootstrap.reset()
