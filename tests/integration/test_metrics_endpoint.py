@@ -104,7 +104,7 @@ def test_endpoint_health_and_logs_of_a_real_worker_and_beat(
 
         code, checks, _ = health(cluster)
         assert (code, checks) == (0, dict.fromkeys(("store", "broker", "beat",
-                                                    "failed_tasks"), True))
+                                                    "failed_tasks", "outbox"), True))
 
         # A message that fails validation: one failed-task entry, counted and checked.
         cluster.send({"specversion": "1.0", "type": "provision.requested"})
@@ -115,7 +115,8 @@ def test_endpoint_health_and_logs_of_a_real_worker_and_beat(
         assert samples[("provisioning_task_failures_total", failure)] == 1
         code, checks, stderr = health(cluster)
         assert code == 1
-        assert checks == {"store": True, "broker": True, "beat": True, "failed_tasks": False}
+        assert checks == {"store": True, "broker": True, "beat": True, "failed_tasks": False,
+                          "outbox": True}
         assert stderr.splitlines() == [
             "provisioning: health: failed_tasks: 1 entry, more than 0 "
             "(see: provisioning failed list)"]
