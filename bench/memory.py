@@ -16,10 +16,11 @@ port, no persistence), stopped by its pid at the end:
    faster) with the default history bound. Reported: ``used_memory`` after - before,
    per record; keys per record; ``MEMORY USAGE … SAMPLES 0`` of each kind of key on a sample
    of records of each life, and of the shared index sets divided by the records.
-2. *A long-lived record.* One record takes ``--long-events`` events through the real path
-   (cycles of re-provision, GateKeeper Inactive/Error, GateKeeper Active/Running); at
-   checkpoints, the size of each of its keys. The history stops at the bound; the
-   accepted-ids and applied-keys sets do not.
+2. *A long-lived record.* One record takes ``--long-events`` GateKeeper reports through the
+   real path (Inactive/Error and Active/Running in turn), ``--long-interval`` simulated
+   seconds apart, its dedupe window ``--long-window`` seconds; at checkpoints, the size of
+   its keys. The history stops at its bound and the window holds the marks of the reports
+   within it: the record stays bounded.
 3. *Worker memory.* A real ``celery -A worker.app worker --concurrency C`` (bench/harness.py,
    on bench/throughput.py): VmRSS and Pss of its main process and pool children once
    started, then after each ``--worker-events`` total of events of throughput.py's mix
