@@ -241,13 +241,18 @@ class RedisStateStore:
         with _translated():
             pipe = self.client.pipeline(transaction=False)
             fill(pipe)
-            commands = _queued(pipe)
             answers: list[Any] = pipe.execute(raise_on_error=False)
             missing = [i for i, answer in enumerate(answers)
                        if isinstance(answer, redis.exceptions.NoScriptError)]
             if missing:
                 for script in self._scripts.values():
                     self.client.script_load(script.script)
+                # ``fill`` queues the same commands again (only times may differ): resend
+                # those that were refused, in their order.
+                replay = self.client.pipeline(transaction=False)
+                fill(replay)
+                commands = _queued(replay)
+                replay.reset()
                 again = self.client.pipeline(transaction=False)
                 for i in missing:
                     again.execute_command(*commands[i])
