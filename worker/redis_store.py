@@ -436,19 +436,22 @@ class RedisStateStore:
         return [member for member, _ in self._scored(self.keys.pending, "+inf")]
 
     def claim_orphans(self, limit: int, claim_seconds: float) -> list[str]:
-        """Shard after shard (one script each, each in one slot) until ``limit``."""
-        claimed: list[str] = []
+        """One script per shard (each in one slot), each looking at the oldest
+        ``ceil(limit / shards)`` pending records of its shard: a sweep examines about
+        ``limit`` records in all, as on one list, and records spread evenly over shards."""
         k = self.keys
-        with _translated():
+        per_shard = math.ceil(limit / k.shards)
+        claim_ms = max(1, int(claim_seconds * 1000))
+
+        def fill(pipe: Any) -> None:
             for shard in range(k.shards):
-                if len(claimed) >= limit:
-                    break
-                got = self._scripts["claim_orphans"](
-                    keys=[k.pending(shard)],
-                    args=[k.base(shard), limit - len(claimed),
-                          max(1, int(claim_seconds * 1000))])
-                claimed.extend(str(record_id) for record_id in cast(list[Any], got))
-        return claimed
+                _evalsha(pipe, self._scripts["claim_orphans"], [k.pending(shard)],
+                         [k.base(shard), per_shard, claim_ms])
+
+        # Every record claimed is returned (to be kicked), even when the shards' shares
+        # add up to a few more than ``limit``.
+        return [str(record_id) for got in self._pipelined(fill)
+                for record_id in cast(list[Any], got)]
 
     def due_retries(self, now: float) -> list[tuple[str, float]]:
         return self._scored(self.keys.retries, now)
