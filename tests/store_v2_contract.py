@@ -119,6 +119,30 @@ class StoreV2Contract:
         recent = [n for n in range(30) if store.is_applied(R1, f"evt-{n}")]
         assert recent == [26, 27, 28, 29]
 
+    def test_more_marks_than_fit_inline_keep_every_guarantee(
+        self, make_windowed: MakeWindowed
+    ) -> None:
+        """Past 32 marks at once the Redis store moves them to a zset (lua/window.lua); the
+        window's behaviour is the same on either side of that."""
+        store, wall = make_windowed(WINDOW)
+        deliver(store, provision(R1, "evt-0"))
+        finish_step(store, R1)
+        reports = []
+        for n in range(1, 41):
+            gate = ({"status": "Active", "reason": "Running"} if n % 2 == 0 else
+                    {"status": "Inactive", "reason": "Error", "details": "down"})
+            reports.append({"specversion": "1.0", "id": f"evt-{n}", "source": "t",
+                            "type": "gatekeeper.reported", "subject": R1, "data": gate})
+            deliver(store, reports[-1])
+        assert all(store.is_applied(R1, f"evt-{n}") for n in range(41))
+        assert not any(accept(store, raw) for raw in reports)
+        store.forget_accepted(R1, "evt-7")
+        assert accept(store, reports[6])  # forgotten: accepted again, still applied
+        assert store.is_applied(R1, "evt-7")
+        wall.advance(WINDOW + 1)
+        assert not any(store.is_applied(R1, f"evt-{n}") for n in range(41))
+        assert all(accept(store, raw) for raw in reports if raw["id"] != "evt-7")
+
     # -- deleted records -------------------------------------------------------------------
 
     def test_a_deleted_record_is_purged_after_the_retention_and_says_so(

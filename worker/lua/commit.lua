@@ -57,8 +57,7 @@ else
 end
 if ARGV[3] ~= '' then
   if ARGV[17] == '1' then
-    blob = window_remove(R, Z, blob, 'a' .. ARGV[3])
-    window_add(R, Z, blob, 'b' .. ARGV[3], ARGV[13])
+    window_rekind(R, Z, blob, 'a' .. ARGV[3], 'b' .. ARGV[3], ARGV[13])
   else
     window_add(R, Z, blob, 'k' .. ARGV[3], ARGV[13])
   end

@@ -92,6 +92,24 @@ local function window_add(R, Z, blob, mark, now)
   return blob
 end
 
+-- Turn mark OLD into NEW seen at NOW with one write (an accepted event applied: 'a' to
+-- 'b'); NEW is added when OLD is not there.
+local function window_rekind(R, Z, blob, old, new, now)
+  if blob ~= '*' then
+    for i = 1, #blob, W do
+      if string.sub(blob, i, i + 11) == old then
+        blob = string.sub(blob, 1, i - 1) .. new .. string.format('%010d', tonumber(now))
+               .. string.sub(blob, i + W)
+        redis.call('LSET', R, 1, blob)
+        return blob
+      end
+    end
+  else
+    redis.call('ZREM', Z, old)
+  end
+  return window_add(R, Z, blob, new, now)
+end
+
 -- Keep the newest LIMIT history entries: elements 0 (record) and 1 (marks) stay.
 local function history_trim(R, limit)
   if limit > 0 and redis.call('LLEN', R) > limit + 2 then
