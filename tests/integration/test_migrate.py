@@ -204,3 +204,8 @@ def test_the_cli_migrates(client: redis.Redis, redis_url: str,
         check_nothing_lost(client, v1)
     finally:
         bootstrap.reset()
+        # cli.main logs warnings only from then on; later tests read info lines.
+        from worker.logs import configure
+        from worker.settings import Settings
+
+        configure(Settings(log_format="console", log_level="INFO"))
