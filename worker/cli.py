@@ -413,20 +413,16 @@ def _failed_audit(failed: Any, args: argparse.Namespace) -> int:
 
 
 def _failed_act(service: Any, args: argparse.Namespace) -> int:
-    """replay / discard: named entries, or --all matching the filters (a snapshot)."""
-    from worker.operate import Operator, operator_name, select
+    """replay / discard: named entries, or --all matching the filters (a snapshot); the
+    rule is worker.operations' (the HTTP API's too), audited as ``cli:<operator>``."""
+    from worker.operate import operator_name
+    from worker.operations import act, choose
 
     verb = args.failed_command
     if bool(args.entries) == bool(args.all):
         raise CommandFailed(f"failed {verb}: name ENTRY ids or give --all (with filters)")
-    failed = service.failed
-    if args.all:
-        chosen = select(failed.all(), _filter(args))  # the snapshot: ids fixed from here on
-        missing: list[str] = []
-    else:
-        found = {entry_id: failed.get(entry_id) for entry_id in args.entries}
-        missing = [entry_id for entry_id, entry in found.items() if entry is None]
-        chosen = [entry for entry in found.values() if entry is not None]
+    chosen, missing = (choose(service.failed, flt=_filter(args)) if args.all
+                       else choose(service.failed, ids=args.entries))
     for entry_id in missing:
         print(f"provisioning: failed-task entry {entry_id} not found", file=sys.stderr)
     if not chosen:
@@ -435,16 +431,12 @@ def _failed_act(service: Any, args: argparse.Namespace) -> int:
     if args.all and not (args.yes or args.dry_run) and not _confirm(
             f"{verb} {len(chosen)} failed-task entr{'y' if len(chosen) == 1 else 'ies'}?"):
         raise CommandFailed(f"{verb} cancelled; nothing was changed (use --yes to skip asking)")
-    operator = Operator(service, _send_replay, operator_name(args.operator))
-    refused = 0
-    for entry in chosen:
-        if verb == "replay":
-            sent, result = operator.replay(entry, dry_run=args.dry_run)
-            refused += not sent
-        else:
-            result = operator.discard(entry, args.reason, dry_run=args.dry_run)
-        print(f"{entry.id}  {result}")
-    return FAILED if (missing or refused) else OK
+    report = act(service, verb, chosen, operator=f"cli:{operator_name(args.operator)}",
+                 send_event=lambda event, entry_id: _send_replay(event, entry_id),
+                 reason=getattr(args, "reason", ""), dry_run=args.dry_run)
+    for entry_id, result in report.results:
+        print(f"{entry_id}  {result}")
+    return FAILED if (missing or report.refused) else OK
 
 
 def _confirm(question: str) -> bool:
@@ -455,10 +447,9 @@ def _confirm(question: str) -> bool:
 
 
 def _send_replay(event: Any, entry_id: str) -> None:
-    from worker.app import app
-    from worker.service import HANDLE_EVENT
+    from worker.operations import send_replay
 
-    app.send_task(HANDLE_EVENT, args=[dict(event)], kwargs={"replay_of": entry_id})
+    send_replay(event, entry_id)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -90,6 +90,16 @@ class Settings:
     health_beat_max_age: float = 60.0
     health_failed_max: int = 100
     health_timeout: float = 3.0
+    # The HTTP API, `provisioning serve` (SPEC §8, README "HTTP API").
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000  # 0: any free port (the log line says which)
+    api_max_body_bytes: int = 1024 * 1024
+    api_shutdown_timeout: float = 20.0  # in-flight requests get this long after SIGTERM
+    oidc_issuer: str | None = None
+    oidc_audience: str | None = None
+    oidc_jwks_url: str | None = None  # None: the issuer's discovery document names it
+    oidc_leeway_seconds: float = 60.0  # clock skew allowed on exp and nbf
+    oidc_jwks_cache_seconds: float = 300.0  # signing keys are fetched again after this
 
     @property
     def broker(self) -> str:
@@ -159,6 +169,17 @@ class Settings:
         for name in ("health_beat_max_age", "health_timeout", "batch_records", "step_threads"):
             if values.get(name, 1) <= 0:
                 problems.append(f"{PREFIX}{name.upper()}: must be positive")
+        if not 0 <= values.get("api_port", 0) <= 65535:
+            problems.append(f"{PREFIX}API_PORT: must be a port number (0: any free port)")
+        for name in ("api_max_body_bytes", "oidc_jwks_cache_seconds"):
+            if values.get(name, 1) <= 0:
+                problems.append(f"{PREFIX}{name.upper()}: must be positive")
+        for name in ("api_shutdown_timeout", "oidc_leeway_seconds"):
+            if values.get(name, 0) < 0:
+                problems.append(f"{PREFIX}{name.upper()}: must not be negative")
+        if bool(values.get("oidc_issuer")) != bool(values.get("oidc_audience")):
+            problems.append(f"{PREFIX}OIDC_ISSUER and {PREFIX}OIDC_AUDIENCE: set both "
+                            "(OIDC on) or neither (OIDC off)")
         log_format = values.get("log_format")
         if log_format not in (None, "json", "console"):
             problems.append(f"{PREFIX}LOG_FORMAT: must be json or console, not {log_format!r}")
