@@ -72,7 +72,7 @@ def _kind(text: str) -> ChannelKind:
         raise argparse.ArgumentTypeError(f"not a channel kind: {text!r} (one of {kinds})") from None
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one parser, every command
     parser = argparse.ArgumentParser(
         prog="provisioning",
         description="Operate the Provisioning State worker (msdyn_ocprovisioningstate).",
@@ -148,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     from worker.dataverse.commands import add_parser as add_dataverse_parser
 
     add_dataverse_parser(commands)
+    from worker.http.commands import add_parser as add_http_parser
+
+    add_http_parser(commands)
     return parser
 
 
@@ -432,7 +435,7 @@ def _failed_act(service: Any, args: argparse.Namespace) -> int:
             f"{verb} {len(chosen)} failed-task entr{'y' if len(chosen) == 1 else 'ies'}?"):
         raise CommandFailed(f"{verb} cancelled; nothing was changed (use --yes to skip asking)")
     report = act(service, verb, chosen, operator=f"cli:{operator_name(args.operator)}",
-                 send_event=lambda event, entry_id: _send_replay(event, entry_id),
+                 send_event=_send_replay,
                  reason=getattr(args, "reason", ""), dry_run=args.dry_run)
     for entry_id, result in report.results:
         print(f"{entry_id}  {result}")
@@ -488,6 +491,12 @@ def cmd_dataverse(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def cmd_http(args: argparse.Namespace) -> int:
+    from worker.http.commands import run
+
+    return run(args)
+
+
 HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "submit": cmd_submit,
     "show": cmd_show,
@@ -498,4 +507,6 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "diagram": cmd_diagram,
     "health": cmd_health,
     "dataverse": cmd_dataverse,
+    "token": cmd_http,
+    "serve": cmd_http,
 }

@@ -20,6 +20,10 @@ Global:
   ``<p>:failed:<entry>``   failed-task entry (JSON); ``<p>:failed`` zset entry -> last failure
   ``<p>:deliveries:<task id>``  counter of deliveries of one Celery message (expires)
   ``<p>:audit``            list of operator actions (JSON)
+HTTP API tokens (worker/http/auth/tokens.py):
+  ``<p>:api:token:<token id>``  hash {name, role, hash (SHA-256 of the secret), created,
+                           expires, last_used}; never the token itself
+  ``<p>:api:tokens``       hash token name -> token id
 Dataverse mirror (worker/dataverse/):
   ``<p>:dataverse:lock``   string: the one mirror consumer sending the outbox; expires (PX)
   ``<p>:dataverse:etags``  hash record id -> the row's etag in Dataverse (for If-Match)
@@ -105,6 +109,13 @@ class Keys:
     @property
     def audit(self) -> str:
         return f"{self.prefix}:audit"
+
+    def api_token(self, token_id: str) -> str:
+        return f"{self.prefix}:api:token:{token_id}"
+
+    @property
+    def api_tokens(self) -> str:
+        return f"{self.prefix}:api:tokens"
 
     @property
     def dataverse_lock(self) -> str:
