@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import signal
 import sys
 from typing import Any
 
@@ -130,10 +131,10 @@ def token(args: argparse.Namespace) -> int:
     if not entries:
         print("no tokens")
         return OK
-    print(f"{'NAME':<24}  {'ROLE':<9}  {'CREATED':<20}  {'EXPIRES':<20}  LAST USED")
+    print(f"{'NAME':<24}  {'ROLE':<9}  {'CREATED':<19}  {'EXPIRES':<19}  LAST USED")
     for e in entries:
-        print(f"{e['name']:<24}  {e['role']:<9}  {e['created']:<20}  "
-              f"{e['expires'] or 'never':<20}  {e['last_used'] or 'never'}")
+        print(f"{e['name']:<24}  {e['role']:<9}  {e['created'][:19]:<19}  "
+              f"{(e['expires'] or 'never')[:19]:<19}  {(e['last_used'] or 'never')[:19]}")
     return OK
 
 
@@ -157,9 +158,12 @@ def serve(args: argparse.Namespace) -> int:
         forwarded_allow_ips=args.forwarded_allow_ips if args.proxy_headers else None,
         log_config=None, access_log=False, server_header=False, lifespan="off",
         timeout_graceful_shutdown=math.ceil(settings.api_shutdown_timeout))
-    structlog.get_logger("worker.http").info(
-        "api_serving", host=host, port=port, proxy_headers=args.proxy_headers,
-        store=redact_url(settings.redis_url), oidc_issuer=settings.oidc_issuer)
+    log = structlog.get_logger("worker.http")
+    log.info("api_serving", host=host, port=port, proxy_headers=args.proxy_headers,
+             store=redact_url(settings.redis_url), oidc_issuer=settings.oidc_issuer)
+    # uvicorn finishes the requests in flight on SIGTERM, then raises the signal again
+    # with the handler it found: this one, so that the process ends here with exit 0.
+    signal.signal(signal.SIGTERM, lambda *_: None)
     uvicorn.Server(config).run()
-    structlog.get_logger("worker.http").info("api_stopped")
+    log.info("api_stopped")
     return OK
