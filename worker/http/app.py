@@ -9,6 +9,8 @@ against the app by a schemathesis run.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -55,10 +57,17 @@ def create_app(api: ApiContext, metrics: HttpMetrics | None = None) -> Starlette
         Route("/api/v1/audit", failed.get_audit, methods=["GET"]),
         Route("/api/v1/health", health.health, methods=["GET"]),
     ]
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        for close in api.on_close:  # uvicorn has finished the requests in flight
+            close()
+
     app = Starlette(
         routes=routes,
         middleware=[Middleware(RequestObserver, metrics=metrics)],
         exception_handlers={ApiProblem: _api_problem, HTTPException: _http_exception},
+        lifespan=lifespan,
     )
     app.state.api = api
     app.state.metrics = metrics
@@ -86,10 +95,12 @@ def build_context(settings: Settings) -> ApiContext:
     from worker.app import kick, kick_many
     from worker.health import run_checks, summary
     from worker.http.auth import Authenticator, OidcVerifier, RedisTokenStore
+    from worker.http.kicker import Kicker
     from worker.keys import Keys
     from worker.operations import send_replay
 
-    service = bootstrap.build_service(settings, kick=kick, kick_many=kick_many)
+    kicker = Kicker(kick_many)
+    service = bootstrap.build_service(settings, kick=kick, kick_many=kicker)
     tokens = RedisTokenStore(bootstrap.redis_client(settings), Keys(settings.key_prefix))
     oidc = None
     if settings.oidc_issuer and settings.oidc_audience:
@@ -101,5 +112,8 @@ def build_context(settings: Settings) -> ApiContext:
     def checks() -> dict[str, Any]:
         return summary(run_checks(settings))
 
+    closing = [kicker.close, service.close, tokens.client.close]
+    if oidc is not None:
+        closing.append(oidc.close)
     return ApiContext(settings=settings, service=service, auth=Authenticator(tokens, oidc),
-                      send_replay=send_replay, health=checks)
+                      send_replay=send_replay, health=checks, on_close=tuple(closing))

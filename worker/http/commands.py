@@ -156,7 +156,7 @@ def serve(args: argparse.Namespace) -> int:
     config = uvicorn.Config(
         app, host=host, port=port, proxy_headers=args.proxy_headers,
         forwarded_allow_ips=args.forwarded_allow_ips if args.proxy_headers else None,
-        log_config=None, access_log=False, server_header=False, lifespan="off",
+        log_config=None, access_log=False, server_header=False, lifespan="on",
         timeout_graceful_shutdown=math.ceil(settings.api_shutdown_timeout))
     log = structlog.get_logger("worker.http")
     log.info("api_serving", host=host, port=port, proxy_headers=args.proxy_headers,

@@ -42,6 +42,7 @@ class ApiContext:
     auth: Authenticator
     send_replay: SendEvent
     health: Callable[[], dict[str, Any]]
+    on_close: tuple[Callable[[], None], ...] = ()  # run at shutdown, requests finished
 
 
 def context(request: Request) -> ApiContext:
@@ -49,14 +50,14 @@ def context(request: Request) -> ApiContext:
     return api
 
 
-async def authorize(request: Request, needed: Role) -> Identity:
+def _identify(request: Request, needed: Role) -> Identity:
     """The request's identity when its role may do what ``needed`` may; else the
-    problem: 401 (with WWW-Authenticate: Bearer), 403, or 503 when the issuer's keys
-    cannot be had."""
+    problem: 401 (with WWW-Authenticate: Bearer), 403, or 503 when the issuer's keys or
+    the store cannot be had. Blocking (Redis, the issuer): call it off the event loop."""
     api = context(request)
     header = request.headers.get("authorization")
     try:
-        identity = await run_in_threadpool(api.auth.identify, header)
+        identity = api.auth.identify(header)
     except Unauthenticated as exc:
         challenge = CHALLENGE + (', error="invalid_token"' if header else "")
         raise ApiProblem(401, str(exc), headers={"WWW-Authenticate": challenge}) from None
@@ -72,6 +73,29 @@ async def authorize(request: Request, needed: Role) -> Identity:
         raise ApiProblem(403, f"{identity.name} is a {identity.role.label}; this needs the "
                               f"{needed.label} role")
     return identity
+
+
+async def authorize(request: Request, needed: Role) -> Identity:
+    """``_identify`` on a worker thread; the identity is bound to the request's logs."""
+    identity = await run_in_threadpool(_identify, request, needed)
+    structlog.contextvars.bind_contextvars(identity=identity.name)
+    return identity
+
+
+async def authorized(request: Request, needed: Role, fn: Callable[[Identity], T]) -> T:
+    """``authorize``, then ``fn(identity)``, in one trip to a worker thread (the hot
+    path: each trip costs a thread wake-up and a loop wake-up). Problems as ``authorize``
+    and ``call`` raise them, credentials first."""
+    def both() -> tuple[Identity, T]:
+        identity = _identify(request, needed)
+        try:
+            return identity, fn(identity)
+        except StoreError as exc:
+            raise store_problem(context(request).settings, exc) from None
+
+    identity, result = await run_in_threadpool(both)
+    structlog.contextvars.bind_contextvars(identity=identity.name)
+    return result
 
 
 def store_problem(settings: Settings, error: StoreError) -> ApiProblem:

@@ -21,9 +21,9 @@ from urllib.parse import unquote
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from worker.api import Refusal, submit_events
-from worker.http.auth import Role
-from worker.http.context import authorize, call, context, parse_json, read_body
+from worker.api import Refusal, SubmitReport, submit_events
+from worker.http.auth import Identity, Role
+from worker.http.context import authorize, authorized, context, parse_json, read_body
 from worker.http.problems import ApiProblem, FieldError, invalid
 
 STRUCTURED = "application/cloudevents+json"
@@ -87,11 +87,24 @@ def refused_json(refusal: Refusal, binary: bool) -> dict[str, Any]:
 
 
 async def post_events(request: Request) -> JSONResponse:
-    """Accept the valid events (202); 400 when none is; the event id is the key."""
-    await authorize(request, Role.SUBMITTER)
-    body = await read_body(request)
-    items, binary = events_of(request.headers, body)
-    report = await call(request, submit_events, context(request).service, items)
+    """Accept the valid events (202); 400 when none is; the event id is the key.
+
+    The body is read first and the credentials checked with the accepting, in one trip to
+    a worker thread; a body over the limit is answered 413 only after the credentials
+    passed (401 and 403 come first, whatever the body)."""
+    try:
+        body = await read_body(request)
+    except ApiProblem as problem:
+        if problem.status == 413:
+            await authorize(request, Role.SUBMITTER)
+        raise
+    service = context(request).service
+
+    def accept(_: Identity) -> tuple[SubmitReport, bool]:
+        items, binary = events_of(request.headers, body)
+        return submit_events(service, items), binary
+
+    report, binary = await authorized(request, Role.SUBMITTER, accept)
     refused = [refused_json(refusal, binary) for refusal in report.refused]
     if refused and not report.accepted and not report.duplicates:
         raise invalid(
