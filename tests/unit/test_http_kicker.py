@@ -99,7 +99,7 @@ def test_api_settings_are_read_from_the_environment() -> None:
     ["token", "create", "--role", "reader"],
     ["serve", "--port", "http"],
     ["serve", "--port", "70000"],
-], ids=lambda argv: " ".join(argv))
+], ids=" ".join)
 def test_usage_errors_exit_2_naming_the_argument(
     argv: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
