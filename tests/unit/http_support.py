@@ -16,7 +16,9 @@ from worker.health import Check, summary
 from worker.http import ApiContext, create_app
 from worker.http.auth import Authenticator, OidcVerifier, RedisTokenStore, Role
 from worker.keys import Keys
+from worker.logs import configure
 from worker.service import Service
+from worker.settings import Settings
 
 BASE = "http://api.test"
 
@@ -58,7 +60,10 @@ class Api:
 def make_api(service: Service, *, oidc: OidcVerifier | None = None,
              clock: Callable[[], float] | None = None,
              health: dict[str, Any] | None = None) -> Api:
-    """The app over ``service``; a replay is handled at once, as a worker would."""
+    """The app over ``service``; a replay is handled at once, as a worker would. Logs are
+    set to INFO on the console (a CLI test before may have quietened them to warnings),
+    so tests can read the request lines."""
+    configure(Settings(log_format="console", log_level="INFO"))
     client = fakeredis.FakeRedis(decode_responses=True)
     tokens = (RedisTokenStore(client, Keys("test")) if clock is None
               else RedisTokenStore(client, Keys("test"), clock=clock))
