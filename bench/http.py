@@ -249,7 +249,7 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 # -- profiling (py-spy) --------------------------------------------------------------------
 
-LIBRARIES = {"uvicorn/h11": ("uvicorn/", "h11/"), "starlette": ("starlette/",),
+LIBRARIES = {"uvicorn": ("uvicorn/", "h11/", "httptools/"), "starlette": ("starlette/",),
              "anyio (threadpool)": ("anyio/",), "redis-py": ("redis/",),
              "celery/kombu (kick)": ("celery/", "kombu/"), "structlog": ("structlog/",),
              "prometheus": ("prometheus_client/",), "json": ("json/",),
