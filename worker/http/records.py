@@ -16,9 +16,9 @@ import uuid
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from statemachine import ChannelKind, StatusReason
-from worker.http.auth import Role
-from worker.http.context import authorize, call, context
+from statemachine import ChannelKind, HistoryEntry, ProvisioningState, StatusReason
+from worker.http.auth import Identity, Role
+from worker.http.context import authorized, context
 from worker.http.problems import ApiProblem, FieldError, invalid
 
 MAX_LIMIT = 1000
@@ -91,35 +91,47 @@ def record_id(request: Request) -> str:
 
 
 async def list_records(request: Request) -> JSONResponse:
-    await authorize(request, Role.READER)
-    params = request.query_params
-    status, kind = query_status(params.get("status")), query_kind(params.get("kind"))
-    limit = query_limit(request)
-    cursor = params.get("cursor")
-    after = decode_cursor(cursor) if cursor is not None else None
     store = context(request).service.store
-    page = await call(request, store.page_records, status=status,
-                      kind=kind.value if kind else None, after=after, limit=limit)
-    body: dict[str, object] = {"value": [record.to_dataverse() for record in page.records]}
-    if page.next_after is not None:
-        body["@odata.nextLink"] = str(request.url.include_query_params(
-            cursor=encode_cursor(page.next_after)))
-    return JSONResponse(body)
+
+    def page(_: Identity) -> dict[str, object]:
+        params = request.query_params
+        status, kind = query_status(params.get("status")), query_kind(params.get("kind"))
+        limit = query_limit(request)
+        cursor = params.get("cursor")
+        after = decode_cursor(cursor) if cursor is not None else None
+        found = store.page_records(status=status, kind=kind.value if kind else None,
+                                   after=after, limit=limit)
+        body: dict[str, object] = {"value": [record.to_dataverse()
+                                             for record in found.records]}
+        if found.next_after is not None:
+            body["@odata.nextLink"] = str(request.url.include_query_params(
+                cursor=encode_cursor(found.next_after)))
+        return body
+
+    return JSONResponse(await authorized(request, Role.READER, page))
 
 
 async def get_record(request: Request) -> JSONResponse:
-    await authorize(request, Role.READER)
-    wanted = record_id(request)
-    record = await call(request, context(request).service.store.load, wanted)
+    store = context(request).service.store
+
+    def load(_: Identity) -> tuple[str, ProvisioningState | None]:
+        wanted = record_id(request)
+        return wanted, store.load(wanted)
+
+    wanted, record = await authorized(request, Role.READER, load)
     if record is None:
         raise ApiProblem(404, f"record {wanted} not found")
     return JSONResponse(record.to_dataverse(), headers={"ETag": record.etag})
 
 
 async def get_history(request: Request) -> JSONResponse:
-    await authorize(request, Role.READER)
-    wanted = record_id(request)
-    entries = await call(request, context(request).service.store.history, wanted)
+    store = context(request).service.store
+
+    def history(_: Identity) -> tuple[str, list[HistoryEntry]]:
+        wanted = record_id(request)
+        return wanted, store.history(wanted)
+
+    wanted, entries = await authorized(request, Role.READER, history)
     if not entries:
         raise ApiProblem(404, f"record {wanted} has no history (unknown id)")
     return JSONResponse({"value": [entry.to_json() for entry in entries]})
