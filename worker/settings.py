@@ -92,7 +92,7 @@ class Settings:
     health_timeout: float = 3.0
     # The HTTP API, `provisioning serve` (SPEC §8, README "HTTP API").
     api_host: str = "127.0.0.1"
-    api_port: int = 8000  # 0: any free port (the log line says which)
+    api_port: int = 8000  # 0: any free port
     api_max_body_bytes: int = 1024 * 1024
     api_shutdown_timeout: float = 20.0  # in-flight requests get this long after SIGTERM
     oidc_issuer: str | None = None
