@@ -64,7 +64,7 @@ def test_replay_of_an_event_for_a_record_that_now_exists_applies_it_once(
     assert record.status is StatusReason.DEPROVISIONED
     assert failed_ids(memory_service) == []  # resolved once processed
     actions = [(line["operator"], line["action"]) for line in memory_service.failed.audit()]
-    assert actions == [("ana", "replay"), ("worker", "resolved")]
+    assert actions == [("cli:ana", "replay"), ("worker", "resolved")]
     # Replaying the same event again (as a replay does: past the accepted-event dedupe)
     # changes nothing: it was applied.
     version = record.version
@@ -141,7 +141,7 @@ def test_discard_needs_a_reason_and_is_audited(run: Any, memory_service: Service
     assert failed_ids(memory_service) == []
     code, out, _ = run("failed", "audit", "--json")
     [line] = json.loads(out)
-    assert line["operator"] == "ana"
+    assert line["operator"] == "cli:ana"
     assert line["action"] == "discard"
     assert line["reason"] == "test channel, never real"
     assert line["entry"] == entry.id
