@@ -1,8 +1,9 @@
 """The failed-task store over HTTP: list, show, replay, discard, and the audit log.
 
-Replay and discard go through ``worker.operations`` (the CLI's rule too): a snapshot taken
-once, each entry acted on by ``worker.operate.Operator``, audited under the caller's
-identity (the token's name or the JWT's user), never a name the request declares.
+Replay and discard go through ``worker.ops.operate``'s ``choose`` and ``act`` (the CLI's
+rule too): a snapshot taken once, each entry acted on by its ``Operator``, audited under
+the caller's identity (the token's name or the JWT's user), never a name the request
+declares.
 """
 
 from __future__ import annotations
