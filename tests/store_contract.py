@@ -400,6 +400,44 @@ class StoreContract:
         assert ids(store.list_records(status=StatusReason.ERROR)) == [R3]
         assert ids(store.list_records(kind="whatsapp")) == [R1, R3]
 
+    def test_pages_of_records_cover_each_record_once_in_id_order(
+        self, store: StateStore
+    ) -> None:
+        deliver(store, provision(R1, "evt-1"))
+        finish_step(store, R1)
+        deliver(store, provision(R2, "evt-2", kind=ChannelKind.FACEBOOK, channel_id=FACEBOOK_2))
+        deliver(store, provision(R3, "evt-3", channel_id=WHATSAPP_3))
+
+        first = store.page_records(limit=2)
+        assert ids(first.records) == [R1, R2]
+        assert first.next_after == R2
+        last = store.page_records(after=first.next_after, limit=2)
+        assert ids(last.records) == [R3]
+        assert last.next_after is None
+        exact = store.page_records(limit=3)
+        assert ids(exact.records) == [R1, R2, R3]
+        assert exact.next_after is None  # no empty last page
+        assert ids(store.page_records(status=StatusReason.PROCESSING, limit=1).records) == [R2]
+        assert ids(store.page_records(status=StatusReason.PROCESSING, kind="whatsapp",
+                                      limit=5).records) == [R3]
+        assert store.page_records(after=R3).records == []
+        assert store.page_records(kind="teams") == store.page_records(after=R3)
+
+    def test_a_page_cursor_stays_valid_when_its_record_is_gone(
+        self, store: StateStore
+    ) -> None:
+        """Stable paging: the record a cursor names may be deleted, and others added."""
+        deliver(store, provision(R1, "evt-1"))
+        deliver(store, provision(R2, "evt-2", channel_id=FACEBOOK_2))
+        first = store.page_records(limit=1)
+        assert ids(first.records) == [R1]
+        deliver(store, provision(R3, "evt-3", channel_id=WHATSAPP_3))
+        event = parent_deleted("msdyn_ocwhatsappchannelaccount", WHATSAPP_1, "evt-cascade")
+        assert deliver(store, event, R1).deleted
+        rest = store.page_records(after=first.next_after, limit=10)
+        assert ids(rest.records) == [R2, R3]
+        assert rest.next_after is None
+
     def test_records_with_a_calling_test_in_progress_are_indexed(
         self, store: StateStore
     ) -> None:

@@ -23,6 +23,10 @@ Global:
   ``<p>:beat:heartbeat``   string: beat's last heartbeat (host, pid); expires (PX)
   ``<p>:rate:<backend>``   string: the backend's shared rate limit (GCRA tat); expires
   ``<p>:circuit:<backend>:<host:pid>``  string: a process's open circuit (JSON); expires
+HTTP API tokens (worker/http/auth/tokens.py):
+  ``<p>:api:token:<token id>``  hash {name, role, hash (SHA-256 of the secret), created,
+                           expires, last_used}; never the token itself
+  ``<p>:api:tokens``       hash token name -> token id
 Dataverse mirror (worker/dataverse/):
   ``<p>:dataverse:lock``   string: the one mirror consumer sending the outbox; expires (PX)
   ``<p>:dataverse:etags``  hash record id -> the row's etag in Dataverse (for If-Match)
@@ -108,6 +112,13 @@ class Keys:
     @property
     def audit(self) -> str:
         return f"{self.prefix}:audit"
+
+    def api_token(self, token_id: str) -> str:
+        return f"{self.prefix}:api:token:{token_id}"
+
+    @property
+    def api_tokens(self) -> str:
+        return f"{self.prefix}:api:tokens"
 
     @property
     def beat_heartbeat(self) -> str:

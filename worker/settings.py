@@ -222,6 +222,32 @@ class Settings:
     embedded_redis: str = field(default="auto", metadata=setting(
         "demo only: the embedded Redis it starts (`auto` prefers a `redis-server` on the "
         "PATH)", choices=("auto", "redis-server", "fakeredis")))
+    # The HTTP API, `provisioning serve` (SPEC §8, README "HTTP API").
+    api_host: str = field(default="127.0.0.1", metadata=setting(
+        "where `provisioning serve` listens (`--host`); the compose file and Kubernetes "
+        "use `0.0.0.0`", nonblank=True))
+    api_port: int = field(default=8000, metadata=setting(
+        "`provisioning serve`'s port (`--port`)", minimum=1, maximum=65535,
+        wording="must be a port number (1 to 65535)"))
+    api_max_body_bytes: int = field(default=1024 * 1024, metadata=setting(
+        "the HTTP API's largest request body, bytes; larger is a 413", above=0))
+    api_shutdown_timeout: float = field(default=20.0, metadata=setting(
+        "seconds the HTTP API's requests in flight get after SIGTERM", minimum=0))
+    oidc_issuer: str | None = field(default=None, metadata=setting(
+        "accept JWTs from this issuer (`iss`, e.g. "
+        "`https://login.microsoftonline.com/<tenant>/v2.0`); with the audience, or neither",
+        default_text="— (OIDC off)", schemes=HTTP))
+    oidc_audience: str | None = field(default=None, metadata=setting(
+        "the audience those JWTs must name (`aud`, e.g. the app ID URI); with the "
+        "issuer, or neither", default_text="—"))
+    oidc_jwks_url: str | None = field(default=None, metadata=setting(
+        "where the issuer's signing keys are",
+        default_text="the discovery document's `jwks_uri`",
+        schemes=HTTP))
+    oidc_leeway_seconds: float = field(default=60.0, metadata=setting(
+        "clock skew allowed on a JWT's `exp` and `nbf`, seconds", minimum=0))
+    oidc_jwks_cache_seconds: float = field(default=300.0, metadata=setting(
+        "how long fetched signing keys are used before fetching again, seconds", above=0))
 
     @property
     def broker(self) -> str:
@@ -273,6 +299,9 @@ class Settings:
                 problems.append(
                     f"{PREFIX}{cap.upper()}: must be at least {PREFIX}{base.upper()} "
                     f"({getattr(owner, base):g}), not {getattr(owner, cap):g}")
+        if bool(self.oidc_issuer) != bool(self.oidc_audience):
+            problems.append(f"{PREFIX}OIDC_ISSUER and {PREFIX}OIDC_AUDIENCE: set both "
+                            "(OIDC on) or neither (OIDC off)")
         return problems
 
     @classmethod

@@ -153,7 +153,7 @@ def test_skip_needs_a_reason_and_drops_the_head_with_an_audit_line(run: Any, rig
     assert out.startswith(f"dropped create {record_id} v2")
     [line] = rig.service.failed.audit()
     assert (line["operator"], line["action"], line["record_id"]) == (
-        "ana", "dataverse-skip", record_id)
+        "cli:ana", "dataverse-skip", record_id)
     assert line["reason"] == "refused by a plug-in"
     assert rig.store.outbox_size() == 1
 

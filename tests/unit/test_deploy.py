@@ -73,10 +73,10 @@ def test_compose_schema_check_catches_a_mistake(tmp_path: Path) -> None:
     assert done.returncode == 1
 
 
-def test_compose_runs_redis_worker_one_beat_flower_and_the_emulator(
+def test_compose_runs_redis_worker_one_beat_the_api_flower_and_the_emulator(
     compose: dict[str, Any],
 ) -> None:
-    assert set(compose["services"]) == {"redis", "worker", "beat", "flower", "emulator"}
+    assert set(compose["services"]) == {"redis", "worker", "beat", "api", "flower", "emulator"}
     assert compose["services"]["beat"]["deploy"]["replicas"] == 1
 
 
@@ -114,6 +114,20 @@ def test_compose_gives_the_worker_its_soft_shutdown_and_probes(compose: dict[str
     assert any(port.endswith(f":{METRICS_PORT}") for port in worker["ports"])
     assert compose["services"]["beat"]["healthcheck"]["test"][1:] == [
         "provisioning", "health", "--check", "beat"]
+
+
+def test_compose_serves_the_api_ready_on_the_store_and_stopping_gently(
+    compose: dict[str, Any],
+) -> None:
+    api = compose["services"]["api"]
+    assert api["command"][:2] == ["provisioning", "serve"]
+    port = api["command"][api["command"].index("--port") + 1]
+    assert f"127.0.0.1:{port}:{port}" in api["ports"]
+    assert set(api["environment"]) <= SETTINGS
+    assert api["environment"] == compose["services"]["worker"]["environment"]
+    assert api["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert f"http://127.0.0.1:{port}/readyz" in " ".join(api["healthcheck"]["test"])
+    assert seconds(api["stop_grace_period"]) > Settings().api_shutdown_timeout
 
 
 def seconds(duration: str) -> float:
@@ -202,6 +216,29 @@ def test_configuration_comes_from_the_config_map_and_the_secret() -> None:
         [container] = kind("Deployment", name)["spec"]["template"]["spec"]["containers"]
         assert container["envFrom"] == [{"configMapRef": {"name": "provisioning-config"}},
                                         {"secretRef": {"name": "provisioning-secrets"}}]
+
+
+def test_the_api_deployment_serves_behind_a_proxy_with_probes_and_a_service() -> None:
+    api = kind("Deployment", "provisioning-api")
+    pod = api["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert container["command"][:2] == ["provisioning", "serve"]
+    assert "--proxy-headers" in container["command"]
+    port = int(container["command"][container["command"].index("--port") + 1])
+    assert {"name": "http", "containerPort": port, "protocol": "TCP"} in container["ports"]
+    for probe in ("livenessProbe", "startupProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert container["envFrom"] == [{"configMapRef": {"name": "provisioning-config"}},
+                                    {"secretRef": {"name": "provisioning-secrets"}}]
+    pause = float(container["lifecycle"]["preStop"]["exec"]["command"][1])
+    assert pod["terminationGracePeriodSeconds"] > pause + Settings().api_shutdown_timeout
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    service = kind("Service", "provisioning-api")
+    assert service["spec"]["selector"] == api["spec"]["selector"]["matchLabels"]
+    assert service["spec"]["ports"][0]["targetPort"] == "http"
+    worker = kind("Deployment", "provisioning-worker")
+    assert service["spec"]["selector"] != worker["spec"]["selector"]["matchLabels"]
 
 
 def test_the_metrics_service_selects_the_worker_pods() -> None:

@@ -11,8 +11,8 @@ from types import ModuleType
 import pytest
 
 PACKAGES = ["statemachine", "worker", "worker.backends", "worker.bootstrap", "worker.cli",
-            "worker.dataverse", "worker.emulators", "worker.ops", "worker.service",
-            "worker.store"]
+            "worker.dataverse", "worker.emulators", "worker.http", "worker.http.auth",
+            "worker.ops", "worker.service", "worker.store"]
 
 
 def public_names(package: ModuleType) -> set[str]:

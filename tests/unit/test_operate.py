@@ -17,6 +17,7 @@ from worker.cli import operate
 from worker.cli.common import parse_moment
 from worker.cli.progress import Progress
 from worker.emulators import Emulator
+from worker.ops.operate import act, choose
 from worker.service import Service
 from worker.store.failed import FailedTask
 from worker.store.failed_filter import FailedFilter, select
@@ -64,7 +65,7 @@ def test_replay_of_an_event_for_a_record_that_now_exists_applies_it_once(
     assert record.status is StatusReason.DEPROVISIONED
     assert failed_ids(memory_service) == []  # resolved once processed
     actions = [(line["operator"], line["action"]) for line in memory_service.failed.audit()]
-    assert actions == [("ana", "replay"), ("worker", "resolved")]
+    assert actions == [("cli:ana", "replay"), ("worker", "resolved")]
     # Replaying the same event again (as a replay does: past the accepted-event dedupe)
     # changes nothing: it was applied.
     version = record.version
@@ -141,10 +142,47 @@ def test_discard_needs_a_reason_and_is_audited(run: Any, memory_service: Service
     assert failed_ids(memory_service) == []
     code, out, _ = run("failed", "audit", "--json")
     [line] = json.loads(out)
-    assert line["operator"] == "ana"
+    assert line["operator"] == "cli:ana"
     assert line["action"] == "discard"
     assert line["reason"] == "test channel, never real"
     assert line["entry"] == entry.id
+
+
+def test_a_blank_discard_reason_is_a_usage_error(run: Any, memory_service: Service) -> None:
+    memory_service.handle_message(deprovision(new_id()))
+    [entry] = memory_service.failed.all()
+    code, _, err = run("failed", "discard", entry.id, "--reason", "   ")
+    assert code == 2
+    assert "--reason must not be blank" in err
+    assert failed_ids(memory_service) == [entry.id]
+    assert memory_service.failed.audit() == []
+
+
+def test_the_shared_rule_chooses_named_ids_once_and_reports_the_missing(
+    memory_service: Service,
+) -> None:
+    """worker.ops.operate's choose and act: the rule the CLI and the HTTP API follow."""
+    for _ in range(2):
+        memory_service.handle_message(deprovision(new_id()))
+    first, second = memory_service.failed.all()
+    chosen, missing = choose(memory_service.failed, ids=[second.id, "gone", second.id,
+                                                         first.id])
+    assert [entry.id for entry in chosen] == [second.id, first.id]
+    assert missing == ["gone"]
+    everything, none_missing = choose(memory_service.failed, flt=FailedFilter())
+    assert ({entry.id for entry in everything}, none_missing) == ({first.id, second.id}, [])
+    for wrong in ({}, {"ids": [first.id], "flt": FailedFilter()}):
+        with pytest.raises(ValueError, match="not both and not neither"):
+            choose(memory_service.failed, **wrong)
+    with pytest.raises(ValueError, match="needs a reason"):
+        act(memory_service, "discard", chosen, operator="api", send_event=lambda *_: None)
+    assert len(memory_service.failed.all()) == 2  # refused before anything was done
+    seen: list[tuple[str, bool, str]] = []
+    report = act(memory_service, "discard", chosen, operator="api", reason="noise",
+                 send_event=lambda *_: None, on_result=lambda *args: seen.append(args))
+    assert report.done == report.snapshot == [second.id, first.id]
+    assert seen == [(second.id, True, "discarded"), (first.id, True, "discarded")]
+    assert [line["operator"] for line in memory_service.failed.audit()] == ["api", "api"]
 
 
 def test_dry_run_says_what_it_would_do_and_changes_nothing(

@@ -144,3 +144,60 @@ def test_the_celery_banner_masks_the_broker_password(settings: Settings) -> None
     broker = celery_config(settings)["broker_url"]
     assert SECRET in broker  # Celery needs it to connect ...
     assert SECRET not in Connection(broker).as_uri()  # ... and never shows it
+
+
+# -- the HTTP API: tokens and JWTs (SPEC §8) ----------------------------------------------
+
+
+def test_an_api_token_never_appears_in_a_repr_a_log_line_an_answer_or_token_list(
+    memory_service: object, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tests.unit.http_support import make_api
+    from worker.cli import http as commands
+    from worker.http.auth import Role
+    from worker.service import Service
+
+    assert isinstance(memory_service, Service)
+    api = make_api(memory_service)
+    created = api.tokens.create("ci", Role.READER)
+    token, secret = created.token, created.token.rsplit("_", 1)[1]
+    wrong = token[:-4] + "AAAA"
+    answers = [api.get("/api/v1/records", token=token),
+               api.get("/api/v1/records", token=wrong),
+               api.post("/api/v1/events", token=token, json={}),
+               api.get("/api/v1/records", token="eyJhbGciOiJSUzI1NiJ9.e30.c2lnbmF0dXJl")]
+    assert [a.status_code for a in answers] == [200, 401, 403, 401]
+    monkeypatch.setattr(commands, "_tokens", lambda: api.tokens)
+    assert main(["token", "list"]) == 0
+    assert main(["token", "list", "--json"]) == 0
+    out, err = capsys.readouterr()
+    shown = out + err + "".join(a.text + str(a.headers) for a in answers)
+    shown += repr(created) + repr(created.entry) + repr(api.tokens.entries())
+    for text in (token, secret, wrong, wrong.rsplit("_", 1)[1], created.entry.digest,
+                 "c2lnbmF0dXJl"):
+        assert text not in shown
+    assert "ci" in out  # the list did print the token's name
+
+
+def test_token_create_prints_the_token_once_as_the_last_line(
+    memory_service: object, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tests.unit.http_support import make_api
+    from worker.cli import http as commands
+    from worker.service import Service
+
+    assert isinstance(memory_service, Service)
+    api = make_api(memory_service)
+    monkeypatch.setattr(commands, "_tokens", lambda: api.tokens)
+    assert main(["token", "create", "--name", "ci", "--role", "submitter",
+                 "--expires-in", "30"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    token = lines[-1]
+    assert token.startswith("pst_")
+    assert sum(token in line for line in lines) == 1
+    assert api.tokens.verify(token) is not None
+    assert main(["token", "create", "--name", "ci", "--role", "reader"]) == 1
+    assert main(["token", "revoke", "ci"]) == 0
+    assert api.tokens.verify(token) is None

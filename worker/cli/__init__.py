@@ -5,7 +5,7 @@
 * ``render``: records, history, failed entries and the audit log for a person;
 * one module per command group: ``records`` (show, list, history), ``submit``, ``failed``
   (list, show, audit), ``operate`` (replay, discard), ``health``, ``diagram``,
-  ``dataverse``, ``demo``.
+  ``dataverse``, ``demo``, ``http`` (token, serve: the HTTP API).
 """
 
 from worker.cli.console import main

@@ -13,31 +13,17 @@ import getpass
 import re
 import sys
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
-from statemachine import ChannelKind, StatusReason, parse_time
+from statemachine import ChannelKind, StatusReason
 from worker import bootstrap
 from worker.errors import WorkerError
 from worker.settings import REDIS, redact_url
 from worker.settings_rules import Rule
+from worker.store.failed_filter import parse_moment
 
 OK, FAILED, USAGE = 0, 1, 2
-
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_moment(text: str, now: datetime) -> datetime:
-    """``30m``, ``2h``, ``7d`` (that long before ``now``) or an ISO 8601 timestamp."""
-    match = _DURATION.match(text.strip())
-    if match:
-        return now - timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
-    try:
-        return parse_time(text)
-    except (TypeError, ValueError):
-        raise ValueError(f"not a duration (30m, 2h, 7d) or a timestamp: {text!r}") from None
-
 
 def operator_name(given: str | None) -> str:
     """Who acts, for the audit log: ``--operator``, else the login name."""
@@ -126,6 +112,44 @@ def seconds(text: str) -> float:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive, not {text}")
     return value
+
+
+# The HTTP API's token names and roles (worker.http.auth.tokens.NAME, auth.Role's labels),
+# spelled here too so that the parser checks them without loading the HTTP API; a test
+# keeps the two the same.
+TOKEN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+API_ROLES = ("reader", "submitter", "operator")
+
+
+def token_name(text: str) -> str:
+    if not TOKEN_NAME.match(text):
+        raise argparse.ArgumentTypeError(
+            f"not a token name: {text!r} (1-64 letters, digits, '.', '_', '@' or '-', "
+            "starting with a letter or digit)")
+    return text
+
+
+def api_role(text: str) -> str:
+    role = text.strip().lower()
+    if role not in API_ROLES:
+        raise argparse.ArgumentTypeError(f"not a role: {text!r} (one of {', '.join(API_ROLES)})")
+    return role
+
+
+def days(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of days: {text!r}") from None
+    if not 0 < value <= 3650:
+        raise argparse.ArgumentTypeError(f"must be more than 0 and at most 3650, not {text}")
+    return value
+
+
+def port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"not a port number (1-65535): {text!r}")
+    return int(text)
 
 
 def redis_url(text: str) -> str:

@@ -43,6 +43,8 @@ HANDLERS = {
     "health": "worker.cli.health:cmd_health",
     "dataverse": "worker.cli.dataverse:cmd_dataverse",
     "completion": "worker.cli.completion:cmd_completion",
+    "token": "worker.cli.http:cmd_token",
+    "serve": "worker.cli.http:cmd_serve",
 }
 
 

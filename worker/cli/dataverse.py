@@ -166,7 +166,7 @@ def cmd_skip(args: argparse.Namespace) -> int:
     what = _describe(dropped if isinstance(dropped, str) else dropped.raw)
     entry = dropped if isinstance(dropped, OutboxEntry) else None
     _failed().append_audit({
-        "at": format_time(datetime.now(UTC)), "operator": operator_name(args.operator),
+        "at": format_time(datetime.now(UTC)), "operator": f"cli:{operator_name(args.operator)}",
         "action": "dataverse-skip", "entry": what,
         "event_id": entry.event_id if entry else None,
         "record_id": entry.record_id if entry else None,

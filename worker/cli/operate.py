@@ -1,7 +1,7 @@
 """``provisioning failed replay|discard``: acting on failed-task entries.
 
 Bulk actions work on a snapshot of ids taken first (see ``worker.ops.operate``); every
-replay and discard is audited under the operator's name. A replay goes through the normal
+replay and discard is audited as ``cli:<operator>``. A replay goes through the normal
 path: a ``provisioning.handle_event`` message sent through the Celery app.
 """
 
@@ -20,9 +20,8 @@ from worker.cli.failed import filter_of
 from worker.cli.logs import quiet_logs
 from worker.cli.progress import Progress
 from worker.dispatch import Dispatch
-from worker.ops.operate import Operator
+from worker.ops.operate import act, choose
 from worker.service import Service
-from worker.store.failed_filter import select
 
 
 def _service() -> Service:
@@ -35,20 +34,18 @@ def _send_replay(event: Mapping[str, Any], entry_id: str) -> None:
 
 
 def cmd_act(args: argparse.Namespace) -> int:
-    """replay / discard: named entries, or --all matching the filters (a snapshot)."""
+    """replay / discard: named entries, or --all matching the filters (a snapshot); the
+    rule is ``worker.ops.operate``'s (the HTTP API's too), audited as ``cli:<operator>``."""
     quiet_logs()
     verb = args.failed_command
     if bool(args.entries) == bool(args.all):
         raise UsageError(f"failed {verb}: name ENTRY ids or give --all (with filters)")
+    reason = getattr(args, "reason", "")
+    if verb == "discard" and not reason.strip():
+        raise UsageError("failed discard: --reason must not be blank (it is audited)")
     service = _service()
-    failed = service.failed
-    if args.all:
-        chosen = select(failed.all(), filter_of(args))  # the snapshot: ids fixed from here on
-        missing: list[str] = []
-    else:
-        found = {entry_id: failed.get(entry_id) for entry_id in args.entries}
-        missing = [entry_id for entry_id, entry in found.items() if entry is None]
-        chosen = [entry for entry in found.values() if entry is not None]
+    chosen, missing = (choose(service.failed, flt=filter_of(args)) if args.all
+                       else choose(service.failed, ids=args.entries))
     for entry_id in missing:
         print(f"provisioning: failed-task entry {entry_id} not found", file=sys.stderr)
     if not chosen:
@@ -57,28 +54,25 @@ def cmd_act(args: argparse.Namespace) -> int:
     if args.all and not (args.yes or args.dry_run) and not confirm(
             f"{verb} {len(chosen)} failed-task entr{'y' if len(chosen) == 1 else 'ies'}?"):
         raise CommandFailed(f"{verb} cancelled; nothing was changed (use --yes to skip asking)")
-    operator = Operator(service, _send_replay, operator_name(args.operator))
-    refused = 0
     results: list[dict[str, Any]] = []
     progress = Progress(f"{verb}: entries", len(chosen)) if args.all else None
-    for entry in chosen:
-        done = True
-        if verb == "replay":
-            done, result = operator.replay(entry, dry_run=args.dry_run)
-            refused += not done
-        else:
-            result = operator.discard(entry, args.reason, dry_run=args.dry_run)
+
+    def show(entry_id: str, done: bool, result: str) -> None:
         if args.json:  # printed at the end, one array
-            results.append({"entry": entry.id, "ok": done, "dry_run": args.dry_run,
+            results.append({"entry": entry_id, "ok": done, "dry_run": args.dry_run,
                             "result": result})
         else:
             if progress is not None:
                 progress.done()
-            print(f"{entry.id}  {result}", flush=progress is not None)
+            print(f"{entry_id}  {result}", flush=progress is not None)
         if progress is not None:
             progress.advance()
+
+    report = act(service, verb, chosen, operator=f"cli:{operator_name(args.operator)}",
+                 send_event=_send_replay, reason=reason, dry_run=args.dry_run,
+                 on_result=show)
     if progress is not None:
         progress.done()
     if args.json:
         print(json.dumps(results, indent=2, ensure_ascii=False))
-    return FAILED if (missing or refused) else OK
+    return FAILED if (missing or report.refused) else OK

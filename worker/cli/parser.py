@@ -9,13 +9,17 @@ from importlib.metadata import version
 from typing import Any
 
 from worker.cli.common import (
+    api_role,
     channel_kind,
+    days,
     input_file,
     moment,
+    port,
     positive_int,
     redis_url,
     seconds,
     status_label,
+    token_name,
     uuid_text,
 )
 
@@ -89,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("--json", action="store_true")
 
     _add_dataverse(commands)
+    _add_http(commands)
     return parser
 
 
@@ -186,3 +191,36 @@ def _add_dataverse(commands: Any) -> None:
     skip.add_argument("--operator", metavar="NAME",
                       help="who acts, for the audit log (default: the login name)")
     skip.add_argument("--json", action="store_true", help="print what was dropped as JSON")
+
+
+def _add_http(commands: Any) -> None:
+    """``token`` and ``serve``: the HTTP API (SPEC §8)."""
+    token = commands.add_parser("token", help="API tokens of the HTTP API: create, list, revoke")
+    actions = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
+    create = actions.add_parser("create", help="a new token; printed once, as the last line",
+                                description="Only a hash of the token is stored.")
+    create.add_argument("--name", required=True, type=token_name, metavar="NAME",
+                        help="who holds it: the name its actions are audited under")
+    create.add_argument("--role", required=True, type=api_role, metavar="ROLE",
+                        help="reader, submitter or operator")
+    create.add_argument("--expires-in", type=days, metavar="DAYS",
+                        help="days until it expires (default: never)")
+    listing = actions.add_parser("list", help="names, roles, created, expires, last used")
+    listing.add_argument("--json", action="store_true")
+    revoke = actions.add_parser("revoke", help="revoke a token (refused at its next request)")
+    revoke.add_argument("name", metavar="NAME")
+
+    serve = commands.add_parser(
+        "serve", help="run the HTTP API (SPEC §8)",
+        description="Serves until SIGTERM or Ctrl-C, then finishes the requests in flight "
+                    "(at most PROVISIONING_API_SHUTDOWN_TIMEOUT seconds).")
+    serve.add_argument("--host", metavar="HOST",
+                       help="address to listen on (default PROVISIONING_API_HOST)")
+    serve.add_argument("--port", type=port, metavar="PORT",
+                       help="port (default PROVISIONING_API_PORT)")
+    serve.add_argument("--proxy-headers", action="store_true",
+                       help="behind a TLS-terminating proxy: take the client address and "
+                            "scheme from X-Forwarded-For and X-Forwarded-Proto")
+    serve.add_argument("--forwarded-allow-ips", metavar="IPS", default="127.0.0.1",
+                       help="proxies trusted for those headers (comma-separated, or *; "
+                            "default 127.0.0.1)")

@@ -6,21 +6,31 @@ way). A replay goes through the normal path (a ``provisioning.handle_event`` mes
 a retry through the record's inbox) and leaves the store only once the worker has
 processed it; it is never swallowed by the accepted-event dedupe, and the applied-key
 dedupe still keeps it from changing a record twice. Every action is audited.
+
+``choose`` and ``act`` are the one rule every entry point follows (the CLI's ``failed
+replay|discard`` and the HTTP API's): the snapshot, then each entry replayed or discarded
+under the identity the entry point vouches for: ``cli:<login>`` (or ``cli:<--operator>``)
+from the CLI, the token's name or the JWT's user from the HTTP API, never a name an HTTP
+request declares. Sending a replay is the entry point's (``SendEvent``): no Celery here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import replace
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
 
 from statemachine import InvalidEvent, RetryDue, format_time, parse_event
 from worker.envelope import Envelope
 from worker.service import Service
-from worker.store.failed import FailedTask
+from worker.store.failed import FailedStore, FailedTask
+from worker.store.failed_filter import FailedFilter, select
 from worker.task_names import HANDLE_EVENT, RETRY_TASK
 
 SendEvent = Callable[[Mapping[str, Any], str], None]
+Verb = Literal["replay", "discard"]
+# Called once per entry as ``act`` goes: (entry id, done or would be, what happened).
+OnResult = Callable[[str, bool, str], None]
 
 
 class Operator:
@@ -91,3 +101,60 @@ class Operator:
         self.audit("discard", entry, "discarded", reason)
         return "discarded"
 
+
+
+@dataclass
+class ActionReport:
+    """What ``act`` did: ``done`` holds the entries replayed or discarded (none on a dry
+    run), ``refused`` those a replay could not send, each with why; ``results`` one line
+    per entry of the snapshot, in order."""
+
+    verb: Verb
+    dry_run: bool
+    snapshot: list[str] = field(default_factory=list)
+    done: list[str] = field(default_factory=list)
+    refused: list[tuple[str, str]] = field(default_factory=list)
+    results: list[tuple[str, str]] = field(default_factory=list)
+
+
+def choose(failed: FailedStore, *, ids: Sequence[str] | None = None,
+           flt: FailedFilter | None = None) -> tuple[list[FailedTask], list[str]]:
+    """The snapshot to act on, and the named ids that were not found. Exactly one of
+    ``ids`` (named entries, in the order given, each once) and ``flt`` (every entry it
+    matches, oldest last failure first) is given."""
+    if (ids is None) == (flt is None):
+        raise ValueError("name entry ids or give filters, not both and not neither")
+    if flt is not None:
+        return select(failed.all(), flt), []
+    assert ids is not None
+    found = {entry_id: failed.get(entry_id) for entry_id in dict.fromkeys(ids)}
+    missing = [entry_id for entry_id, entry in found.items() if entry is None]
+    return [entry for entry in found.values() if entry is not None], missing
+
+
+def act(service: Service, verb: Verb, entries: Sequence[FailedTask], *, operator: str,
+        send_event: SendEvent, reason: str = "", dry_run: bool = False,
+        on_result: OnResult | None = None) -> ActionReport:
+    """Replay or discard every entry of the snapshot, audited under ``operator``. A
+    discard needs a reason (ValueError without one, before anything is done)."""
+    if verb == "discard" and not reason.strip():
+        raise ValueError("a discard needs a reason (it is audited)")
+    acting = Operator(service, send_event, operator)
+    report = ActionReport(verb=verb, dry_run=dry_run,
+                          snapshot=[entry.id for entry in entries])
+    for entry in entries:
+        ok = True
+        if verb == "replay":
+            ok, result = acting.replay(entry, dry_run=dry_run)
+            if not ok:
+                report.refused.append((entry.id, result))
+            elif not dry_run:
+                report.done.append(entry.id)
+        else:
+            result = acting.discard(entry, reason, dry_run=dry_run)
+            if not dry_run:
+                report.done.append(entry.id)
+        report.results.append((entry.id, result))
+        if on_result is not None:
+            on_result(entry.id, ok, result)
+    return report

@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from statemachine import parse_time
 from worker.store.failed import FailedTask
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_moment(text: str, now: datetime) -> datetime:
+    """``30m``, ``2h``, ``7d`` (that long before ``now``) or an ISO 8601 timestamp."""
+    match = _DURATION.match(text.strip())
+    if match:
+        return now - timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+    try:
+        return parse_time(text)
+    except (TypeError, ValueError):
+        raise ValueError(f"not a duration (30m, 2h, 7d) or a timestamp: {text!r}") from None
 
 
 @dataclass(frozen=True, slots=True)

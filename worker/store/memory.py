@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from statemachine import HistoryEntry, ProvisioningState, StatusReason
 from worker.keys import Keys, decode_record, encode_record
-from worker.store.protocol import Claim, Commit, CommitStatus, InboxItem, Release
+from worker.store.protocol import Claim, Commit, CommitStatus, InboxItem, RecordPage, Release
 
 
 @dataclass
@@ -182,6 +182,23 @@ class MemoryStateStore:
                 ids &= self._data.index[self.keys.calling_in_progress]
             rows = [self._data.records[i] for i in sorted(ids) if i in self._data.records]
         return [decode_record(row) for row in rows]
+
+    def page_records(
+        self, *, status: StatusReason | None = None, kind: str | None = None,
+        after: str | None = None, limit: int = 100,
+    ) -> RecordPage:
+        with self._lock:
+            ids = set(self._data.index[self.keys.all_records])
+            if status is not None:
+                ids &= self._data.index[self.keys.by_status(int(status))]
+            if kind is not None:
+                ids &= self._data.index[self.keys.by_kind(kind)]
+            ordered = sorted(i for i in ids if after is None or i > after)
+            chosen = ordered[:limit]
+            rows = [self._data.records[i] for i in chosen if i in self._data.records]
+        more = len(ordered) > limit
+        return RecordPage([decode_record(row) for row in rows],
+                          chosen[-1] if more and chosen else None)
 
     def records_linking(self, column: str, value: str) -> list[str]:
         with self._lock:

@@ -76,6 +76,15 @@ class Commit:
     outbox_entry: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class RecordPage:
+    """One page of ``StateStore.page_records``: the records, and the id to pass as
+    ``after`` for the next page (None on the last page)."""
+
+    records: list[ProvisioningState]
+    next_after: str | None
+
+
 class StateStore(Protocol):
     """Where records, their history and their inboxes live."""
 
@@ -135,6 +144,17 @@ class StateStore(Protocol):
     ) -> list[ProvisioningState]:
         """Records through the index sets (no key scan); ``testing``: only those with a
         calling test InProgress."""
+        ...
+
+    def page_records(
+        self, *, status: StatusReason | None = None, kind: str | None = None,
+        after: str | None = None, limit: int = 100,
+    ) -> RecordPage:
+        """Up to ``limit`` records in record-id order, those with an id greater than
+        ``after`` (the paging cursor). Stable: a record that matches the filters for the
+        whole listing appears on exactly one page, whatever is created, changed or deleted
+        meanwhile; records that change in or out of the filters meanwhile may or may not
+        appear. Reads the index sets' ids and only the records of the page."""
         ...
 
     def records_linking(self, column: str, value: str) -> list[str]: ...

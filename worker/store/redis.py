@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import json
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -11,7 +12,7 @@ import redis
 
 from statemachine import HistoryEntry, ProvisioningState, StatusReason
 from worker.keys import Keys, decode_record, dumps, encode_record
-from worker.store.protocol import Claim, Commit, CommitStatus, InboxItem, Release
+from worker.store.protocol import Claim, Commit, CommitStatus, InboxItem, RecordPage, Release
 from worker.store.translate import translated as _translated
 
 
@@ -217,6 +218,29 @@ class RedisStateStore:
                 pipe.hget(k.record(record_id), "json")
             rows = pipe.execute()
         return [decode_record(row) for row in rows if row is not None]
+
+    def page_records(
+        self, *, status: StatusReason | None = None, kind: str | None = None,
+        after: str | None = None, limit: int = 100,
+    ) -> RecordPage:
+        k = self.keys
+        sets = [k.all_records]
+        if status is not None:
+            sets.append(k.by_status(int(status)))
+        if kind is not None:
+            sets.append(k.by_kind(kind))
+        with _translated():
+            # The ids only (36 bytes each); the records of the page are read afterwards.
+            ids = sorted(cast(set[str], self.client.sinter(sets)))
+            start = bisect.bisect_right(ids, after) if after is not None else 0
+            chosen = ids[start:start + limit]
+            pipe = self.client.pipeline(transaction=False)
+            for record_id in chosen:
+                pipe.hget(k.record(record_id), "json")
+            rows = pipe.execute() if chosen else []
+        more = start + limit < len(ids)
+        return RecordPage([decode_record(row) for row in rows if row is not None],
+                          chosen[-1] if more and chosen else None)
 
     def records_linking(self, column: str, value: str) -> list[str]:
         with _translated():
