@@ -10,10 +10,8 @@ from typing import Any
 import pytest
 
 from statemachine import PRIMARY_KEY
-from tests.factories import new_id, run_cli_on
-from tests.unit.test_dataverse_support import Rig, make_rig, provision
-from worker.cli import console as cli
-from worker.cli import dataverse as commands
+from tests.factories import new_id
+from tests.unit.test_dataverse_support import Rig, dataverse_cli, make_rig, provision
 from worker.dataverse import startup as runtime
 from worker.dataverse.metadata import ENTITY_PATH, OrgMetadata, check_organization, compare
 
@@ -26,19 +24,7 @@ def rig() -> Rig:
 @pytest.fixture
 def run(rig: Rig, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> Any:
-    run_cli_on(monkeypatch, rig.service)
-    monkeypatch.setattr(commands, "_mirror", lambda: rig.mirror)
-
-    def invoke(*argv: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        try:
-            code = cli.main(["dataverse", *argv])
-        except SystemExit as exc:
-            code = int(exc.code or 0)
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return invoke
+    return dataverse_cli(rig, monkeypatch, capsys)
 
 
 def test_a_clean_organization_checks_clean(run: Any, rig: Rig) -> None:

@@ -9,9 +9,8 @@ from typing import Any
 import pytest
 
 from statemachine import PRIMARY_KEY
-from tests.factories import event, new_id, run_cli_on
-from tests.unit.test_dataverse_support import Rig, make_rig, provision
-from worker.cli import console as cli
+from tests.factories import event, new_id
+from tests.unit.test_dataverse_support import Rig, dataverse_cli, make_rig, provision
 from worker.cli import dataverse as commands
 from worker.cli.progress import Progress
 from worker.emulators import Fault
@@ -32,19 +31,7 @@ def rig() -> Rig:
 @pytest.fixture
 def run(rig: Rig, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> Any:
-    run_cli_on(monkeypatch, rig.service)
-    monkeypatch.setattr(commands, "_mirror", lambda: rig.mirror)
-
-    def invoke(*argv: str) -> tuple[int, str, str]:
-        capsys.readouterr()  # what the rig logged before
-        try:
-            code = cli.main(["dataverse", *argv])
-        except SystemExit as exc:
-            code = int(exc.code or 0)
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return invoke
+    return dataverse_cli(rig, monkeypatch, capsys)
 
 
 def test_status_of_a_mirror_up_to_date(run: Any, rig: Rig) -> None:

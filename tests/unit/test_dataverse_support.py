@@ -6,11 +6,12 @@ fake clock; sleeping advances it."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import pytest
 
 from statemachine import ProvisioningState
 from tests.factories import provision as provision_of
@@ -140,3 +141,25 @@ def make_rig(*, environ: Mapping[str, str] | None = None, **dataverse: Any) -> R
     mirror_settings = MirrorSettings.from_env(config, environ or {})
     return Rig(clock, emulator, emulated, service,
                make_mirror(mirror_settings, store, http, clock), http)
+
+
+def dataverse_cli(rig: Rig, monkeypatch: pytest.MonkeyPatch,
+                  capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str, str]]:
+    """``provisioning dataverse …`` on ``rig``'s service and mirror: (exit code, out, err)."""
+    from tests.factories import run_cli_on
+    from worker.cli import console
+    from worker.cli import dataverse as commands
+
+    run_cli_on(monkeypatch, rig.service)
+    monkeypatch.setattr(commands, "_mirror", lambda: rig.mirror)
+
+    def invoke(*argv: str) -> tuple[int, str, str]:
+        capsys.readouterr()  # what the rig logged before
+        try:
+            code = console.main(["dataverse", *argv])
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return invoke

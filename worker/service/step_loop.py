@@ -26,6 +26,7 @@ import structlog
 from statemachine import RunStep, StepResult
 from worker.backends.aio import AsyncBackends
 from worker.service.observer import Observer
+from worker.service.steps import StepProgress
 
 log = structlog.get_logger("worker")
 
@@ -35,28 +36,14 @@ async def call_step_async(backends: AsyncBackends, observer: Observer,
     """The step's calls in order, stopping at the first failure (no store access)."""
     with structlog.contextvars.bound_contextvars(event_id=step.event_id,
                                                  trigger=step.kind.value):
-        response: str | None = None
-        test_id: str | None = None
+        progress = StepProgress(step, observer)
         for call in step.calls:
             started = time.perf_counter()
             outcome = await backends.call(call)
-            observer.backend_call(
-                call.step.value, time.perf_counter() - started, outcome.ok,
-                outcome.failure.error_class if outcome.failure else None, outcome.attempts)
-            if outcome.response is not None:
-                response = outcome.response
-            if outcome.test_id is not None:
-                test_id = outcome.test_id
-            if not outcome.ok:
-                failure = outcome.failure
-                assert failure is not None
-                return StepResult(
-                    step.record_id, step.event_id, step.kind, step.started_version,
-                    ok=False, failed_call=call.step, details=failure.details(),
-                    summary=failure.summary(), response=response,
-                )
-        return StepResult(step.record_id, step.event_id, step.kind, step.started_version,
-                          ok=True, response=response, test_id=test_id)
+            failed = progress.took(call, outcome, time.perf_counter() - started)
+            if failed is not None:
+                return failed
+        return progress.succeeded()
 
 
 class StepLoop:

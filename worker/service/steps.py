@@ -19,8 +19,8 @@ from typing import Any
 
 import structlog
 
-from statemachine import RunStep, StepKind, StepResult
-from worker.backends import Backends
+from statemachine import BackendCall, RunStep, StepKind, StepResult
+from worker.backends import Backends, CallResult
 from worker.service.observer import Observer
 
 
@@ -63,29 +63,49 @@ class StepRunner:
                 future.set_exception(exc)
 
 
+class StepProgress:
+    """What a step's calls came to so far; the one place a StepResult is built, for the
+    threaded runner (:func:`call_step`) and the asyncio one (``step_loop``) alike."""
+
+    def __init__(self, step: RunStep, observer: Observer) -> None:
+        self.step = step
+        self.observer = observer
+        self.response: str | None = None
+        self.test_id: str | None = None
+
+    def took(self, call: BackendCall, outcome: CallResult, seconds: float) -> StepResult | None:
+        """Record one call's outcome; the step's failed result when it failed, else None."""
+        self.observer.backend_call(
+            call.step.value, seconds, outcome.ok,
+            outcome.failure.error_class if outcome.failure else None, outcome.attempts)
+        if outcome.response is not None:
+            self.response = outcome.response
+        if outcome.test_id is not None:
+            self.test_id = outcome.test_id
+        if outcome.ok:
+            return None
+        failure = outcome.failure
+        assert failure is not None
+        step = self.step
+        return StepResult(step.record_id, step.event_id, step.kind, step.started_version,
+                          ok=False, failed_call=call.step, details=failure.details(),
+                          summary=failure.summary(), response=self.response)
+
+    def succeeded(self) -> StepResult:
+        step = self.step
+        return StepResult(step.record_id, step.event_id, step.kind, step.started_version,
+                          ok=True, response=self.response, test_id=self.test_id)
+
+
 def call_step(backends: Backends, observer: Observer, step: RunStep) -> StepResult:
     """The step's calls in order, stopping at the first failure (no store access)."""
     with structlog.contextvars.bound_contextvars(event_id=step.event_id,
                                                  trigger=step.kind.value):
-        response: str | None = None
-        test_id: str | None = None
+        progress = StepProgress(step, observer)
         for call in step.calls:
             started = time.perf_counter()
             outcome = backends.call(call)
-            observer.backend_call(
-                call.step.value, time.perf_counter() - started, outcome.ok,
-                outcome.failure.error_class if outcome.failure else None, outcome.attempts)
-            if outcome.response is not None:
-                response = outcome.response
-            if outcome.test_id is not None:
-                test_id = outcome.test_id
-            if not outcome.ok:
-                failure = outcome.failure
-                assert failure is not None
-                return StepResult(
-                    step.record_id, step.event_id, step.kind, step.started_version,
-                    ok=False, failed_call=call.step, details=failure.details(),
-                    summary=failure.summary(), response=response,
-                )
-        return StepResult(step.record_id, step.event_id, step.kind, step.started_version,
-                          ok=True, response=response, test_id=test_id)
+            failed = progress.took(call, outcome, time.perf_counter() - started)
+            if failed is not None:
+                return failed
+        return progress.succeeded()
