@@ -47,11 +47,13 @@ def build_service(
     if settings.step_runner == "async":
         async_transport = transport if isinstance(transport, httpx.AsyncBaseTransport) \
             else None
-        board = CircuitBoard(client, Keys(settings.key_prefix))
+        board = CircuitBoard(client, Keys(settings.key_prefix, settings.store_shards))
         seen = observer or NoObserver()
         step_loop = lambda: StepLoop(  # noqa: E731 - built in the process that drains
             lambda: _async_backends(settings, async_transport, board, seen), seen)
-    return Service(settings, build_store(settings, client), build_failed(settings, client),
+    store = build_store(settings, client)
+    store.ensure_format()  # stamps a new store; refuses a v1 one (run provisioning migrate)
+    return Service(settings, store, build_failed(settings, client),
                    backends, kick=kick, kick_many=kick_many, observer=observer,
                    step_loop=step_loop)
 
@@ -65,7 +67,7 @@ def _async_backends(settings: Settings, transport: httpx.AsyncBaseTransport | No
     if backends.provisioner_rate or backends.gatekeeper_rate or backends.calling_test_rate:
         rates = RedisRate(redis.asyncio.Redis.from_url(settings.redis_url,
                                                        decode_responses=True),
-                          Keys(settings.key_prefix))
+                          Keys(settings.key_prefix, settings.store_shards))
     reporter = CircuitReporter(board, observer, socket.gethostname(),
                                backends.circuit_cooldown)
     wire = ClientPool(backends, transport) if transport is not None else None
