@@ -1,6 +1,6 @@
 """The fault suite on a Redis Cluster of 3 masters (tests/cluster.py): the store at
 ``redis+cluster://``, Celery's broker on the session's plain redis-server (kombu has no
-cluster transport; README "Store v2").
+cluster transport; docs/store.md).
 
 * kills: test_kills' scenario, 2,000 events (times the scale factor) and 3 SIGKILLs;
 * conflicts: test_conflicts' scenario on 30 records with 40 events each;

@@ -6,7 +6,6 @@ import socket
 from collections.abc import Callable, Sequence
 
 import httpx
-import redis.asyncio
 
 from worker.backends import Backends, http_timeout
 from worker.backends.aio import AsyncBackends, ClientPool
@@ -19,6 +18,7 @@ from worker.service.circuits import CircuitReporter
 from worker.service.step_loop import StepLoop
 from worker.settings import Settings
 from worker.store.circuits import CircuitBoard
+from worker.store.connect import async_store_client
 
 
 def build_service(
@@ -65,8 +65,7 @@ def _async_backends(settings: Settings, transport: httpx.AsyncBaseTransport | No
     backends = settings.backends
     rates = None
     if backends.provisioner_rate or backends.gatekeeper_rate or backends.calling_test_rate:
-        rates = RedisRate(redis.asyncio.Redis.from_url(settings.redis_url,
-                                                       decode_responses=True),
+        rates = RedisRate(async_store_client(settings.redis_url),
                           Keys(settings.key_prefix, settings.store_shards))
     reporter = CircuitReporter(board, observer, socket.gethostname(),
                                backends.circuit_cooldown)
