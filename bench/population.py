@@ -274,12 +274,9 @@ def populate_clone(client: redis.Redis, prefix: str, templates: dict[tuple[str, 
     Keys shared by many records (indexes, the retry schedule) get every member of a chunk
     in one command; a record's own keys one command each, as the real path leaves them.
     Links hashes go through the store's link_add script (as commits add links)."""
-    from pathlib import Path
+    from worker.store.scripts import script_text
 
-    import worker
-
-    link_add = client.register_script(
-        (Path(worker.__file__).parent / "lua" / "link_add.lua").read_text(encoding="utf-8"))
+    link_add = client.register_script(script_text("link_add"))
     client.script_load(link_add.script)
     for first in range(start, stop, chunk):
         pipe = client.pipeline(transaction=False)

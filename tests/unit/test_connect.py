@@ -50,3 +50,18 @@ def test_every_shard_has_its_own_slot_range_and_every_key_of_a_record_its_tag() 
              keys.claimed(record), keys.pending(keys.shard(record)),
              keys.outbox(keys.shard(record))]
     assert len({key_slot(name.encode()) for name in names}) == 1
+
+
+def test_migrate_refuses_a_cluster_url(monkeypatch: pytest.MonkeyPatch,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from worker import bootstrap
+    from worker.cli import main
+
+    monkeypatch.setenv("PROVISIONING_REDIS_URL", "redis+cluster://127.0.0.1:7000")
+    monkeypatch.setenv("PROVISIONING_BROKER_URL", "redis://127.0.0.1:6379/0")
+    bootstrap.reset()
+    try:
+        assert main(["migrate", "--dry-run"]) == 2
+    finally:
+        bootstrap.reset()
+    assert "migrate: a v1 store is on one Redis" in capsys.readouterr().err

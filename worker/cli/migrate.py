@@ -11,7 +11,7 @@ import redis
 from worker import bootstrap
 from worker.errors import ConfigurationError, StoreError
 from worker.keys import Keys
-from worker.store.connect import is_cluster
+from worker.store.connect import is_cluster, store_client
 from worker.store.migrate import MigrationReport, migrate
 
 
@@ -22,8 +22,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         raise ConfigurationError(
             "migrate: a v1 store is on one Redis; migrate it there, then move its keys to "
             "the cluster (docs/store.md)")
-    client = redis.Redis.from_url(settings.redis_url, decode_responses=True,
-                                  socket_connect_timeout=5, socket_timeout=60)
+    client = store_client(settings.redis_url, timeout=60)
 
     def progress(report: MigrationReport) -> None:
         if not args.json:
