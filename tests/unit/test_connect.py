@@ -65,3 +65,39 @@ def test_migrate_refuses_a_cluster_url(monkeypatch: pytest.MonkeyPatch,
     finally:
         bootstrap.reset()
     assert "migrate: a v1 store is on one Redis" in capsys.readouterr().err
+
+
+def test_the_format_stamp_is_written_once_and_checked() -> None:
+    import fakeredis
+
+    from worker.store import stamp
+
+    client = fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True)
+    keys = Keys("p")
+    stamp.ensure(client, keys, stamp=False)  # a new store: read-only commands write nothing
+    assert client.keys("*") == []
+    stamp.ensure(client, keys)
+    assert client.hgetall(keys.meta) == {"format": "2", "shards": "16"}
+    with pytest.raises(ConfigurationError, match="written with 16 shards, not 4"):
+        stamp.ensure(client, Keys("p", 4), stamp=False)
+    client.hset(keys.meta, "format", "3")
+    with pytest.raises(ConfigurationError, match="is format 3"):
+        stamp.ensure(client, keys)
+
+
+def test_read_only_commands_refuse_a_v1_store(monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    import fakeredis
+
+    from worker import bootstrap
+    from worker.cli import main
+    from worker.store.redis import RedisStateStore
+
+    client = fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True)
+    client.sadd("provisioning:idx:all", "6f1c0000-0000-4000-8000-000000000001")
+    monkeypatch.setattr(bootstrap, "build_store",
+                        lambda settings: RedisStateStore(client, keys=Keys()))
+    assert main(["list"]) == 2
+    assert "format 1; stop the workers and run `provisioning migrate`" in \
+        capsys.readouterr().err
+    assert client.keys("provisioning:meta") == []

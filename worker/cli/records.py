@@ -22,7 +22,9 @@ from worker.store.redis import RedisStateStore
 
 
 def _store() -> RedisStateStore:
-    return bootstrap.build_store(bootstrap.current_settings())
+    store = bootstrap.build_store(bootstrap.current_settings())
+    store.ensure_format(stamp=False)  # a v1 store would read as empty: say so
+    return store
 
 
 def _load(record_id: str) -> ProvisioningState:

@@ -10,7 +10,8 @@
 * ``translate``: the one translation of redis-py errors into ``StoreError``;
 * ``codec``: store v2's compact forms of records, history entries and dedupe marks;
 * ``connect``: the client of a store URL (one Redis or a Redis Cluster);
-* ``retention``: what beat's retention sweep drops; ``migrate``: a v1 store to v2.
+* ``stamp``: the stored format's stamp; ``retention``: what beat's retention sweep drops;
+  ``migrate``: a v1 store to v2.
 """
 
 from worker.store.counts import StoreCounts

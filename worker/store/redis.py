@@ -16,9 +16,9 @@ from typing import Any, cast
 import redis
 
 from statemachine import HistoryEntry, ProvisioningState, StatusReason
-from worker.errors import ConfigurationError
 from worker.keys import Keys, dumps
 from worker.store import codec
+from worker.store import stamp as stored_format
 from worker.store.outbox import ShardedOutbox
 from worker.store.protocol import (
     Claim,
@@ -63,29 +63,10 @@ class RedisStateStore:
 
     # -- format ------------------------------------------------------------------------------
 
-    def ensure_format(self) -> None:
-        """Stamp an empty store as format 2 with this shard count, or check the stamp;
-        ConfigurationError when the store is v1 (run ``provisioning migrate``) or was
-        written with another PROVISIONING_STORE_SHARDS."""
-        meta = self.keys.meta
+    def ensure_format(self, *, stamp: bool = True) -> None:
+        """Stamp an empty store (``stamp``) or check its stamp (worker/store/stamp.py)."""
         with _translated():
-            stored = cast(dict[str, str], self.client.hgetall(meta))
-            if not stored:
-                if self.client.exists(f"{self.keys.prefix}:idx:all"):
-                    raise ConfigurationError(
-                        f"the store under {self.keys.prefix!r} is format 1; stop the "
-                        "workers and run `provisioning migrate` (docs/store.md)")
-                self.client.hsetnx(meta, "format", str(codec.FORMAT))
-                self.client.hsetnx(meta, "shards", str(self.keys.shards))
-                stored = cast(dict[str, str], self.client.hgetall(meta))
-        if stored.get("format") != str(codec.FORMAT):
-            raise ConfigurationError(
-                f"the store under {self.keys.prefix!r} is format {stored.get('format')}; "
-                f"this worker reads format {codec.FORMAT}")
-        if stored.get("shards") != str(self.keys.shards):
-            raise ConfigurationError(
-                f"PROVISIONING_STORE_SHARDS: the store was written with "
-                f"{stored.get('shards')} shards, not {self.keys.shards}")
+            stored_format.ensure(self.client, self.keys, stamp=stamp)
 
     # -- the window ----------------------------------------------------------------------------
 
