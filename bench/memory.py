@@ -16,10 +16,11 @@ loopback port, no persistence), stopped by its pid at the end:
    faster) with the default history bound. Reported: ``used_memory`` after - before,
    per record; keys per record; ``MEMORY USAGE … SAMPLES 0`` of each kind of key on a sample
    of records of each life, and of the shared index sets divided by the records.
-2. *A long-lived record.* One record takes ``--long-events`` events through the real path
-   (cycles of re-provision, GateKeeper Inactive/Error, GateKeeper Active/Running); at
-   checkpoints, the size of each of its keys. The history stops at the bound; the
-   accepted-ids and applied-keys sets do not.
+2. *A long-lived record.* One record takes ``--long-events`` GateKeeper reports through the
+   real path (Inactive/Error and Active/Running in turn), ``--long-interval`` simulated
+   seconds apart, its dedupe window ``--long-window`` seconds; at checkpoints, the size of
+   its keys. The history stops at its bound and the window holds the marks of the reports
+   within it: the record stays bounded.
 3. *Worker memory.* A real ``celery -A worker.app worker --concurrency C`` (bench/harness.py,
    on bench/throughput.py): VmRSS and Pss of its main process and pool children once
    started, then after each ``--worker-events`` total of events of throughput.py's mix
@@ -30,6 +31,9 @@ Prints tables and writes JSON to bench/results/memory-<date>.json.
 
 from __future__ import annotations
 
+import stdlib_http  # noqa: F401 - first: bench/http.py shadows the standard library's http
+
+# isort: split
 import argparse
 import json
 import random
@@ -45,13 +49,10 @@ import redis
 import throughput
 from harness import cpu_count, harness, start_worker, worker_env, worker_memory
 from population import (
-    KINDS,
     LIFE_NAMES,
-    PROVIDER_COLUMN,
     Progress,
     life_of,
     memory_usage,
-    provider_id,
     record_id,
     used_memory,
 )
@@ -59,7 +60,7 @@ from population import (
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 PREFIX = "provisioning"
-PER_RECORD = ("record", "history", "accepted", "applied", "channel_link")
+PER_RECORD = ("record", "window")  # the record list (record, marks, history); spilled marks
 
 
 # -- part 1: records ----------------------------------------------------------------------
@@ -74,23 +75,29 @@ def populate(url: str, args: argparse.Namespace, size: int) -> dict[str, Any]:
     # Templates run first in both modes: the scripts are loaded and the clients connected
     # before the baseline, so the delta is the records' own.
     templates = population.make_templates(url, PREFIX, emulator, args.seed)
-    service = population.make_service(url, PREFIX, emulator)
+    # A 1 s lease: the claims a submit leaves (one per record, for a lease time) are gone
+    # before the reading, as they are a lease time after any burst.
+    service = population.make_service(url, PREFIX, emulator, lease_seconds=1.0)
     service.store.ping()
+    service.store.ensure_format()
     before = used_memory(client)
     began, cpu = time.monotonic(), time.process_time()
     progress = Progress(f"{args.populate} {size:,}", 0, size)
     if args.populate == "real":
-        population.populate_real(service, emulator, args.seed, 0, size, progress)
+        population.populate_real(service, emulator, args.seed, 0, size, progress,
+                                 life=args.life)
     else:
         population.populate_clone(client, PREFIX, templates, args.seed, 0, size,
-                                  progress=progress)
+                                  progress=progress, life=args.life)
     seconds, cpu_s = time.monotonic() - began, time.process_time() - cpu
     service.close()
     service.store.client.close()
+    wait_expired(client)
     after = used_memory(client)
     keys = int(client.dbsize())
     result = {
-        "records": size, "populate": args.populate, "populate_s": round(seconds, 1),
+        "records": size, "populate": args.populate, "life": args.life or "mix",
+        "populate_s": round(seconds, 1),
         "populate_cpu_s": round(cpu_s, 1), "keys": keys,
         "keys_per_record": round(keys / size, 3),
         "used_memory_before": before["used_memory"], "used_memory_after": after["used_memory"],
@@ -103,43 +110,51 @@ def populate(url: str, args: argparse.Namespace, size: int) -> dict[str, Any]:
     return result
 
 
+def wait_expired(client: redis.Redis, timeout: float = 120.0) -> None:
+    """Until no key with a TTL is left (the submit claims of a 1 s lease)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if int(client.info("keyspace").get("db0", {}).get("expires", 0)) == 0:
+            return
+        time.sleep(0.5)
+
+
 def breakdown(client: redis.Redis, args: argparse.Namespace, size: int) -> dict[str, Any]:
-    """MEMORY USAGE of each kind of key: a sample of records per life, the shared sets."""
-    from statemachine import ChannelKind, StatusReason
-    from worker.keys import Keys, decode_record
+    """MEMORY USAGE of each record's own key (a sample per life), and of every per-shard
+    key (indexes, links, schedules) divided by the records."""
+    from worker.keys import Keys
 
     keys = Keys(PREFIX)
     rng = random.Random(args.seed)
     by_life: dict[str, dict[str, float]] = {}
-    for life in LIFE_NAMES:
-        pool = [i for i in range(size) if life_of(i) == life]
+    lives = [args.life] if args.life else list(LIFE_NAMES)
+    for life in lives:
+        pool = [i for i in range(size) if (args.life or life_of(i)) == life]
         sample = rng.sample(pool, min(args.sample, len(pool)))
         totals = dict.fromkeys(PER_RECORD, 0)
         for i in sample:
             rid = record_id(args.seed, i)
-            record = decode_record(client.hget(keys.record(rid), "json"))
-            channel = record.channel_id
-            kind = record.tracking.channel_kind
-            assert channel is not None and kind is not None
-            names = {"record": keys.record(rid), "history": keys.history(rid),
-                     "accepted": keys.accepted(rid), "applied": keys.applied(rid),
-                     "channel_link": keys.by_link(ChannelKind(kind).lookup.column, channel)}
-            for name, key in names.items():
-                totals[name] += memory_usage(client, key)
+            totals["record"] += memory_usage(client, keys.record(rid))
+            totals["window"] += memory_usage(client, keys.window(rid))
         by_life[life] = {name: round(total / len(sample), 1) for name, total in totals.items()}
         by_life[life]["records"] = len(pool)
     mean = {name: round(sum(by_life[life][name] * by_life[life]["records"]
-                            for life in LIFE_NAMES) / size, 1) for name in PER_RECORD}
-    shared_keys = [keys.all_records, keys.retries, keys.pending, keys.calling_in_progress,
-                   *(keys.by_status(int(s)) for s in StatusReason),
-                   *(keys.by_kind(k) for k in KINDS),
-                   *(keys.by_link(PROVIDER_COLUMN, provider_id(args.seed, 50 * n))
-                     for n in range(5))]
-    shared = {key.removeprefix(PREFIX + ":"): memory_usage(client, key) for key in shared_keys}
-    shared = {key: value for key, value in shared.items() if value}
+                            for life in lives) / size, 1) for name in PER_RECORD}
+    shared: dict[str, int] = {}
+    for shard in range(keys.shards):
+        base = keys.base(shard)
+        for key in client.scan_iter(match=f"{base}*", count=1000):
+            kind = key[len(base):].split(":", 1)[0]
+            if kind in ("r", "d", "i", "l", "c"):
+                continue  # a record's own keys
+            name = {"x": "status/kind index", "k": "links", "calling": "calling index"}.get(
+                kind, kind)
+            shared[name] = shared.get(name, 0) + memory_usage(client, key)
     return {"per_record_key_bytes": mean, "by_life": by_life,
             "shared_bytes": shared,
             "shared_bytes_per_record": round(sum(shared.values()) / size, 1),
+            "shared_per_record": {name: round(value / size, 1)
+                                  for name, value in shared.items()},
             "keys_sum_bytes_per_record": round(sum(mean.values())
                                                + sum(shared.values()) / size, 1)}
 
@@ -147,52 +162,65 @@ def breakdown(client: redis.Redis, args: argparse.Namespace, size: int) -> dict[
 # -- part 2: a long-lived record ----------------------------------------------------------
 
 
+class SimulatedWall:
+    """The dedupe window's clock for the long-lived record: ``--long-interval`` seconds
+    pass per event, so 100,000 reports a second apart take minutes, not a day."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def long_lived(url: str, args: argparse.Namespace) -> list[dict[str, Any]]:
-    """One record through ``--long-events`` events; its keys' sizes at checkpoints."""
+    """One record through ``--long-events`` GateKeeper reports (Inactive/Error and
+    Active/Running in turn, each applied), ``--long-interval`` simulated seconds apart, the
+    dedupe window ``--long-window`` seconds; its keys' sizes at checkpoints."""
     from worker.emulators import Emulator
     from worker.keys import Keys
+    from worker.store import codec
 
     prefix = "bench-long"
     emulator = Emulator()
-    service = population.make_service(url, prefix, emulator)
+    service = population.make_service(url, prefix, emulator,
+                                      dedupe_window_seconds=args.long_window)
+    wall = SimulatedWall()
+    service.store.wall = wall
     client = redis.Redis.from_url(url, decode_responses=True)
     keys = Keys(prefix)
     i = 0
     rid = record_id(args.seed, i)
-    first = population.life_events(args.seed, i, "provisioned", "whatsapp")[0]
-    provision = first[0]
-    population.apply_rounds(service, [first])
-    checkpoints = sorted({c for c in (3, 30, 300, 750, 1500, 3000, args.long_events)
+    population.apply_rounds(service, [population.life_events(args.seed, i, "provisioned",
+                                                             "whatsapp")[0]])
+    checkpoints = sorted({c for c in (100, 1000, 3000, 10000, 30000, args.long_events)
                           if c <= args.long_events})
     rows: list[dict[str, Any]] = []
-    events = 1
+    events = 0
+    began = time.monotonic()
     try:
         for target in checkpoints:
             while events < target:
-                n = events
-                step = n % 3
-                if step == 0:
-                    raw = {**provision, "id": f"mem-long-{n}"}
-                elif step == 1:
-                    raw = population.event(i, n, "gatekeeper.reported", rid, {
-                        "status": "Inactive", "reason": "Error",
-                        "details": "bench: the gate's health check failed"})
-                else:
-                    raw = population.event(i, n, "gatekeeper.reported", rid,
-                                           {"status": "Active", "reason": "Running"})
-                population.apply_rounds(service, [[raw]])
-                emulator.reset()
                 events += 1
-            sizes = {name: memory_usage(client, key) for name, key in (
-                ("record", keys.record(rid)), ("history", keys.history(rid)),
-                ("accepted", keys.accepted(rid)), ("applied", keys.applied(rid)))}
-            row = {"events": events, "history_entries": int(client.llen(keys.history(rid))),
-                   "accepted_ids": int(client.scard(keys.accepted(rid))),
-                   "applied_keys": int(client.scard(keys.applied(rid))),
-                   "bytes": sizes, "total_bytes": sum(sizes.values())}
+                wall.now += args.long_interval
+                data = ({"status": "Inactive", "reason": "Error",
+                         "details": "bench: the gate's health check failed"}
+                        if events % 2 else {"status": "Active", "reason": "Running"})
+                population.apply_rounds(service, [[population.event(
+                    i, events, "gatekeeper.reported", rid, data)]])
+                if events % 500 == 0:
+                    emulator.reset()
+            blob = client.lindex(keys.record(rid), 1) or ""
+            marks = (int(client.zcard(keys.window(rid))) if blob == "*"
+                     else len(codec.window_marks(blob)))
+            sizes = {"record": memory_usage(client, keys.record(rid)),
+                     "window": memory_usage(client, keys.window(rid))}
+            row = {"events": events, "history_entries": int(client.llen(keys.record(rid))) - 2,
+                   "marks": marks, "bytes": sizes, "total_bytes": sum(sizes.values()),
+                   "seconds": round(time.monotonic() - began, 1)}
             rows.append(row)
             print(f"  long-lived record: {events} events, {row['history_entries']} history "
-                  f"entries, {row['total_bytes']:,} bytes", flush=True)
+                  f"entries, {marks} marks, {row['total_bytes']:,} bytes", flush=True)
     finally:
         service.close()
         service.store.client.close()
@@ -201,19 +229,16 @@ def long_lived(url: str, args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def growth(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Bytes per accepted id and per applied key, between the last two checkpoints; bytes
-    per history entry at the last one."""
+    """Bytes per event between the last two checkpoints (≈ 0 once the history is at its
+    bound and the window full), and the largest total seen."""
     if len(rows) < 2:
         return {}
     a, b = rows[-2], rows[-1]
-
-    def slope(name: str, count: str) -> float | None:
-        members = b[count] - a[count]
-        return round((b["bytes"][name] - a["bytes"][name]) / members, 1) if members else None
-
-    return {"bytes_per_accepted_id": slope("accepted", "accepted_ids"),
-            "bytes_per_applied_key": slope("applied", "applied_keys"),
-            "bytes_per_history_entry": round(b["bytes"]["history"] / b["history_entries"], 1)}
+    return {"bytes_per_event": round((b["total_bytes"] - a["total_bytes"])
+                                     / (b["events"] - a["events"]), 3),
+            "max_total_bytes": max(r["total_bytes"] for r in rows),
+            "bytes_per_history_entry": round(b["bytes"]["record"] / max(1, b["history_entries"]),
+                                             1)}
 
 
 # -- part 3: worker memory -----------------------------------------------------------------
@@ -260,12 +285,12 @@ def worker_part(url: str, args: argparse.Namespace, rows: list[dict[str, Any]]) 
                 done += len(work.seed) + len(work.events)
                 ctx.emulator.reset()
                 time.sleep(args.settle)
-                records = int(ctx.client.scard(keys.all_records))
+                records = sum(int(ctx.client.scard(key)) for key in keys.index_sets())
                 rows.append({"events": done, "records": records,
                              "state": f"idle after {done:,} events "
                                       f"({len(work.events) / seconds:.0f} events/s)",
-                             "running": int(ctx.client.scard(
-                                 keys.by_status(int(StatusReason.RUNNING)))),
+                             "running": sum(int(ctx.client.scard(key)) for key in
+                                            keys.index_sets(status=StatusReason.RUNNING)),
                              **worker_memory(started)})
                 print_worker_row(rows[-1])
         finally:
@@ -305,38 +330,38 @@ def print_worker_row(row: dict[str, Any]) -> None:
 
 
 def print_records(sizes: list[dict[str, Any]]) -> None:
-    print("\nRedis memory per record (default history bound):")
-    print(f"{'records':>10} {'populate':>9} {'s':>7} {'keys/rec':>9} {'B/record':>9} "
-          f"{'RSS B/rec':>10} {'sum of keys':>12}")
+    print("\nRedis memory per record (default history bound; after the submit claims "
+          "expired):")
+    print(f"{'records':>10} {'life':>12} {'populate':>9} {'s':>7} {'keys/rec':>9} "
+          f"{'B/record':>9} {'RSS B/rec':>10} {'sum of keys':>12}")
     for s in sizes:
-        print(f"{s['records']:>10,} {s['populate']:>9} {s['populate_s']:>7} "
+        print(f"{s['records']:>10,} {s['life']:>12} {s['populate']:>9} {s['populate_s']:>7} "
               f"{s['keys_per_record']:>9} {s['bytes_per_record']:>9,.0f} "
               f"{s['rss_bytes_per_record']:>10,.0f} "
               f"{s['breakdown']['keys_sum_bytes_per_record']:>12,.0f}")
     last = sizes[-1]["breakdown"]
     print(f"\nMEMORY USAGE per key, bytes (sample of {sizes[-1]['records']:,} records):")
-    print(f"{'key':<14}" + "".join(f"{life:>15}" for life in LIFE_NAMES) + f"{'mean':>10}")
+    lives = list(last["by_life"])
+    print(f"{'key':<14}" + "".join(f"{life:>15}" for life in lives) + f"{'mean':>10}")
     for name in PER_RECORD:
         print(f"{name:<14}" + "".join(f"{last['by_life'][life][name]:>15,.0f}"
-                                     for life in LIFE_NAMES)
+                                     for life in lives)
               + f"{last['per_record_key_bytes'][name]:>10,.0f}")
-    print(f"{'shared sets':<14}{'':>45}{last['shared_bytes_per_record']:>10,.0f}"
-          f"   (idx:all, idx:status:*, idx:kind:*, provider links, per record)")
+    for name, value in last["shared_per_record"].items():
+        print(f"{name:<24} {value:>8,.1f} per record (all shards)")
 
 
 def print_long(rows: list[dict[str, Any]], slopes: dict[str, Any]) -> None:
-    print("\nA long-lived record (history bound 1000):")
-    print(f"{'events':>7} {'entries':>8} {'accepted':>9} {'applied':>8} {'history B':>10} "
-          f"{'accepted B':>11} {'applied B':>10} {'record B':>9} {'total B':>10}")
+    print("\nA long-lived record (history bound 1000, GateKeeper reports):")
+    print(f"{'events':>7} {'entries':>8} {'marks':>6} {'record B':>10} {'window B':>9} "
+          f"{'total B':>10}")
     for r in rows:
         b = r["bytes"]
-        print(f"{r['events']:>7} {r['history_entries']:>8} {r['accepted_ids']:>9} "
-              f"{r['applied_keys']:>8} {b['history']:>10,} {b['accepted']:>11,} "
-              f"{b['applied']:>10,} {b['record']:>9,} {r['total_bytes']:>10,}")
+        print(f"{r['events']:>7} {r['history_entries']:>8} {r['marks']:>6} "
+              f"{b['record']:>10,} {b['window']:>9,} {r['total_bytes']:>10,}")
     if slopes:
-        print(f"  per accepted id {slopes['bytes_per_accepted_id']} B, per applied key "
-              f"{slopes['bytes_per_applied_key']} B (no bound); per history entry "
-              f"{slopes['bytes_per_history_entry']} B (bounded)")
+        print(f"  growth between the last two checkpoints: {slopes['bytes_per_event']} B per "
+              f"event; largest total {slopes['max_total_bytes']:,} B")
 
 
 # -- main ----------------------------------------------------------------------------------
@@ -353,8 +378,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "records, same keys (bench/population.py)")
     parser.add_argument("--sample", type=int, default=200,
                         help="records per life whose keys MEMORY USAGE measures")
-    parser.add_argument("--long-events", type=int, default=3000,
-                        help="events on the long-lived record (0: skip the part)")
+    parser.add_argument("--life", choices=LIFE_NAMES,
+                        help="every record lives this life (flapped: create, provision, "
+                             "provisioned, two GateKeeper reports); default: the mix")
+    parser.add_argument("--long-events", type=int, default=100000,
+                        help="GateKeeper reports to the long-lived record (0: skip the part)")
+    parser.add_argument("--long-window", type=float, default=60.0,
+                        help="its dedupe window, seconds (PROVISIONING_DEDUPE_WINDOW_SECONDS)")
+    parser.add_argument("--long-interval", type=float, default=1.0,
+                        help="simulated seconds between two of its reports")
     parser.add_argument("--worker-events", default="10000,50000",
                         help="comma-separated totals of events at which the worker's memory "
                              "is read (empty: skip the part)")

@@ -148,10 +148,12 @@ def apply_rounds(service: Any, rounds: Sequence[Sequence[dict[str, Any]]]) -> No
 
 
 def populate_real(service: Any, emulator: Any, seed: int, start: int, stop: int,
-                  progress: Callable[[int], None] | None = None) -> None:
-    """Records ``start`` .. ``stop - 1`` through accept_all + drain, BATCH at a time."""
+                  progress: Callable[[int], None] | None = None,
+                  life: str | None = None) -> None:
+    """Records ``start`` .. ``stop - 1`` through accept_all + drain, BATCH at a time; each
+    lives ``life`` when given, else its own (``life_of``)."""
     for first in range(start, stop, BATCH):
-        lives = [life_events(seed, i) for i in range(first, min(first + BATCH, stop))]
+        lives = [life_events(seed, i, life) for i in range(first, min(first + BATCH, stop))]
         depth = max(len(rounds) for rounds in lives)
         apply_rounds(service, [[e for rounds in lives if r < len(rounds) for e in rounds[r]]
                                for r in range(depth)])
@@ -181,16 +183,16 @@ class Template:
 
     life: str
     kind: str
-    tokens: tuple[str, str, str, str]  # record id, channel id, provider id, number
+    tokens: tuple[str, ...]  # record id, channel id, provider id, number, its shard's tag
     hashes: list[tuple[Pattern, list[tuple[Pattern, Pattern]]]]
     lists: list[tuple[Pattern, list[Pattern]]]
     sets: list[tuple[Pattern, list[Pattern]]]
     zsets: list[tuple[Pattern, list[tuple[Pattern, float]]]]
 
     def mapping(self, seed: int, i: int) -> dict[str, str]:
-        rid, cid, pid, num = self.tokens
+        rid, cid, pid, num, tag = self.tokens
         return {rid: record_id(seed, i), cid: channel_id(seed, i),
-                pid: provider_id(seed, i), num: number(i)}
+                pid: provider_id(seed, i), num: number(i), tag: _tag(record_id(seed, i))}
 
 
 TEMPLATE_BASE = 9_990_000  # template record numbers, far above any populated one
@@ -214,15 +216,24 @@ def make_templates(url: str, prefix: str, emulator: Any, seed: int,
                 service.close()
                 service.store.client.close()
             emulator.reset()
-            tokens = (record_id(seed, i), channel_id(seed, i), provider_id(seed, i), number(i))
+            tokens = (record_id(seed, i), channel_id(seed, i), provider_id(seed, i), number(i),
+                      _tag(record_id(seed, i)))
             templates[(life, kind)] = _snapshot(client, scratch, life, kind, tokens)
     finally:
         client.close()
     return templates
 
 
+def _tag(rid: str) -> str:
+    """The hash tag of the record's shard (store v2 keys, default shards): clones go to
+    their own shard, as the real path would put them."""
+    from worker.keys import Keys
+
+    return Keys().base_of(rid).split(":", 1)[1].removesuffix(":")
+
+
 def _snapshot(client: redis.Redis, scratch: str, life: str, kind: str,
-              tokens: tuple[str, str, str, str]) -> Template:
+              tokens: tuple[str, ...]) -> Template:
     split = re.compile("(" + "|".join(re.escape(t) for t in tokens) + ")")
     template = Template(life, kind, tokens, [], [], [], [])
     names = sorted(client.scan_iter(match=f"{scratch}:*", count=1000))
@@ -230,7 +241,7 @@ def _snapshot(client: redis.Redis, scratch: str, life: str, kind: str,
         suffix = Pattern(name.removeprefix(scratch), split)
         kind_of_key = client.type(name)
         if client.pttl(name) >= 0:
-            if ":claimed:" in name:
+            if "}:c:" in name:
                 continue  # a submit's claim on the record: transient, expires in a lease time
             raise RuntimeError(f"template key {name} expires: leases should be gone")
         if kind_of_key == "hash":
@@ -255,21 +266,32 @@ def _snapshot(client: redis.Redis, scratch: str, life: str, kind: str,
 
 def populate_clone(client: redis.Redis, prefix: str, templates: dict[tuple[str, str], Template],
                    seed: int, start: int, stop: int, *, chunk: int = 1000,
-                   progress: Callable[[int], None] | None = None) -> None:
-    """Records ``start`` .. ``stop - 1`` as copies of their (life, kind) template.
+                   progress: Callable[[int], None] | None = None,
+                   life: str | None = None) -> None:
+    """Records ``start`` .. ``stop - 1`` as copies of their (life, kind) template (every one
+    ``life``'s when given).
 
     Keys shared by many records (indexes, the retry schedule) get every member of a chunk
-    in one command; a record's own keys one command each, as the real path leaves them."""
+    in one command; a record's own keys one command each, as the real path leaves them.
+    Links hashes go through the store's link_add script (as commits add links)."""
+    from worker.store.scripts import script_text
+
+    link_add = client.register_script(script_text("link_add"))
+    client.script_load(link_add.script)
     for first in range(start, stop, chunk):
         pipe = client.pipeline(transaction=False)
         shared: dict[str, list[str]] = defaultdict(list)
         scored: dict[str, dict[str, float]] = defaultdict(dict)
         for i in range(first, min(first + chunk, stop)):
-            template = templates[(life_of(i), kind_of(i))]
+            template = templates[(life or life_of(i), kind_of(i))]
             mapping = template.mapping(seed, i)
             for name, fields in template.hashes:
-                pipe.hset(prefix + name.render(mapping),
-                          mapping={f.render(mapping): v.render(mapping) for f, v in fields})
+                key = prefix + name.render(mapping)
+                if "}:k:" in key:  # a links hash: one record, or '*' and a set of them
+                    for f, v in fields:
+                        pipe.evalsha(link_add.sha, 1, key, f.render(mapping), v.render(mapping))
+                    continue
+                pipe.hset(key, mapping={f.render(mapping): v.render(mapping) for f, v in fields})
             for name, values in template.lists:
                 pipe.rpush(prefix + name.render(mapping), *[v.render(mapping) for v in values])
             for name, members in template.sets:

@@ -39,6 +39,9 @@ bench/results/scaling-<date>.png (needs matplotlib: ``pip install -e '.[bench]'`
 
 from __future__ import annotations
 
+import stdlib_http  # noqa: F401 - first: bench/http.py shadows the standard library's http
+
+# isort: split
 import argparse
 import contextlib
 import csv
@@ -86,12 +89,15 @@ def measure_sweeps(url: str, client: redis.Redis, repeat: int) -> dict[str, Any]
     kicked: list[str] = []
     service = population.make_service(url, PREFIX, Emulator(), kick=kicked.append)
     reads = {
-        "recover": int(client.zcard(keys.pending)),
-        "sweep_stuck": sum(int(client.scard(keys.by_status(int(s))))
-                           for s in (StatusReason.PROCESSING, StatusReason.DEPROVISIONING)),
-        "sweep_retries": int(client.zcount(keys.retries, "-inf", time.time())),
-        "sweep_calling_tests": int(client.scard(keys.calling_in_progress)),
-        "expire_failed": int(client.zcard(keys.failed)),
+        "recover": sum(int(client.zcard(keys.pending(n))) for n in range(keys.shards)),
+        "sweep_stuck": sum(int(client.scard(key))
+                           for s in (StatusReason.PROCESSING, StatusReason.DEPROVISIONING)
+                           for key in keys.index_sets(status=s)),
+        "sweep_retries": sum(int(client.zcount(keys.retries(n), "-inf", time.time()))
+                             for n in range(keys.shards)),
+        "sweep_calling_tests": sum(int(client.scard(keys.calling_in_progress(n)))
+                                   for n in range(keys.shards)),
+        "expire_failed": sum(int(client.zcard(keys.failed(n))) for n in range(keys.shards)),
     }
     results: dict[str, Any] = {}
     try:
@@ -268,7 +274,7 @@ def run_workload(h: Any, args: argparse.Namespace, size: int,
     started = start_worker(ctx, args.concurrency, f"n{size}", env)
     try:
         def status(code: StatusReason) -> int:
-            return int(ctx.client.scard(keys.by_status(int(code))))
+            return sum(int(ctx.client.scard(key)) for key in keys.index_sets(status=code))
 
         # Warm-up, not measured: 2 new records per pool process.
         rng = random.Random(f"{args.seed}:warm:{size}")
@@ -314,6 +320,13 @@ def wait(ctx: Any, started: Any, keys: Any, running: int, deprovisioned: int, er
 
 
 # -- the run -----------------------------------------------------------------------------------
+
+
+def stored_records(client: redis.Redis) -> int:
+    """Records in the store: the sizes of every status/kind index set (store v2)."""
+    from worker.keys import Keys
+
+    return sum(int(client.scard(key)) for key in Keys(PREFIX).index_sets())
 
 
 def run(args: argparse.Namespace) -> int:
@@ -363,7 +376,7 @@ def run(args: argparse.Namespace) -> int:
             populate_s = time.monotonic() - t0
             populated = size
             memory = used_memory(client)
-            records = int(client.scard(f"{PREFIX}:idx:all"))
+            records = stored_records(client)
             bytes_per_record = (memory["used_memory"] - baseline) / records
             flying = in_flight(server.url, args, size)
             sweeps = measure_sweeps(server.url, client, args.sweep_repeat)

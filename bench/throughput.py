@@ -38,6 +38,9 @@ no-op worker (``celery -A bench.throughput:noop_app worker``, run from the proje
 
 from __future__ import annotations
 
+import stdlib_http  # noqa: F401 - first: bench/http.py shadows the standard library's http
+
+# isort: split
 import argparse
 import contextlib
 import json
@@ -411,6 +414,13 @@ class Context:
     prefix: str
     run_deadline: float
     created_db: bool  # the database was empty when we started (--redis-url)
+    store_url: str = ""  # the record store when it is not ``url`` (--cluster)
+    store_client: Any = None
+
+    @property
+    def store(self) -> Any:
+        """A client of the record store (``client`` unless the store is a cluster)."""
+        return self.store_client if self.store_client is not None else self.client
 
     def deadline(self, seconds: float) -> float:
         return min(time.monotonic() + seconds, self.run_deadline)
@@ -418,7 +428,7 @@ class Context:
     def env(self, key_prefix: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PROVISIONING_")}
         env.update({
-            "PROVISIONING_REDIS_URL": self.url,
+            "PROVISIONING_REDIS_URL": self.store_url or self.url,
             "PROVISIONING_BROKER_URL": self.url,
             "PROVISIONING_PROVISIONER_URL": self.emulator_url,
             "PROVISIONING_GATEKEEPER_URL": self.emulator_url,
@@ -586,16 +596,31 @@ def wait_settled(ctx: Context, started: Started, keys: Any, *, running: int,
     from statemachine import StatusReason
 
     want = [running, deprovisioned, errors, 0]
+    # Store v2: each status is one set per shard and channel kind (288 sets). They are read
+    # only once nothing is pending; until then a poll costs 32 ZCARDs and an LLEN, close to
+    # what it cost before (the poll runs inside the measured phase).
+    groups = [keys.index_sets(status=s) for s in (
+        StatusReason.RUNNING, StatusReason.DEPROVISIONED, StatusReason.ERROR)]
     while True:
         ctx.procs.check(started)
-        pipe = ctx.client.pipeline(transaction=False)
-        pipe.scard(keys.by_status(int(StatusReason.RUNNING)))
-        pipe.scard(keys.by_status(int(StatusReason.DEPROVISIONED)))
-        pipe.scard(keys.by_status(int(StatusReason.ERROR)))
-        pipe.zcard(keys.pending)
-        pipe.zcard(keys.failed)
-        pipe.llen("celery")
-        *counts, failed, queued = pipe.execute()
+        pipe = ctx.store.pipeline(transaction=False)
+        for shard in range(keys.shards):
+            pipe.zcard(keys.pending(shard))
+            pipe.zcard(keys.failed(shard))
+        answers = pipe.execute()
+        pending, failed = sum(answers[::2]), sum(answers[1::2])
+        queued = ctx.client.llen("celery")
+        counts = [-1, -1, -1, pending]
+        if not pending and not queued:
+            pipe = ctx.store.pipeline(transaction=False)
+            for group in groups:
+                for key in group:
+                    pipe.scard(key)
+            sizes, at, counts = pipe.execute(), 0, []
+            for group in groups:
+                counts.append(sum(sizes[at:at + len(group)]))
+                at += len(group)
+            counts.append(pending)
         if counts == want:
             return True
         if failed and not counts[3] and not queued:
@@ -616,14 +641,16 @@ def commit_times(ctx: Context, keys: Any, events: Sequence[dict[str, Any]],
     rows: dict[str, list[str]] = {}
     for start in range(0, len(record_ids), 500):
         chunk = record_ids[start:start + 500]
-        pipe = ctx.client.pipeline(transaction=False)
+        pipe = ctx.store.pipeline(transaction=False)
         for record_id in chunk:
-            pipe.lrange(keys.history(record_id), 0, -1)
+            pipe.lrange(keys.history(record_id), 2, -1)  # store v2: after record and marks
         rows.update(zip(chunk, pipe.execute(), strict=True))
+    from worker.store import codec
+
     last: dict[str, dict[str, Any]] = {}
-    for history in rows.values():
+    for record_id, history in rows.items():
         for row in history:
-            entry = json.loads(row)
+            entry = codec.unpack_entry(record_id, row).to_json()
             last[entry["event_id"]] = entry
     done: list[float | None] = []
     outcomes: Counter[str] = Counter()
@@ -1057,6 +1084,18 @@ def print_verdicts(rows: list[dict[str, Any]]) -> None:
 # -- main ---------------------------------------------------------------------------------
 
 
+def _redis_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the broker and the record store run."""
+    parser.add_argument("--redis-url", help="use this Redis (an EMPTY database, --db) instead "
+                        "of starting a redis-server")
+    parser.add_argument("--cluster", action="store_true",
+                        help="the record store on a Redis Cluster of 3 masters this run starts "
+                             "(tests/cluster.py); the broker stays the plain Redis. Redis "
+                             "CPU figures are then the broker's only")
+    parser.add_argument("--db", type=int, help="database number (required with --redis-url; "
+                        "it must be empty; default 0 on the embedded server)")
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="bench/throughput.py", description=__doc__.split("\n\n")[0],
@@ -1084,10 +1123,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="length of a paced phase")
     parser.add_argument("--tick", type=float, default=0.01,
                         help="a paced submitter sends what fell due every TICK seconds")
-    parser.add_argument("--redis-url", help="use this Redis (an EMPTY database, --db) instead "
-                        "of starting a redis-server")
-    parser.add_argument("--db", type=int, help="database number (required with --redis-url; "
-                        "it must be empty; default 0 on the embedded server)")
+    _redis_arguments(parser)
     parser.add_argument("--batch", type=int, default=50,
                         help="events per submit_events call on the normal path")
     parser.add_argument("--deprovision-share", type=float, default=0.1)
@@ -1190,6 +1226,25 @@ def open_redis(args: argparse.Namespace) -> tuple[str, Any]:
     return with_db(server.url, args.db or 0), server
 
 
+def open_cluster(args: argparse.Namespace) -> Any:
+    """With --cluster, a 3-master Redis Cluster started for this run (tests/cluster.py)."""
+    if not args.cluster:
+        return None
+    sys.path.insert(0, str(ROOT))
+    from tests.cluster import RedisCluster
+
+    return RedisCluster(Path(tempfile.mkdtemp(prefix="bench-cluster-"))).start()
+
+
+def use_cluster(ctx: Context, cluster: Any) -> None:
+    """The record store on ``cluster`` (when there is one), the broker where it was."""
+    if cluster is None:
+        return
+    from worker.store.connect import store_client
+
+    ctx.store_url, ctx.store_client = cluster.url, store_client(cluster.url)
+
+
 def cleanup_redis(ctx: Context) -> None:
     """Delete what this run created in a database it did not start (it was empty)."""
     names = ["celery", "unacked", "unacked_index", "unacked_mutex"]
@@ -1204,10 +1259,11 @@ def run(args: argparse.Namespace) -> int:
 
     stamp = datetime.now(UTC)
     procs = Processes()
-    server = embedded_redis = None
+    server = embedded_redis = cluster = None
     ctx: Context | None = None
     try:
         url, embedded_redis = open_redis(args)
+        cluster = open_cluster(args)
         # One event loop answers every request (latency awaited, not slept in a thread
         # each), each answer in one write with TCP_NODELAY (--emulator-nagle: without it).
         server = EmulatorServer(("127.0.0.1", 0), Emulator(latency_ms=0, failure_rate=0.0),
@@ -1219,7 +1275,8 @@ def run(args: argparse.Namespace) -> int:
                       f"http://{host}:{port}", procs, logdir,
                       f"bench-{stamp:%Y%m%d%H%M%S}-{os.getpid()}",
                       time.monotonic() + args.max_runtime, embedded_redis is None)
-        configure_clients(url)
+        use_cluster(ctx, cluster)
+        configure_clients(url, ctx.store_url or url)
         info = machine(ctx)
         source = source_state()
         print(f"machine: {info['nproc']} CPUs ({info['usable_cpus']} usable), "
@@ -1256,12 +1313,15 @@ def run(args: argparse.Namespace) -> int:
                 server.shutdown()
             if embedded_redis is not None:
                 embedded_redis.stop()
+            if cluster is not None:
+                cluster.stop()
         finally:
             signal.signal(signal.SIGINT, previous)
 
 
-def configure_clients(url: str) -> None:
-    """Point the provisioning app (the submitting side) and the no-op app at ``url``."""
+def configure_clients(url: str, store_url: str | None = None) -> None:
+    """Point the provisioning app (the submitting side) and the no-op app at ``url`` (the
+    record store at ``store_url`` when given)."""
     from worker import bootstrap
     from worker.app import celery_config
     from worker.logs import configure as configure_logging
@@ -1269,7 +1329,7 @@ def configure_clients(url: str) -> None:
 
     for name in [k for k in os.environ if k.startswith("PROVISIONING_")]:
         del os.environ[name]
-    os.environ["PROVISIONING_REDIS_URL"] = url
+    os.environ["PROVISIONING_REDIS_URL"] = store_url or url
     os.environ["PROVISIONING_BROKER_URL"] = url
     os.environ["PROVISIONING_LOG_LEVEL"] = "WARNING"
     bootstrap.reset()

@@ -14,6 +14,10 @@ import redis
 from worker.emulators import embedded
 from worker.settings import BackendSettings
 
+# Before any test module imports them: the shared store contracts' asserts are rewritten
+# (tests/unit/test_retention.py imports the v2 contract before the contract modules do).
+pytest.register_assert_rewrite("tests.store_contract", "tests.store_v2_contract")
+
 IN_CI = os.environ.get("CI", "").lower() == "true"
 _databases = itertools.count(1)
 
@@ -49,6 +53,23 @@ def redis_server() -> Iterator[str]:
         yield server.url
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A Redis Cluster of 3 masters started for this session (tests/cluster.py)."""
+    from tests.cluster import RedisCluster
+
+    try:
+        cluster = RedisCluster(tmp_path_factory.mktemp("redis-cluster")).start()
+    except (RuntimeError, OSError) as exc:
+        if IN_CI:
+            pytest.fail(f"cluster tests need redis-server and redis-cli under CI=true: {exc}")
+        pytest.skip(f"no Redis Cluster to start: {exc}")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture

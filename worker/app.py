@@ -83,6 +83,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "failed-task-age-out": {
                 "task": task_names.EXPIRE_FAILED, "schedule": 3600.0,
             },
+            "retention": {  # worker/store/retention.py
+                "task": task_names.SWEEP_RETENTION, "schedule": 3600.0,
+            },
             **_mirror_schedule(settings),
         },
     }

@@ -21,7 +21,7 @@ class HeartbeatScheduler(PersistentScheduler):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         settings = bootstrap.current_settings()
         self._heartbeat = BeatHeartbeat(
-            Keys(settings.key_prefix), settings.health_beat_max_age,
+            Keys(settings.key_prefix, settings.store_shards), settings.health_beat_max_age,
             connect=lambda: bootstrap.redis_client(settings, probe=True))
         super().__init__(*args, **kwargs)
 

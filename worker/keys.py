@@ -1,110 +1,187 @@
-"""Every Redis key the worker uses, and the codecs of what they hold (one place, as arq does).
+"""Every Redis key the worker uses (one place, as arq does): store v2, hash-tagged.
+
+Records are spread over ``shards`` shards (PROVISIONING_STORE_SHARDS, 16 by default): a
+record's shard is ``crc32(id) % shards``. Every key of a record and every index entry of
+it carry its shard's hash tag ``{<tag>}``, so each Lua script touches keys of one Redis
+Cluster slot only; the tags are chosen to spread the shards evenly over the 16,384 slots.
+``<b>`` below is ``<p>:{<tag>}:`` of the shard.
 
 Per record ``<id>``:
-  ``<p>:record:<id>``      hash {v: versionnumber, json: the record's stored JSON}
-  ``<p>:history:<id>``     list of history entries (JSON), oldest first
-  ``<p>:inbox:<id>``       list of accepted events not yet applied (JSON envelopes), in order
-  ``<p>:accepted:<id>``    set of event ids accepted into the inbox (accept dedupe)
-  ``<p>:applied:<id>``     set of dedupe keys already applied (invariant 8)
-  ``<p>:lease:<id>``       string: the owner draining the inbox; expires (PX)
-  ``<p>:claimed:<id>``     string: a recovery sweep or a submit kicked this record recently;
-                           expires (recovery sweeps leave it alone until then)
-Global:
-  ``<p>:pending``          zset record id -> time it got work; left when drained
-  ``<p>:retries``          zset record id -> when its retry is due (beat's sweep)
-  ``<p>:idx:status:<code>`` / ``<p>:idx:kind:<kind>`` / ``<p>:idx:link:<column>:<uuid>``
-                           sets of record ids, for ``list`` and ``parent.deleted``
-  ``<p>:idx:all``          set of every live record id
-  ``<p>:idx:calling:inprogress``  set of records with a calling test InProgress
-  ``<p>:outbox``           list of applied changes for the Dataverse mirror, commit order
-  ``<p>:failed:<entry>``   failed-task entry (JSON); ``<p>:failed`` zset entry -> last failure
+  ``<b>r:<id>``      list: [0] the record (``worker.store.codec``: ``<version>|<packed>``, ``0|``
+                     none, ``0|x<time>`` deleted), then its history entries, oldest first
+  ``<b>d:<id>``      zset: dedupe marks (accepted event ids, applied dedupe keys) -> when
+                     seen (epoch s); trimmed to PROVISIONING_DEDUPE_WINDOW_SECONDS
+  ``<b>i:<id>``      list: accepted events not yet applied (JSON ``[id, envelope]``)
+  ``<b>l:<id>``      string: the owner draining the inbox; expires (PX)
+  ``<b>c:<id>``      string: a recovery sweep or a submit kicked this record recently
+Per shard:
+  ``<b>pending``     zset record id -> time it got work; left when drained
+  ``<b>retries``     zset record id -> when its retry is due (beat's sweep)
+  ``<b>x:<s>:<k>``   set of the records of status ``<s>`` (position in StatusReason) and
+                     channel kind ``<k>`` ("-" for none): ``list`` and the counts
+  ``<b>calling``     set of records with a calling test InProgress
+  ``<b>k:<c>``       hash lookup value -> the one record linking it, or ``*`` when several
+                     do (then ``<b>k:<c>:<value>`` is the set of them); ``<c>`` the lookup
+                     column's position in LOOKUP_COLUMNS
+  ``<b>deleted``     zset record id -> when it was deleted (retention sweep)
+  ``<b>purged``      zset record id -> when its history was purged (kept one retention)
+  ``<b>outbox``      list of applied changes for the Dataverse mirror, commit order
+  ``<b>f:<entry>``   failed-task entry (JSON); ``<b>failed`` zset entry -> last failure
+                     (an entry's shard is that of its id)
+Global (one key each, never in a multi-key script):
+  ``<p>:meta``       hash {format, shards}: the stored format (worker.store.codec.FORMAT)
   ``<p>:deliveries:<task id>``  counter of deliveries of one Celery message (expires)
-  ``<p>:audit``            list of operator actions (JSON)
-  ``<p>:beat:heartbeat``   string: beat's last heartbeat (host, pid); expires (PX)
-  ``<p>:rate:<backend>``   string: the backend's shared rate limit (GCRA tat); expires
-  ``<p>:circuit:<backend>:<host:pid>``  string: a process's open circuit (JSON); expires
-HTTP API tokens (worker/http/auth/tokens.py):
-  ``<p>:api:token:<token id>``  hash {name, role, hash (SHA-256 of the secret), created,
-                           expires, last_used}; never the token itself
-  ``<p>:api:tokens``       hash token name -> token id
-Dataverse mirror (worker/dataverse/):
-  ``<p>:dataverse:lock``   string: the one mirror consumer sending the outbox; expires (PX)
-  ``<p>:dataverse:etags``  hash record id -> the row's etag in Dataverse (for If-Match)
-  ``<p>:dataverse:status`` hash: last success, last error, pause, counters, pacing state
+  ``<p>:audit``      list of operator actions (JSON), trimmed by beat
+  ``<p>:beat:heartbeat``  string: beat's last heartbeat (host, pid); expires (PX)
+  ``<p>:dataverse:lock`` / ``:etags`` / ``:status``  the Dataverse mirror's state
+Per backend, per process (they expire; tagged so a script or MGET touches one slot):
+  ``<p>:{rate:<backend>}``  string: the backend's shared rate limit (GCRA tat)
+  ``<p>:{circuit}:<backend>:<host:pid>``  string: a process's open circuit (JSON); every
+                     circuit in one slot, so ``provisioning health`` reads them in one MGET
+HTTP API tokens (worker/http/auth/tokens.py), one slot (revoking is one transaction):
+  ``<p>:{api}:token:<token id>``  hash {name, role, hash (SHA-256 of the secret), created,
+                     expires, last_used}; never the token itself
+  ``<p>:{api}:tokens``  hash token name -> token id
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import zlib
+from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
-from statemachine import AutomatedCallingStatus, ProvisioningState
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+
+from statemachine import (
+    AutomatedCallingStatus,
+    ChannelKind,
+    ProvisioningState,
+    StatusReason,
+)
+from statemachine.table import LOOKUP_COLUMNS
+
+DEFAULT_SHARDS = 16
+_STATUS = tuple(StatusReason)
+KIND_CODES: tuple[str, ...] = (*(kind.value for kind in ChannelKind), "-")
+
+
+@cache
+def shard_tags(shards: int) -> tuple[str, ...]:
+    """One hash tag per shard, shard ``i``'s slot in the ``i``-th ``1/shards`` of the slot
+    space (a cluster created with even slot ranges gets even shares of the shards)."""
+    if not 1 <= shards <= REDIS_CLUSTER_HASH_SLOTS:
+        raise ValueError(f"shards must be between 1 and {REDIS_CLUSTER_HASH_SLOTS}")
+    tags = []
+    for i in range(shards):
+        low = i * REDIS_CLUSTER_HASH_SLOTS // shards
+        high = (i + 1) * REDIS_CLUSTER_HASH_SLOTS // shards
+        n = 0
+        while not low <= key_slot(f"{i}.{n}".encode()) < high:
+            n += 1
+        tags.append(f"{i}.{n}")
+    return tuple(tags)
+
+
+def shard_of(name: str, shards: int) -> int:
+    return zlib.crc32(name.encode("utf-8", "surrogatepass")) % shards
 
 
 @dataclass(frozen=True, slots=True)
 class Keys:
-    """Key names under one prefix (PROVISIONING_KEY_PREFIX)."""
+    """Key names under one prefix (PROVISIONING_KEY_PREFIX) and shard count."""
 
     prefix: str = "provisioning"
+    shards: int = DEFAULT_SHARDS
+    _bases: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_bases", tuple(
+            f"{self.prefix}:{{{tag}}}:" for tag in shard_tags(self.shards)))
+
+    # -- shards ----------------------------------------------------------------------------
+
+    def shard(self, record_id: str) -> int:
+        return shard_of(record_id, self.shards)
+
+    def base(self, shard: int) -> str:
+        """``<p>:{<tag>}:``: the start of every key of the shard."""
+        return self._bases[shard]
+
+    def base_of(self, record_id: str) -> str:
+        return self._bases[self.shard(record_id)]
+
+    # -- per record --------------------------------------------------------------------------
 
     def record(self, record_id: str) -> str:
-        return f"{self.prefix}:record:{record_id}"
+        """The record (element 0) and its history (the rest)."""
+        return f"{self.base_of(record_id)}r:{record_id}"
 
-    def history(self, record_id: str) -> str:
-        return f"{self.prefix}:history:{record_id}"
+    history = record
+
+    def window(self, record_id: str) -> str:
+        return f"{self.base_of(record_id)}d:{record_id}"
 
     def inbox(self, record_id: str) -> str:
-        return f"{self.prefix}:inbox:{record_id}"
-
-    def accepted(self, record_id: str) -> str:
-        return f"{self.prefix}:accepted:{record_id}"
-
-    def applied(self, record_id: str) -> str:
-        return f"{self.prefix}:applied:{record_id}"
+        return f"{self.base_of(record_id)}i:{record_id}"
 
     def lease(self, record_id: str) -> str:
-        return f"{self.prefix}:lease:{record_id}"
+        """Read by lua/claim_orphans.lua as ``<base>l:<id>``."""
+        return f"{self.base_of(record_id)}l:{record_id}"
 
     def claimed(self, record_id: str) -> str:
-        """Read by lua/claim_orphans.lua as ``<prefix>:claimed:<id>``."""
-        return f"{self.prefix}:claimed:{record_id}"
+        """Read by lua/claim_orphans.lua as ``<base>c:<id>``."""
+        return f"{self.base_of(record_id)}c:{record_id}"
 
-    @property
-    def pending(self) -> str:
-        return f"{self.prefix}:pending"
+    # -- per shard ----------------------------------------------------------------------------
 
-    @property
-    def retries(self) -> str:
-        return f"{self.prefix}:retries"
+    def pending(self, shard: int) -> str:
+        return f"{self._bases[shard]}pending"
 
-    @property
-    def outbox(self) -> str:
-        return f"{self.prefix}:outbox"
+    def retries(self, shard: int) -> str:
+        return f"{self._bases[shard]}retries"
 
-    @property
-    def all_records(self) -> str:
-        return f"{self.prefix}:idx:all"
+    def outbox(self, shard: int) -> str:
+        return f"{self._bases[shard]}outbox"
 
-    def by_status(self, statuscode: int) -> str:
-        return f"{self.prefix}:idx:status:{statuscode}"
+    def deleted(self, shard: int) -> str:
+        return f"{self._bases[shard]}deleted"
 
-    def by_kind(self, kind: str) -> str:
-        return f"{self.prefix}:idx:kind:{kind}"
+    def purged(self, shard: int) -> str:
+        return f"{self._bases[shard]}purged"
 
-    @property
-    def calling_in_progress(self) -> str:
-        return f"{self.prefix}:idx:calling:inprogress"
+    def calling_in_progress(self, shard: int) -> str:
+        return f"{self._bases[shard]}calling"
 
-    def by_link(self, column: str, value: str) -> str:
-        return f"{self.prefix}:idx:link:{column}:{value}"
+    def index(self, shard: int, status: StatusReason, kind: str | None) -> str:
+        return f"{self._bases[shard]}x:{_STATUS.index(status)}:{kind or '-'}"
+
+    def links(self, shard: int, column: str) -> str:
+        return f"{self._bases[shard]}k:{LOOKUP_COLUMNS.index(column)}"
+
+    def index_sets(self, *, status: StatusReason | None = None,
+                   kind: str | None = None) -> list[str]:
+        """Every index set of these records, all shards (``None``: any)."""
+        statuses = _STATUS if status is None else (status,)
+        kinds = KIND_CODES if kind is None else (kind,)
+        return [self.index(shard, s, k) for shard in range(self.shards)
+                for s in statuses for k in kinds]
 
     def failed_entry(self, entry_id: str) -> str:
-        return f"{self.prefix}:failed:{entry_id}"
+        return f"{self._bases[shard_of(entry_id, self.shards)]}f:{entry_id}"
+
+    def failed(self, shard: int) -> str:
+        return f"{self._bases[shard]}failed"
+
+    def failed_of(self, entry_id: str) -> str:
+        return self.failed(shard_of(entry_id, self.shards))
+
+    # -- global --------------------------------------------------------------------------------
 
     @property
-    def failed(self) -> str:
-        return f"{self.prefix}:failed"
+    def meta(self) -> str:
+        return f"{self.prefix}:meta"
 
     def deliveries(self, task_id: str) -> str:
         return f"{self.prefix}:deliveries:{task_id}"
@@ -114,11 +191,11 @@ class Keys:
         return f"{self.prefix}:audit"
 
     def api_token(self, token_id: str) -> str:
-        return f"{self.prefix}:api:token:{token_id}"
+        return f"{self.prefix}:{{api}}:token:{token_id}"
 
     @property
     def api_tokens(self) -> str:
-        return f"{self.prefix}:api:tokens"
+        return f"{self.prefix}:{{api}}:tokens"
 
     @property
     def beat_heartbeat(self) -> str:
@@ -127,11 +204,11 @@ class Keys:
 
     def rate(self, backend: str) -> str:
         """A backend's shared rate limit (worker/backends/limits.py)."""
-        return f"{self.prefix}:rate:{backend}"
+        return f"{self.prefix}:{{rate:{backend}}}"
 
     def circuit(self, backend: str, holder: str) -> str:
         """A process's circuit of a backend while it is not closed (worker/store/circuits.py)."""
-        return f"{self.prefix}:circuit:{backend}:{holder}"
+        return f"{self.prefix}:{{circuit}}:{backend}:{holder}"
 
     @property
     def dataverse_lock(self) -> str:
@@ -145,20 +222,26 @@ class Keys:
     def dataverse_status(self) -> str:
         return f"{self.prefix}:dataverse:status"
 
+    # -- a record's index entries ----------------------------------------------------------
+
     def index_keys(self, record: ProvisioningState | None) -> set[str]:
         """The index sets a record belongs to (none for a missing record)."""
         if record is None:
             return set()
-        keys = {self.all_records, self.by_status(int(record.status))}
-        if record.tracking.channel_kind is not None:
-            keys.add(self.by_kind(record.tracking.channel_kind.value))
+        shard = self.shard(record.id)
+        kind = record.tracking.channel_kind
+        keys = {self.index(shard, record.status, kind.value if kind else None)}
         if record.calling_status is AutomatedCallingStatus.IN_PROGRESS:
-            keys.add(self.calling_in_progress)
-        keys.update(
-            self.by_link(column, value) for column, value in record.links.items()
-            if value is not None
-        )
+            keys.add(self.calling_in_progress(shard))
         return keys
+
+    def link_entries(self, record: ProvisioningState | None) -> set[tuple[str, str]]:
+        """(links hash, lookup value) of each lookup the record sets."""
+        if record is None:
+            return set()
+        shard = self.shard(record.id)
+        return {(self.links(shard, column), value) for column, value in record.links.items()
+                if value is not None}
 
 
 def dumps(value: Any) -> str:
@@ -168,6 +251,8 @@ def dumps(value: Any) -> str:
 
 
 def encode_record(record: ProvisioningState) -> str:
+    """The record's full JSON (the Dataverse read form plus ``_worker``): the v1 stored
+    form, still what the in-memory store keeps and what migration reads."""
     return dumps(record.to_json())
 
 

@@ -22,6 +22,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 HTTP = ("http", "https")
 REDIS = ("redis", "rediss", "unix")
 # Celery brokers this worker is run on; "memory" for tests that need no server.
+STORES = (*REDIS, "redis+cluster", "rediss+cluster")  # a cluster: docs/store.md
 BROKERS = (*REDIS, "sentinel", "amqp", "amqps", "pyamqp", "memory")
 
 
@@ -117,7 +118,7 @@ class Settings:
     """
 
     redis_url: str = field(default=DEFAULT_REDIS_URL, repr=False, metadata=setting(
-        "the record store", schemes=REDIS))
+        "the record store (redis+cluster://: a Redis Cluster)", schemes=STORES))
     broker_url: str | None = field(default=None, repr=False, metadata=setting(
         "the Celery broker", default_text="the store URL", schemes=BROKERS))
     log_format: str | None = field(default=None, metadata=setting(  # None: by terminal
@@ -197,6 +198,23 @@ class Settings:
     # History kept per record (0: unbounded).
     history_limit: int = field(default=1000, metadata=setting(
         "history entries kept per record (0: all)", minimum=0))
+    # Store v2 (docs/store.md): shards, the dedupe window, retention.
+    store_shards: int = field(default=16, metadata=setting(
+        "shards the store's indexes are split into (hash tags; fixed once the store is "
+        "written)", minimum=1, maximum=16384))
+    dedupe_window_seconds: float = field(default=7 * 86400.0, metadata=setting(
+        "how long an accepted event id and an applied dedupe key are remembered, seconds",
+        above=0))
+    deleted_retention_seconds: float = field(default=30 * 86400.0, metadata=setting(
+        "how long a deleted record's history is kept, seconds (beat purges it after)",
+        above=0))
+    audit_retention_seconds: float = field(default=365 * 86400.0, metadata=setting(
+        "how long operator audit lines are kept, seconds", above=0))
+    audit_max_entries: int = field(default=100000, metadata=setting(
+        "audit lines kept at most (beat drops the oldest beyond)", above=0))
+    outbox_max_entries: int = field(default=100000, metadata=setting(
+        "Dataverse outbox entries kept when the mirror is off (beat drops the oldest); "
+        "with it on, a fuller outbox is reported", above=0))
     # Running it (README "Deploy"): metrics, health checks, shutdown.
     # 9839, not 9808: celery-exporter's default, which often runs in the same pod.
     metrics_port: int = field(default=9839, metadata=setting(  # 0: no endpoint
@@ -299,6 +317,9 @@ class Settings:
                 problems.append(
                     f"{PREFIX}{cap.upper()}: must be at least {PREFIX}{base.upper()} "
                     f"({getattr(owner, base):g}), not {getattr(owner, cap):g}")
+        if "+cluster://" in self.redis_url and not self.broker_url:
+            problems.append(f"{PREFIX}BROKER_URL: must be set when {PREFIX}REDIS_URL names "
+                            "a Redis Cluster (Celery's broker is a plain Redis or RabbitMQ)")
         if bool(self.oidc_issuer) != bool(self.oidc_audience):
             problems.append(f"{PREFIX}OIDC_ISSUER and {PREFIX}OIDC_AUDIENCE: set both "
                             "(OIDC on) or neither (OIDC off)")

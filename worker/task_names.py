@@ -18,4 +18,5 @@ SWEEP_RETRIES = "provisioning.sweep_retries"
 SWEEP_STUCK = "provisioning.sweep_stuck"
 SWEEP_CALLING_TESTS = "provisioning.sweep_calling_tests"
 EXPIRE_FAILED = "provisioning.expire_failed"
+SWEEP_RETENTION = "provisioning.sweep_retention"  # worker/store/retention.py
 MIRROR_OUTBOX = "provisioning.mirror_outbox"

@@ -12,6 +12,7 @@ from worker import task_names
 from worker.app import app, process_mirror, process_service
 from worker.dataverse.startup import first_start
 from worker.errors import InvalidArguments, LeaseLost, PoisonMessage, StoreError
+from worker.store import retention
 from worker.task_names import DRAIN_RECORD, DRAIN_RECORDS, HANDLE_EVENT
 
 log = structlog.get_logger("worker")
@@ -134,6 +135,15 @@ def sweep_stuck() -> int:
 @app.task(name=task_names.EXPIRE_FAILED)
 def expire_failed() -> int:
     return len(process_service().expire_failed())
+
+
+@app.task(name=task_names.SWEEP_RETENTION)
+def sweep_retention() -> dict[str, object]:
+    """Deleted records past retention, old audit lines, an outbox nobody reads
+    (worker/store/retention.py)."""
+    service = process_service()
+    return retention.sweep_retention(service.settings, service.store,
+                                     service.failed).to_json()
 
 
 @app.task(name=task_names.SWEEP_CALLING_TESTS)

@@ -112,7 +112,8 @@ def entries_recorded(cluster: Cluster, record_ids: Iterable[str]) -> int:
     pipe = store.client.pipeline(transaction=False)  # type: ignore[attr-defined]
     for record_id in record_ids:
         pipe.llen(store.keys.history(record_id))  # type: ignore[attr-defined]
-    return sum(pipe.execute())
+    # Store v2: element 0 of the history list is the record itself.
+    return sum(max(0, size - 1) for size in pipe.execute())
 
 
 def histories(cluster: Cluster, record_ids: Iterable[str]) -> dict[str, list[HistoryEntry]]:

@@ -131,15 +131,25 @@ def test_conflicting_events_apply_in_acceptance_order(
     redis_url: str, tmp_path: Path, request: pytest.FixtureRequest, figures: Figures,
     scale: Scale,
 ) -> None:
+    run_conflicts(redis_url, tmp_path, request, figures, scale, RECORDS,
+                  EVENTS_PER_RECORD * scale.factor)
+
+
+def run_conflicts(store_url: str, tmp_path: Path, request: pytest.FixtureRequest,
+                  figures: Figures, scale: Scale, records: int, per_record: int,
+                  broker_url: str | None = None) -> None:
+    """The scenario, with the store at ``store_url`` (tests/faults/test_cluster.py runs it
+    on a Redis Cluster, its broker a plain Redis)."""
     rng = random.Random(SEED)
-    record_ids = [new_id() for _ in range(RECORDS)]
-    streams = {record_id: conflicting_stream(rng, record_id, EVENTS_PER_RECORD * scale.factor)
+    record_ids = [new_id() for _ in range(records)]
+    streams = {record_id: conflicting_stream(rng, record_id, per_record)
                for record_id in record_ids}
-    with running_cluster(redis_url, tmp_path, request, emulator=Emulator()) as cluster:
+    with running_cluster(store_url, tmp_path, request, emulator=Emulator(),
+                         broker_url=broker_url) as cluster:
         for _ in range(2):
             cluster.start_worker(concurrency=2)
         setup = [provision(record_id, new_id()) for record_id in record_ids]
-        assert cluster.submit(setup).accepted == RECORDS
+        assert cluster.submit(setup).accepted == records
         starts = {record_id: cluster.wait_status(record_id, "Running", timeout=60)
                   for record_id in record_ids}
         cluster.wait_for(cluster.settled, "the setup to settle", timeout=30)
@@ -179,7 +189,7 @@ def test_conflicting_events_apply_in_acceptance_order(
                 mismatched.append(record_id)
         on_each = records_per_worker(cluster)
         figures.notes.update({
-            "processes": "2 workers x 2", "records": RECORDS,
+            "processes": "2 workers x 2", "records": records,
             "submit_calls": sum(len(s.batches) for s in submitters),
             "records_on_both_workers": len(set.intersection(*on_each)),
             "mismatched_records": len(mismatched),
@@ -187,7 +197,7 @@ def test_conflicting_events_apply_in_acceptance_order(
         })
 
         assert waited is not None, "not every accepted event was processed:\n" + result.details()
-        assert len(accepted) == RECORDS * EVENTS_PER_RECORD * scale.factor
+        assert len(accepted) == records * per_record
         assert not mismatched, f"{len(mismatched)} records differ from the expectation, " \
                                f"e.g. {mismatched[:3]}"
         assert not result.problems(), result.details()

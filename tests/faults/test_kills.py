@@ -50,13 +50,22 @@ def test_kills_lose_and_double_nothing(
     redis_url: str, tmp_path: Path, request: pytest.FixtureRequest, figures: Figures,
     scale: Scale,
 ) -> None:
+    run_kills(redis_url, tmp_path, request, figures, scale, EVENTS * scale.factor,
+              KILLS * scale.factor)
+
+
+def run_kills(store_url: str, tmp_path: Path, request: pytest.FixtureRequest,
+              figures: Figures, scale: Scale, total: int, kills: int,
+              broker_url: str | None = None) -> None:
+    """The scenario, with the store at ``store_url`` (tests/faults/test_cluster.py runs it
+    on a Redis Cluster, its broker a plain Redis)."""
     rng = random.Random(SEED)
-    total, kills = EVENTS * scale.factor, KILLS * scale.factor
     events = mixed_events(rng, total)
     record_ids = list(dict.fromkeys(e["subject"] for e in events))
     # Steps take a little time, so that kills also land while backend calls are in flight.
     emulator = Emulator(latency_ms=2)
-    with running_cluster(redis_url, tmp_path, request, emulator=emulator) as cluster:
+    with running_cluster(store_url, tmp_path, request, emulator=emulator,
+                         broker_url=broker_url) as cluster:
         started = time.monotonic()
         for _ in range(2):
             cluster.start_worker(concurrency=2)

@@ -104,7 +104,8 @@ def test_endpoint_health_and_logs_of_a_real_worker_and_beat(
 
         code, checks, _ = health(cluster)
         assert (code, checks) == (0, dict.fromkeys(("store", "broker", "beat",
-                                                    "failed_tasks", "circuits"), True))
+                                                    "failed_tasks", "circuits",
+                                                    "outbox"), True))
         for backend in ("provisioner", "gatekeeper", "calling_test"):  # all closed
             assert samples[("provisioning_backend_circuit_state",
                             (("backend", backend),))] == 0
@@ -119,7 +120,7 @@ def test_endpoint_health_and_logs_of_a_real_worker_and_beat(
         code, checks, stderr = health(cluster)
         assert code == 1
         assert checks == {"store": True, "broker": True, "beat": True, "failed_tasks": False,
-                          "circuits": True}
+                          "circuits": True, "outbox": True}
         assert stderr.splitlines() == [
             "provisioning: health: failed_tasks: 1 entry, more than 0 "
             "(see: provisioning failed list)"]

@@ -18,8 +18,9 @@ from worker.store.protocol import StateStore
 from worker.store.redis import RedisStateStore
 
 # Before the import: pytest rewrites the asserts of the shared contract too.
-pytest.register_assert_rewrite("tests.store_contract")
+pytest.register_assert_rewrite("tests.store_contract", "tests.store_v2_contract")
 from tests.store_contract import StoreContract  # noqa: E402
+from tests.store_v2_contract import FailedV2Contract, StoreV2Contract, Wall  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -50,7 +51,17 @@ def failed_store(client: redis.Redis) -> FailedStore:
     return RedisFailedStore(client, Keys("contract"))
 
 
-class TestRedisStoreContract(StoreContract):
+@pytest.fixture
+def make_windowed(client: redis.Redis) -> Callable[[float], tuple[StateStore, Wall]]:
+    def make(window: float) -> tuple[StateStore, Wall]:
+        wall = Wall()
+        return RedisStateStore(client, keys=Keys("contract-windowed"), dedupe_window=window,
+                               wall=wall), wall
+
+    return make
+
+
+class TestRedisStoreContract(StoreContract, StoreV2Contract, FailedV2Contract):
     """Every contract test, on redis-server."""
 
 

@@ -169,8 +169,11 @@ class Cluster:
     """Redis (from the ``redis_url`` fixture), the emulator and the processes of one test."""
 
     def __init__(self, redis_url: str, workdir: Path, *, emulator: Emulator | None = None,
-                 settings: Mapping[str, str] | None = None) -> None:
+                 settings: Mapping[str, str] | None = None,
+                 broker_url: str | None = None) -> None:
+        """``broker_url``: Celery's broker when it is not the store (a cluster store)."""
         self.redis_url = redis_url
+        broker = broker_url or redis_url
         self.workdir = workdir
         self.processes: list[CeleryProcess] = []
         self.server: EmulatorServer = serve("127.0.0.1", 0, emulator or Emulator())
@@ -182,13 +185,13 @@ class Cluster:
         self.env.update(settings or {})
         self.env.update({
             "PROVISIONING_REDIS_URL": redis_url,
-            "PROVISIONING_BROKER_URL": redis_url,
+            "PROVISIONING_BROKER_URL": broker,
             "PROVISIONING_PROVISIONER_URL": self.server.url,
             "PROVISIONING_GATEKEEPER_URL": self.server.url,
             "PROVISIONING_CALLING_TEST_URL": self.server.url,
         })
         try:
-            self.client = celery.Celery("integration-client", broker=redis_url,
+            self.client = celery.Celery("integration-client", broker=broker,
                                         set_as_current=False)
             self.client.conf.update(task_serializer="json", accept_content=["json"],
                                     broker_connection_retry_on_startup=True)
@@ -342,10 +345,12 @@ def dataverse(record: ProvisioningState) -> dict[str, Any]:
 @contextmanager
 def running_cluster(redis_url: str, workdir: Path, request: pytest.FixtureRequest, *,
                     emulator: Emulator | None = None,
-                    settings: Mapping[str, str] | None = None) -> Iterator[Cluster]:
+                    settings: Mapping[str, str] | None = None,
+                    broker_url: str | None = None) -> Iterator[Cluster]:
     """A Cluster for one test; on failure its processes' logs are printed."""
     failures = request.session.testsfailed
-    cluster = Cluster(redis_url, workdir, emulator=emulator, settings=settings)
+    cluster = Cluster(redis_url, workdir, emulator=emulator, settings=settings,
+                      broker_url=broker_url)
     try:
         yield cluster
     finally:

@@ -210,7 +210,7 @@ def test_each_change_of_a_circuit_is_logged_measured_and_published_for_health() 
         (entry,) = board.read()
         assert (entry.backend, entry.state, entry.failures, entry.reason) == (
             "gatekeeper", "open", 1, "HTTP 502")
-        assert 0 < client.pttl(f"t:circuit:gatekeeper:{reporter.holder}") <= 25_000
+        assert 0 < client.pttl(Keys("t").circuit("gatekeeper", reporter.holder)) <= 25_000
         breaker.succeeded()
         assert board.read() == []
     assert seen.states == [("gatekeeper", 2), ("gatekeeper", 0)]

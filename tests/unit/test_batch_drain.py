@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import Future
@@ -28,6 +29,7 @@ from worker.keys import Keys
 from worker.service import Service
 from worker.service.observer import NoObserver
 from worker.service.step_loop import StepLoop
+from worker.store import codec
 from worker.store.failed import RedisFailedStore
 from worker.store.protocol import StateStore
 from worker.store.redis import RedisStateStore
@@ -78,9 +80,12 @@ def lease_owner(store: StateStore, record_id: str) -> str | None:
 def mark_applied(store: StateStore, record_id: str, key: str) -> None:
     """What an earlier delivery that applied a change and died before popping it left."""
     if isinstance(store, RedisStateStore):
-        store.client.sadd(store.keys.applied(record_id), key)
+        key_of = store.keys.record(record_id)
+        marks = codec.window_marks(store.client.lindex(key_of, 1) or "")
+        marks["k" + codec.digest(key)] = int(time.time())
+        store.client.lset(key_of, 1, codec.window_blob(marks))
     else:
-        store._data.applied[record_id].add(key)  # type: ignore[attr-defined]
+        store._data.applied[record_id][key] = time.time()  # type: ignore[attr-defined]
 
 
 

@@ -102,7 +102,8 @@ def test_bad_settings_are_one_line_each_naming_variable_and_rule_exit_2(
     assert (done.returncode, done.stdout) == (2, "")
     assert done.stderr.splitlines() == [
         "provisioning: PROVISIONING_REDIS_URL: must be a URL starting redis:// or rediss:// "
-        "or unix://, not 'redis://:***@127.0.0.1:99999/0'",
+        "or unix:// or redis+cluster:// or rediss+cluster://, not "
+        "'redis://:***@127.0.0.1:99999/0'",
         "provisioning: PROVISIONING_BROKER_URL: must be a URL starting redis:// or rediss:// "
         "or unix:// or sentinel:// or amqp:// or amqps:// or pyamqp:// or memory://, not "
         "'notaurl'",

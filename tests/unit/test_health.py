@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import fakeredis
@@ -126,7 +127,7 @@ def test_all_checks_pass_on_a_healthy_store(client: fakeredis.FakeRedis) -> None
     heartbeat.write_heartbeat(client, KEYS, max_age=60)
     add_failed_tasks(client, 2)
     results = check(Settings(), client)
-    assert list(results) == ["store", "broker", "beat", "failed_tasks", "circuits"]
+    assert list(results) == ["store", "broker", "beat", "failed_tasks", "circuits", "outbox"]
     assert all(c.ok for c in results.values())
     assert results["failed_tasks"].detail == "2 entries (at most 100)"
     assert results["beat"].detail.startswith("heartbeat ")
@@ -242,7 +243,7 @@ def test_cli_health_exits_0_when_every_check_passes(
     monkeypatch.setattr(cli_health, "run_checks", on_fake_redis)
     assert main(["health"]) == 0
     out, err = capsys.readouterr()
-    assert len(out.splitlines()) == 5
+    assert len(out.splitlines()) == 6
     assert err == ""
 
 
@@ -275,3 +276,18 @@ def test_cli_health_names_unknown_checks_as_a_usage_error(
 
 def test_the_cli_knows_every_check() -> None:
     assert HEALTH_CHECKS == health.CHECKS
+
+
+def test_a_full_outbox_fails_with_the_mirror_on_and_is_fine_with_it_off(
+    client: fakeredis.FakeRedis,
+) -> None:
+    for shard in (0, 5, 9):
+        client.rpush(KEYS.outbox(shard), '{"op": "update"}')
+    on = Settings(dataverse_url="https://contoso.crm.dynamics.com", outbox_max_entries=3)
+    verdict = check(on, client, "outbox")["outbox"]
+    assert not verdict.ok
+    assert "3 entries, the cap PROVISIONING_OUTBOX_MAX_ENTRIES=3" in verdict.detail
+    assert check(replace(on, outbox_max_entries=4), client, "outbox")["outbox"].ok
+    off = check(Settings(outbox_max_entries=3), client, "outbox")["outbox"]
+    assert off.ok
+    assert off.detail == "mirror off; 3 entries (trimmed to 3 by beat)"

@@ -268,7 +268,7 @@ def test_an_idle_store_has_no_backlog_and_an_unreadable_outbox_head_no_lag() -> 
     assert backlog_gauges(collector) == {
         "provisioning_pending_records": 0, "provisioning_inbox_oldest_age_seconds": 0,
         "provisioning_mirror_outbox_entries": 0, "provisioning_mirror_lag_seconds": 0}
-    client.rpush(Keys().outbox, "not json")
+    client.rpush(Keys().outbox(3), "not json")
     gauges = backlog_gauges(collector)
     assert gauges["provisioning_mirror_outbox_entries"] == 1
     assert "provisioning_mirror_lag_seconds" not in gauges

@@ -34,7 +34,7 @@ from worker.store.protocol import Commit, CommitStatus, StateStore
 from worker.store.redis import RedisStateStore
 
 # Before the import: pytest rewrites the asserts of the shared contract too.
-pytest.register_assert_rewrite("tests.store_contract")
+pytest.register_assert_rewrite("tests.store_contract", "tests.store_v2_contract")
 from tests.store_contract import (  # noqa: E402
     NOW,
     OWNER,
@@ -48,6 +48,7 @@ from tests.store_contract import (  # noqa: E402
     parent_deleted,
     provision,
 )
+from tests.store_v2_contract import FailedV2Contract, StoreV2Contract, Wall  # noqa: E402
 
 KINDS = ["memory", "fakeredis"]
 
@@ -88,7 +89,22 @@ def failed_store(request: pytest.FixtureRequest,
     return RedisFailedStore(fake_redis, Keys("contract"))
 
 
-class TestStoreContract(StoreContract):
+@pytest.fixture
+def make_windowed(store: StateStore) -> Callable[[float], tuple[StateStore, Wall]]:
+    """An empty store of the same kind as ``store`` with this dedupe window, on a Wall."""
+
+    def make(window: float) -> tuple[StateStore, Wall]:
+        wall = Wall()
+        if isinstance(store, MemoryStateStore):
+            return MemoryStateStore(clock=store.clock, dedupe_window=window, wall=wall), wall
+        assert isinstance(store, RedisStateStore)
+        return RedisStateStore(store.client, keys=Keys("contract-windowed"),
+                               dedupe_window=window, wall=wall), wall
+
+    return make
+
+
+class TestStoreContract(StoreContract, StoreV2Contract, FailedV2Contract):
     """Every contract test, once per implementation."""
 
 

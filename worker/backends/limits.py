@@ -78,11 +78,11 @@ return string.format('%.6f', wait)
 
 class RedisRate:
     """GCRA slots shared by every process through one Redis key per backend
-    (``<prefix>:rate:<backend>``). ``now`` is each caller's wall clock: hosts whose clocks
+    (``<prefix>:{rate:<backend>}``). ``now`` is each caller's wall clock: hosts whose clocks
     differ by more than an interval skew the shared rate by that much."""
 
     def __init__(self, client: Any, keys: Keys) -> None:
-        self._client = client  # a redis.asyncio.Redis
+        self._client = client  # a redis.asyncio.Redis or RedisCluster
         self._keys = keys
         self._script = client.register_script(RESERVE_LUA)
 

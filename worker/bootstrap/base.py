@@ -10,6 +10,7 @@ import redis
 
 from worker.keys import Keys
 from worker.settings import Settings
+from worker.store.connect import store_client
 from worker.store.failed import RedisFailedStore
 from worker.store.redis import RedisStateStore
 
@@ -34,28 +35,29 @@ def reset() -> None:
 
 
 def redis_client(settings: Settings, *, probe: bool = False) -> redis.Redis:
-    """The one Redis client factory. ``probe``: short timeouts and no retries, for health
+    """The one Redis client factory: a ``RedisCluster`` for a ``redis+cluster://`` URL
+    (worker/store/connect.py). ``probe``: short timeouts and no retries, for health
     checks and scrapes (a dead Redis answers within PROVISIONING_HEALTH_TIMEOUT instead
     of hanging the probe); otherwise the worker's patient client."""
+    client: redis.Redis
     if probe:
-        return redis.Redis.from_url(
-            settings.redis_url, decode_responses=True,
-            socket_connect_timeout=settings.health_timeout,
-            socket_timeout=settings.health_timeout, retry_on_timeout=False,
-        )
-    return redis.Redis.from_url(
-        settings.redis_url, decode_responses=True, socket_connect_timeout=5,
-        socket_timeout=30, health_check_interval=30, retry_on_timeout=True,
-    )
+        client = store_client(settings.redis_url, connect_timeout=settings.health_timeout,
+                              timeout=settings.health_timeout, retry_on_timeout=False)
+    else:
+        client = store_client(settings.redis_url)
+    return client
 
 
 def build_store(settings: Settings, client: redis.Redis | None = None) -> RedisStateStore:
     """The record store on Redis (the read-only commands' whole wiring, with the failed
     store)."""
-    return RedisStateStore(client or redis_client(settings), keys=Keys(settings.key_prefix),
-                           history_limit=settings.history_limit)
+    return RedisStateStore(client or redis_client(settings),
+                           keys=Keys(settings.key_prefix, settings.store_shards),
+                           history_limit=settings.history_limit,
+                           dedupe_window=settings.dedupe_window_seconds)
 
 
 def build_failed(settings: Settings, client: redis.Redis | None = None) -> RedisFailedStore:
     """The failed-task store on Redis."""
-    return RedisFailedStore(client or redis_client(settings), Keys(settings.key_prefix))
+    return RedisFailedStore(client or redis_client(settings),
+                            Keys(settings.key_prefix, settings.store_shards))

@@ -56,5 +56,6 @@ def build_mirror(
     http = httpx.Client(timeout=httpx.Timeout(config.timeout), transport=transport)
     pacer = Pacer(config.requests_per_window, SERVICE_WINDOW_SECONDS, config.burst)
     dataverse = DataverseClient(config, http, token_source(config, http), pacer)
-    return Mirror(config, build_store(settings, client),
-                  RedisMirrorState(client, Keys(settings.key_prefix)), dataverse)
+    keys = Keys(settings.key_prefix, settings.store_shards)
+    return Mirror(config, build_store(settings, client), RedisMirrorState(client, keys),
+                  dataverse)

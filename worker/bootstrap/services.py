@@ -6,7 +6,6 @@ import socket
 from collections.abc import Callable, Sequence
 
 import httpx
-import redis.asyncio
 
 from worker.backends import Backends, http_timeout
 from worker.backends.aio import AsyncBackends, ClientPool
@@ -19,6 +18,7 @@ from worker.service.circuits import CircuitReporter
 from worker.service.step_loop import StepLoop
 from worker.settings import Settings
 from worker.store.circuits import CircuitBoard
+from worker.store.connect import async_store_client
 
 
 def build_service(
@@ -47,11 +47,13 @@ def build_service(
     if settings.step_runner == "async":
         async_transport = transport if isinstance(transport, httpx.AsyncBaseTransport) \
             else None
-        board = CircuitBoard(client, Keys(settings.key_prefix))
+        board = CircuitBoard(client, Keys(settings.key_prefix, settings.store_shards))
         seen = observer or NoObserver()
         step_loop = lambda: StepLoop(  # noqa: E731 - built in the process that drains
             lambda: _async_backends(settings, async_transport, board, seen), seen)
-    return Service(settings, build_store(settings, client), build_failed(settings, client),
+    store = build_store(settings, client)
+    store.ensure_format()  # stamps a new store; refuses a v1 one (run provisioning migrate)
+    return Service(settings, store, build_failed(settings, client),
                    backends, kick=kick, kick_many=kick_many, observer=observer,
                    step_loop=step_loop)
 
@@ -63,9 +65,8 @@ def _async_backends(settings: Settings, transport: httpx.AsyncBaseTransport | No
     backends = settings.backends
     rates = None
     if backends.provisioner_rate or backends.gatekeeper_rate or backends.calling_test_rate:
-        rates = RedisRate(redis.asyncio.Redis.from_url(settings.redis_url,
-                                                       decode_responses=True),
-                          Keys(settings.key_prefix))
+        rates = RedisRate(async_store_client(settings.redis_url),
+                          Keys(settings.key_prefix, settings.store_shards))
     reporter = CircuitReporter(board, observer, socket.gethostname(),
                                backends.circuit_cooldown)
     wire = ClientPool(backends, transport) if transport is not None else None

@@ -42,6 +42,7 @@ HANDLERS = {
     "diagram": "worker.cli.diagram:cmd_diagram",
     "health": "worker.cli.health:cmd_health",
     "dataverse": "worker.cli.dataverse:cmd_dataverse",
+    "migrate": "worker.cli.migrate:cmd_migrate",
     "completion": "worker.cli.completion:cmd_completion",
     "token": "worker.cli.http:cmd_token",
     "serve": "worker.cli.http:cmd_serve",

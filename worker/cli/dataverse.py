@@ -67,9 +67,11 @@ def cmd_dataverse(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     mirror = _mirror()
     if mirror is None:
-        report = mirror_status(_store(), None, None, datetime.now(UTC))
+        report = mirror_status(_store(), None, None, datetime.now(UTC),
+                               bootstrap.current_settings().outbox_max_entries)
     else:
-        report = mirror_status(mirror.store, mirror.state, mirror.settings, datetime.now(UTC))
+        report = mirror_status(mirror.store, mirror.state, mirror.settings, datetime.now(UTC),
+                               bootstrap.current_settings().outbox_max_entries)
     if args.json:
         print(json.dumps(report, indent=2, ensure_ascii=False))
     else:

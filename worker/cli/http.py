@@ -31,7 +31,8 @@ DAY = 86400.0
 
 def _tokens() -> RedisTokenStore:
     settings = bootstrap.current_settings()
-    return RedisTokenStore(bootstrap.redis_client(settings), Keys(settings.key_prefix))
+    return RedisTokenStore(bootstrap.redis_client(settings),
+                           Keys(settings.key_prefix, settings.store_shards))
 
 
 def cmd_token(args: argparse.Namespace) -> int:

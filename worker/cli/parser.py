@@ -23,7 +23,8 @@ from worker.cli.common import (
     uuid_text,
 )
 
-HEALTH_CHECKS = ("store", "broker", "beat", "failed_tasks", "circuits")  # ops.health.CHECKS
+# ops.health.CHECKS, kept light
+HEALTH_CHECKS = ("store", "broker", "beat", "failed_tasks", "circuits", "outbox")
 SHELLS = ("bash", "zsh", "fish")  # the shells argcomplete writes a script for
 DISTRIBUTION = "provisioning-state-worker"  # pyproject.toml's name: the one version source
 
@@ -93,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("--json", action="store_true")
 
     _add_dataverse(commands)
+    _add_migrate(commands)
     _add_http(commands)
     return parser
 
@@ -191,6 +193,17 @@ def _add_dataverse(commands: Any) -> None:
     skip.add_argument("--operator", metavar="NAME",
                       help="who acts, for the audit log (default: the login name)")
     skip.add_argument("--json", action="store_true", help="print what was dropped as JSON")
+
+
+def _add_migrate(commands: Any) -> None:
+    """``migrate``: a v1 store to store v2 (worker/cli/migrate.py)."""
+    migrate = commands.add_parser(
+        "migrate", help="convert a v1 store to store v2, in place (workers stopped)",
+        description="Stop every worker and beat first. Resumable: run it again after an "
+                    "interruption. Exit 1 when something could not be moved.")
+    migrate.add_argument("--dry-run", action="store_true",
+                         help="count what would move, write nothing")
+    migrate.add_argument("--json", action="store_true")
 
 
 def _add_http(commands: Any) -> None:

@@ -7,16 +7,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from statemachine import HistoryEntry, ProvisioningState, format_time
 from worker import bootstrap
 from worker.cli.common import OK, CommandFailed
-from worker.cli.render import describe_record, format_history, format_records
+from worker.cli.render import (
+    describe_deletion,
+    describe_record,
+    format_history,
+    format_records,
+)
 from worker.store.redis import RedisStateStore
 
 
 def _store() -> RedisStateStore:
-    return bootstrap.build_store(bootstrap.current_settings())
+    store = bootstrap.build_store(bootstrap.current_settings())
+    store.ensure_format(stamp=False)  # a v1 store would read as empty: say so
+    return store
 
 
 def _load(record_id: str) -> ProvisioningState:
@@ -53,11 +61,20 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    entries: list[HistoryEntry] = _store().history(args.record_id)
+    store = _store()
+    entries: list[HistoryEntry] = store.history(args.record_id)
+    deletion = store.deletion(args.record_id)
+    note = describe_deletion(deletion.deleted_at, deletion.purged_at,
+                             bootstrap.current_settings().deleted_retention_seconds)
     if not entries:
-        raise CommandFailed(f"record {args.record_id} has no history (unknown id)")
+        raise CommandFailed(f"record {args.record_id} has no history "
+                            f"({note or 'unknown id'})")
     if args.json:
         print(json.dumps([e.to_json() for e in entries], indent=2, ensure_ascii=False))
+        if note:  # stdout stays the SPEC §5.2 array
+            print(f"provisioning: history: {note}", file=sys.stderr)
         return OK
     print(format_history(entries))
+    if note:
+        print(note)
     return OK

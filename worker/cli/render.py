@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from statemachine import GateKeeper, HistoryEntry, ProvisioningState, format_time
@@ -79,3 +80,19 @@ def format_audit(lines: Sequence[dict[str, Any]]) -> str:
         shown.append(f"{line['at']}  {line['operator']:<12} {line['action']:<8} "
                      f"{line['entry']}  {line.get('result', '')}{why}")
     return "\n".join(shown)
+
+
+def describe_deletion(deleted_at: float | None, purged_at: float | None,
+                      retention_seconds: float) -> str | None:
+    """What ``history`` says about a deleted record's retention (None: not deleted)."""
+    if purged_at is not None:
+        return (f"the record was deleted and its history was purged at "
+                f"{_stamp(purged_at)}")
+    if deleted_at is not None:
+        return (f"the record was deleted at {_stamp(deleted_at)}; its history will be "
+                f"purged after {_stamp(deleted_at + retention_seconds)}")
+    return None
+
+
+def _stamp(epoch: float) -> str:
+    return format_time(datetime.fromtimestamp(epoch, UTC))

@@ -16,9 +16,11 @@ from worker.store.protocol import StateStore
 
 
 def mirror_status(store: StateStore, state: MirrorState | None,
-                  settings: MirrorSettings | None, now: datetime) -> dict[str, Any]:
+                  settings: MirrorSettings | None, now: datetime,
+                  outbox_max: int | None = None) -> dict[str, Any]:
     """The status as JSON. ``failing`` is true when entries wait and the last attempt
-    failed (the last error is newer than the last success)."""
+    failed (the last error is newer than the last success). ``outbox.full``: the outbox
+    holds ``outbox_max`` (PROVISIONING_OUTBOX_MAX_ENTRIES) entries or more."""
     size = store.outbox_size()
     head = store.outbox_peek(1)
     oldest: OutboxEntry | None = None
@@ -42,6 +44,8 @@ def mirror_status(store: StateStore, state: MirrorState | None,
             "lag_seconds": round((now - oldest.at).total_seconds(), 3)
             if oldest and oldest.at else None,
             "next": oldest.describe() if oldest else None,
+            "max_entries": outbox_max,
+            "full": outbox_max is not None and size >= outbox_max,
         },
         "last_success_at": last_success_at,
         "last_success": _json(status.get("last_success")),
@@ -70,7 +74,8 @@ def format_status(report: dict[str, Any]) -> str:
         lag = (f", oldest committed {outbox['oldest_at']} ({outbox['lag_seconds']:.1f} s ago)"
                if outbox["oldest_at"] else "")
         sent_when = " (sent once the mirror is on)" if off else ""
-        rows.append(("outbox", f"{outbox['entries']} entries waiting{lag}{sent_when}"))
+        full = f", FULL (cap {outbox['max_entries']})" if outbox.get("full") else ""
+        rows.append(("outbox", f"{outbox['entries']} entries waiting{lag}{full}{sent_when}"))
         if outbox["next"]:
             rows.append(("next", _entry(outbox["next"])))
     else:

@@ -103,7 +103,8 @@ def build_context(settings: Settings) -> ApiContext:
     dispatch = Dispatch(celery_app, settings.batch_records)
     kicker = Kicker(dispatch.kick_many)
     service = build_service(settings, app=celery_app, kick=dispatch.kick, kick_many=kicker)
-    tokens = RedisTokenStore(bootstrap.redis_client(settings), Keys(settings.key_prefix))
+    tokens = RedisTokenStore(bootstrap.redis_client(settings),
+                             Keys(settings.key_prefix, settings.store_shards))
     oidc = None
     if settings.oidc_issuer and settings.oidc_audience:
         oidc = OidcVerifier(settings.oidc_issuer, settings.oidc_audience,

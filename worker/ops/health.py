@@ -7,6 +7,7 @@ Checks, one line each (for probes and for humans)::
     beat    beat's heartbeat is younger than PROVISIONING_HEALTH_BEAT_MAX_AGE
     failed_tasks  the failed-task store holds at most PROVISIONING_HEALTH_FAILED_MAX entries
     circuits  no worker process has a backend's circuit open (worker/backends/breaker.py)
+    outbox  with the mirror on, the outbox is under PROVISIONING_OUTBOX_MAX_ENTRIES
 
 Beat's heartbeat is written by beat itself (worker/ops/heartbeat.py).
 """
@@ -30,7 +31,7 @@ from worker.settings import Settings, redact_url
 from worker.store.circuits import CircuitBoard, CircuitEntry
 from worker.store.counts import StoreCounts
 
-CHECKS = ("store", "broker", "beat", "failed_tasks", "circuits")
+CHECKS = ("store", "broker", "beat", "failed_tasks", "circuits", "outbox")
 
 
 @dataclass(frozen=True)
@@ -73,20 +74,22 @@ def run_checks(settings: Settings, client: redis.Redis, names: Sequence[str] = C
     probe client: short timeouts, no retries). Never raises: a failure is a failing Check.
     When the store is unreachable the checks that read it fail without trying again.
     ``broker_check`` replaces the real broker check (tests)."""
-    counts = StoreCounts(client, Keys(settings.key_prefix))
+    counts = StoreCounts(client, Keys(settings.key_prefix, settings.store_shards))
     probes: dict[str, Callable[[], tuple[bool, str]]] = {
         "store": lambda: (True, f"PING {counts.ping() * 1000:.1f} ms "
                                 f"({redact_url(settings.redis_url)})"),
         "broker": lambda: (True, (broker_check or check_broker)(settings)),
         "beat": lambda: _beat(client, settings),
         "failed_tasks": lambda: _failed(counts, settings),
-        "circuits": lambda: _circuits(CircuitBoard(client, Keys(settings.key_prefix))),
+        "circuits": lambda: _circuits(CircuitBoard(
+            client, Keys(settings.key_prefix, settings.store_shards))),
+        "outbox": lambda: _outbox(counts, settings),
     }
     where = {"store": redact_url(settings.redis_url), "broker": redact_url(settings.broker)}
     store_error: str | None = None
     results: list[Check] = []
     for name in (n for n in CHECKS if n in names):
-        if name in ("beat", "failed_tasks", "circuits") and store_error is not None:
+        if name in ("beat", "failed_tasks", "circuits", "outbox") and store_error is not None:
             results.append(Check(name, False, f"store unreachable: {store_error}"))
             continue
         started = time.perf_counter()
@@ -121,7 +124,7 @@ def check_broker(settings: Settings) -> str:
 
 def _beat(client: redis.Redis, settings: Settings) -> tuple[bool, str]:
     max_age = settings.health_beat_max_age
-    beat = read_heartbeat(client, Keys(settings.key_prefix), max_age)
+    beat = read_heartbeat(client, Keys(settings.key_prefix, settings.store_shards), max_age)
     if beat is None:
         return False, f"no heartbeat in the last {max_age:g} s (is one celery beat running?)"
     return True, f"heartbeat {beat.age:.1f} s ago from {beat.host} pid {beat.pid}"
@@ -154,6 +157,19 @@ def _circuits(board: CircuitBoard) -> tuple[bool, str]:
                      f"process{'es' if len(held) > 1 else ''} for {now - oldest:.0f} s "
                      f"(last failure: {held[-1].reason})")
     return False, "; ".join(parts) + " - steps calling it wait"
+
+
+def _outbox(counts: StoreCounts, settings: Settings) -> tuple[bool, str]:
+    """With the mirror on, a full outbox fails (the consumer is not keeping up; nothing is
+    dropped). With it off, beat trims it (worker/store/retention.py)."""
+    size = counts.outbox_entries()
+    cap = settings.outbox_max_entries
+    if not settings.dataverse_url:
+        return True, f"mirror off; {size} entries (trimmed to {cap} by beat)"
+    if size >= cap:
+        return False, (f"{size} entries, the cap PROVISIONING_OUTBOX_MAX_ENTRIES={cap}: the "
+                       "mirror is not keeping up (see: provisioning dataverse status)")
+    return True, f"{size} entries (cap {cap})"
 
 
 def summary(checks: Iterable[Check]) -> dict[str, Any]:

@@ -288,7 +288,7 @@ class StoreCollector:
     def __init__(self, settings: Settings, client: redis.Redis,
                  clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
-        self.keys = Keys(settings.key_prefix)
+        self.keys = Keys(settings.key_prefix, settings.store_shards)
         self.client = client  # a probe client: a scrape must not hang on a dead Redis
         self.counts = StoreCounts(self.client, self.keys)
         self.clock = clock
@@ -341,12 +341,15 @@ class StoreCollector:
                                 "Outbox entries the Dataverse mirror has not sent yet.",
                                 value=backlog.outbox)
         lag: float | None = 0.0
-        if backlog.outbox_head is not None:
+        for head in backlog.outbox_heads:  # one per shard: the oldest of them counts
             try:
-                at = OutboxEntry.decode(backlog.outbox_head).at
+                at = OutboxEntry.decode(head).at
             except UnreadableEntry:
                 at = None
-            lag = max(0.0, now - at.timestamp()) if at is not None else None
+            if at is None:
+                lag = None
+                break
+            lag = max(lag or 0.0, now - at.timestamp())
         if lag is not None:  # an unreadable head has no age (dataverse status names it)
             yield GaugeMetricFamily(
                 "provisioning_mirror_lag_seconds",

@@ -1,7 +1,7 @@
 """Where every process's backend circuits are seen from outside (``provisioning health``).
 
 A process whose circuit of a backend is not closed keeps a key
-``<prefix>:circuit:<backend>:<host:pid>`` (JSON: state, since, until, failures, reason)
+``<prefix>:{circuit}:<backend>:<host:pid>`` (JSON: state, since, until, failures, reason)
 that expires a little after its cool-down would end, so a killed process's entry goes by
 itself; closing the circuit deletes it.
 """

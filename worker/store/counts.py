@@ -1,10 +1,10 @@
 """Read-only counts of the store, for metrics scrapes and health checks.
 
-Each is one round trip that loads no record: the size of every status index set
-(``<prefix>:idx:status:<code>``, SCARD), of the failed-task store (``<prefix>:failed``,
-ZCARD), and the backlog (the pending set's size and oldest member, the outbox's size and
-head). ``RedisStateStore.list_records`` would load every record; a scrape every 15 s
-must not.
+Each is one pipelined round trip that loads no record: the size of every status index
+set of every shard (``<b>x:<status>:<kind>``, SCARD), of each shard's failed-task zset
+(``<b>failed``, ZCARD), and the backlog (each shard's pending zset's size and oldest
+member, each shard's outbox's size and head). ``RedisStateStore.list_records`` would load
+every record; a scrape every 15 s must not.
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ from worker.store.translate import translated
 
 @dataclass(frozen=True)
 class Backlog:
-    """Work waiting, as the store holds it."""
+    """Work waiting, as the store holds it (summed over the shards)."""
 
-    pending: int  # records with accepted events not yet applied (ZCARD <prefix>:pending)
+    pending: int  # records with accepted events not yet applied (ZCARD of each pending)
     oldest_pending_since: float | None  # epoch seconds the longest-waiting one got work
-    outbox: int  # entries the Dataverse mirror has not sent (LLEN <prefix>:outbox)
-    outbox_head: str | None  # the oldest of them, as stored (worker/dataverse/outbox.py)
+    outbox: int  # entries the Dataverse mirror has not sent (LLEN of each shard's outbox)
+    outbox_heads: tuple[str, ...]  # the oldest entry of each non-empty shard's outbox
 
 
 class StoreCounts:
@@ -49,26 +49,45 @@ class StoreCounts:
         with translated():
             pipe = self.client.pipeline(transaction=False)
             for status in StatusReason:
-                pipe.scard(self.keys.by_status(int(status)))
+                for key in self.keys.index_sets(status=status):
+                    pipe.scard(key)
             sizes = cast(list[int], pipe.execute())
-        return {status: int(size) for status, size in zip(StatusReason, sizes, strict=True)}
+        per_status = len(sizes) // len(StatusReason)
+        return {status: sum(int(size) for size in sizes[i * per_status:(i + 1) * per_status])
+                for i, status in enumerate(StatusReason)}
 
-    def failed_tasks(self) -> int:
-        """Entries in the failed-task store (ZCARD)."""
-        with translated():
-            return int(self.client.zcard(self.keys.failed))
-
-    def backlog(self) -> Backlog:
-        """The pending set and the outbox, in one pipelined round trip. A record's pending
-        score is the time it got work and stays until its inbox is drained, so the oldest
-        one bounds the age of the oldest unapplied event."""
+    def outbox_entries(self) -> int:
+        """Entries in the Dataverse outbox, every shard (LLEN)."""
         with translated():
             pipe = self.client.pipeline(transaction=False)
-            pipe.zcard(self.keys.pending)
-            pipe.zrange(self.keys.pending, 0, 0, withscores=True)
-            pipe.llen(self.keys.outbox)
-            pipe.lindex(self.keys.outbox, 0)
-            pending, oldest, outbox, head = pipe.execute()
-        return Backlog(pending=int(pending),
-                       oldest_pending_since=float(oldest[0][1]) if oldest else None,
-                       outbox=int(outbox), outbox_head=head)
+            for shard in range(self.keys.shards):
+                pipe.llen(self.keys.outbox(shard))
+            return sum(int(size) for size in pipe.execute())
+
+    def failed_tasks(self) -> int:
+        """Entries in the failed-task store (ZCARD of each shard's)."""
+        with translated():
+            pipe = self.client.pipeline(transaction=False)
+            for shard in range(self.keys.shards):
+                pipe.zcard(self.keys.failed(shard))
+            return sum(int(size) for size in pipe.execute())
+
+    def backlog(self) -> Backlog:
+        """Every shard's pending zset and outbox, in one pipelined round trip. A record's
+        pending score is the time it got work and stays until its inbox is drained, so the
+        oldest one bounds the age of the oldest unapplied event."""
+        k = self.keys
+        with translated():
+            pipe = self.client.pipeline(transaction=False)
+            for shard in range(k.shards):
+                pipe.zcard(k.pending(shard))
+                pipe.zrange(k.pending(shard), 0, 0, withscores=True)
+                pipe.llen(k.outbox(shard))
+                pipe.lindex(k.outbox(shard), 0)
+            answers = pipe.execute()
+        rows = [answers[i:i + 4] for i in range(0, len(answers), 4)]
+        oldest = [float(first[0][1]) for _, first, _, _ in rows if first]
+        return Backlog(pending=sum(int(row[0]) for row in rows),
+                       oldest_pending_since=min(oldest) if oldest else None,
+                       outbox=sum(int(row[2]) for row in rows),
+                       outbox_heads=tuple(row[3] for row in rows if row[3] is not None))

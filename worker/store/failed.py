@@ -2,8 +2,10 @@
 
 An entry holds the whole original message, so it can be replayed through the normal
 path. The same event failing again updates its entry (``attempts`` + 1) instead of
-adding another. Redis: ``<p>:failed:<id>`` hashes and the ``<p>:failed`` zset by last
-failure time; ``MemoryFailedStore`` is the twin.
+adding another. Redis: ``<b>f:<id>`` strings and the ``<b>failed`` zset by last failure
+time, in the shard of the entry id (worker/keys.py: one hash tag, so an entry and its
+zset are in one cluster slot); ``MemoryFailedStore`` is the twin. The audit log is one
+list, ``<p>:audit``, trimmed by beat (``trim_audit``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import threading
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime
 from typing import Any, Protocol, cast
 
 import redis
@@ -93,6 +96,11 @@ class FailedStore(Protocol):
         """The audit log, oldest first; the last ``limit`` lines when limit > 0."""
         ...
 
+    def trim_audit(self, before: datetime, keep: int) -> int:
+        """Drop the audit lines written before ``before`` (their ``at``), then the oldest
+        beyond ``keep``; returns how many went."""
+        ...
+
 
 def _merge(old: FailedTask | None, new: FailedTask) -> FailedTask:
     if old is None:
@@ -138,6 +146,13 @@ class MemoryFailedStore:
         with self._lock:
             return [dict(line) for line in (self._audit[-limit:] if limit > 0 else self._audit)]
 
+    def trim_audit(self, before: datetime, keep: int) -> int:
+        with self._lock:
+            old = _leading_older(self._audit, before)
+            over = max(old, len(self._audit) - keep)
+            del self._audit[:over]
+            return over
+
 
 class RedisFailedStore:
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
@@ -158,7 +173,8 @@ class RedisFailedStore:
                         merged = _merge(old, entry)
                         pipe.multi()
                         pipe.set(key, dumps(merged.to_json()))
-                        pipe.zadd(self.keys.failed, {entry.id: _score(merged.last_failed_at)})
+                        pipe.zadd(self.keys.failed_of(entry.id),
+                                  {entry.id: _score(merged.last_failed_at)})
                         pipe.execute()
                         return merged
                     except redis.WatchError:
@@ -172,24 +188,33 @@ class RedisFailedStore:
 
     def all(self) -> list[FailedTask]:
         with translated():
-            ids = cast(list[str], self.client.zrange(self.keys.failed, 0, -1))
-            if not ids:
+            pipe = self.client.pipeline(transaction=False)
+            for shard in range(self.keys.shards):
+                pipe.zrange(self.keys.failed(shard), 0, -1, withscores=True)
+            scored = sorted(((float(score), str(member)) for answer in pipe.execute()
+                             for member, score in answer))
+            if not scored:
                 return []
-            rows = cast(list[str | None], self.client.mget(
-                [self.keys.failed_entry(i) for i in ids]))
+            pipe = self.client.pipeline(transaction=False)
+            for _, entry_id in scored:
+                pipe.get(self.keys.failed_entry(entry_id))
+            rows = cast(list[str | None], pipe.execute())
         return [FailedTask.from_json(json.loads(row)) for row in rows if row]
 
     def remove(self, entry_id: str) -> bool:
         with translated():
             pipe = self.client.pipeline(transaction=True)
             pipe.delete(self.keys.failed_entry(entry_id))
-            pipe.zrem(self.keys.failed, entry_id)
+            pipe.zrem(self.keys.failed_of(entry_id), entry_id)
             deleted, _ = pipe.execute()
         return bool(deleted)
 
     def count(self) -> int:
         with translated():
-            return int(self.client.zcard(self.keys.failed))
+            pipe = self.client.pipeline(transaction=False)
+            for shard in range(self.keys.shards):
+                pipe.zcard(self.keys.failed(shard))
+            return sum(int(size) for size in pipe.execute())
 
     def append_audit(self, line: Mapping[str, Any]) -> None:
         with translated():
@@ -200,6 +225,40 @@ class RedisFailedStore:
             rows = cast(list[str], self.client.lrange(
                 self.keys.audit, -limit if limit > 0 else 0, -1))
         return [json.loads(row) for row in rows]
+
+    def trim_audit(self, before: datetime, keep: int) -> int:
+        """Lines are appended in time order: the old ones are a prefix of the list. LTRIM
+        from the head only, so lines appended meanwhile stay."""
+        try:
+            size = int(self.client.llen(self.keys.audit))
+            old = 0
+            while old < size:
+                chunk = cast(list[str], self.client.lrange(self.keys.audit, old, old + 499))
+                older = _leading_older([json.loads(row) for row in chunk], before)
+                old += older
+                if older < len(chunk) or not chunk:
+                    break
+            over = max(old, size - keep)
+            if over:
+                self.client.ltrim(self.keys.audit, over, -1)
+        except redis.RedisError as exc:
+            raise StoreError(f"{type(exc).__name__}: {exc}") from exc
+        return over
+
+
+def _leading_older(lines: list[dict[str, Any]], before: datetime) -> int:
+    """How many of the first lines were written before ``before`` (a line without a
+    readable ``at`` counts as old)."""
+    count = 0
+    for line in lines:
+        at = line.get("at")
+        try:
+            if isinstance(at, str) and parse_time(at) >= before:
+                break
+        except ValueError:
+            pass
+        count += 1
+    return count
 
 
 def _score(timestamp: str) -> float:

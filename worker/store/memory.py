@@ -1,21 +1,33 @@
 """``MemoryStateStore``: the in-memory twin of RedisStateStore, for unit tests and tools.
 
 Same contract (tests/unit/test_store_contract.py runs against both); one lock makes each
-method atomic, as each Lua script is on Redis. Time for leases comes from ``clock``.
+method atomic, as each Lua script is on Redis. Time for leases comes from ``clock``; the
+dedupe window and deletion times from ``wall`` (epoch seconds).
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import threading
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from statemachine import HistoryEntry, ProvisioningState, StatusReason
+from statemachine import AutomatedCallingStatus, HistoryEntry, ProvisioningState, StatusReason
 from worker.keys import Keys, decode_record, encode_record
-from worker.store.protocol import Claim, Commit, CommitStatus, InboxItem, RecordPage, Release
+from worker.store.protocol import (
+    Claim,
+    Commit,
+    CommitStatus,
+    Deletion,
+    InboxItem,
+    RecordPage,
+    Release,
+)
+
+DEFAULT_DEDUPE_WINDOW = 7 * 86400.0
 
 
 @dataclass
@@ -30,35 +42,63 @@ class _Data:
     versions: dict[str, int] = field(default_factory=dict)
     history: dict[str, list[HistoryEntry]] = field(default_factory=lambda: defaultdict(list))
     inbox: dict[str, deque[InboxItem]] = field(default_factory=lambda: defaultdict(deque))
-    accepted: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
-    applied: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    # The dedupe window: event id / dedupe key -> when it was seen (epoch seconds).
+    accepted: dict[str, dict[str, float]] = field(default_factory=lambda: defaultdict(dict))
+    applied: dict[str, dict[str, float]] = field(default_factory=lambda: defaultdict(dict))
+    deleted: dict[str, float] = field(default_factory=dict)
+    purged: dict[str, float] = field(default_factory=dict)
     leases: dict[str, _Lease] = field(default_factory=dict)
     pending: dict[str, float] = field(default_factory=dict)
     retries: dict[str, float] = field(default_factory=dict)
-    index: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    index: dict[tuple[str, ...], set[str]] = field(default_factory=lambda: defaultdict(set))
     deliveries: dict[str, tuple[int, float]] = field(default_factory=dict)
     outbox: list[str] = field(default_factory=list)
     claimed: dict[str, float] = field(default_factory=dict)
+
+
+def _index_entries(record: ProvisioningState | None) -> set[tuple[str, ...]]:
+    """The index entries of a record, as the Redis store's index sets and links hashes."""
+    if record is None:
+        return set()
+    entries = {("all",), ("status", str(int(record.status)))}
+    if record.tracking.channel_kind is not None:
+        entries.add(("kind", record.tracking.channel_kind.value))
+    if record.calling_status is AutomatedCallingStatus.IN_PROGRESS:
+        entries.add(("calling",))
+    entries.update(("link", column, value) for column, value in record.links.items()
+                   if value is not None)
+    return entries
 
 
 class MemoryStateStore:
     """The StateStore in one process's memory."""
 
     def __init__(self, *, history_limit: int = 1000,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 dedupe_window: float = DEFAULT_DEDUPE_WINDOW,
+                 wall: Callable[[], float] = time.time) -> None:
         self.keys = Keys("memory")
         self.history_limit = history_limit
         self.clock = clock
+        self.dedupe_window = dedupe_window
+        self.wall = wall
         self._lock = threading.RLock()
         self._data = _Data()
 
     # -- inbox ---------------------------------------------------------------------------
 
+    def _window(self, marks: dict[str, float]) -> dict[str, float]:
+        """``marks`` without those older than the window (as the scripts trim them)."""
+        cutoff = int(self.wall()) - math.ceil(self.dedupe_window)
+        for key in [key for key, seen in marks.items() if seen < cutoff]:
+            del marks[key]
+        return marks
+
     def accept(self, record_id: str, event_id: str, payload: str, *, now: float) -> bool:
         with self._lock:
-            if event_id in self._data.accepted[record_id]:
+            if event_id in self._window(self._data.accepted[record_id]):
                 return False
-            self._data.accepted[record_id].add(event_id)
+            self._data.accepted[record_id][event_id] = int(self.wall())
             self._data.inbox[record_id].append(InboxItem(event_id, payload))
             self._data.pending.setdefault(record_id, now)
             return True
@@ -74,7 +114,7 @@ class MemoryStateStore:
 
     def forget_accepted(self, record_id: str, event_id: str) -> None:
         with self._lock:
-            self._data.accepted[record_id].discard(event_id)
+            self._data.accepted[record_id].pop(event_id, None)
 
     def head(self, record_id: str) -> InboxItem | None:
         with self._lock:
@@ -96,7 +136,7 @@ class MemoryStateStore:
             if not self._holds(record_id, owner) or not inbox or inbox[0].event_id != event_id:
                 return False
             inbox.popleft()
-            self._data.accepted[record_id].discard(event_id)
+            self._data.accepted[record_id].pop(event_id, None)
             return True
 
     # -- records ---------------------------------------------------------------------------
@@ -109,7 +149,7 @@ class MemoryStateStore:
 
     def is_applied(self, record_id: str, key: str) -> bool:
         with self._lock:
-            return key in self._data.applied[record_id]
+            return key in self._window(self._data.applied[record_id])
 
     def commit(self, commit: Commit) -> CommitStatus:
         rid = commit.record_id
@@ -119,7 +159,7 @@ class MemoryStateStore:
                 return CommitStatus.CONFLICT
             if commit.lease_owner and not self._holds(rid, commit.lease_owner):
                 return CommitStatus.CONFLICT
-            if commit.dedupe_key and commit.dedupe_key in data.applied[rid]:
+            if commit.dedupe_key and commit.dedupe_key in self._window(data.applied[rid]):
                 return CommitStatus.DUPLICATE
             if commit.pop_event_id:
                 inbox = data.inbox.get(rid)
@@ -129,17 +169,25 @@ class MemoryStateStore:
             if commit.after is None:
                 data.records.pop(rid, None)
                 data.versions.pop(rid, None)
+                data.deleted[rid] = int(self.wall())
             else:
                 data.records[rid] = encode_record(commit.after)
                 data.versions[rid] = commit.after.version
-            old, new = self.keys.index_keys(commit.before), self.keys.index_keys(commit.after)
+                data.deleted.pop(rid, None)
+                data.purged.pop(rid, None)
+            old, new = _index_entries(commit.before), _index_entries(commit.after)
             for key in old - new:
                 data.index[key].discard(rid)
             for key in new - old:
                 data.index[key].add(rid)
             self._append(rid, commit.entries)
             if commit.dedupe_key:
-                data.applied[rid].add(commit.dedupe_key)
+                data.applied[rid][commit.dedupe_key] = int(self.wall())
+                if commit.dedupe_key == commit.pop_event_id and commit.pop_event_id in (
+                        data.accepted[rid]):
+                    # As on Redis, the accepted mark of an applied event is renewed with
+                    # its applied mark (one 'b' mark there).
+                    data.accepted[rid][commit.pop_event_id] = int(self.wall())
             if commit.cancel_retry or commit.deleted:
                 data.retries.pop(rid, None)
             if commit.retry_at is not None:
@@ -173,13 +221,13 @@ class MemoryStateStore:
         testing: bool = False,
     ) -> list[ProvisioningState]:
         with self._lock:
-            ids = set(self._data.index[self.keys.all_records])
+            ids = set(self._data.index[("all",)])
             if status is not None:
-                ids &= self._data.index[self.keys.by_status(int(status))]
+                ids &= self._data.index[("status", str(int(status)))]
             if kind is not None:
-                ids &= self._data.index[self.keys.by_kind(kind)]
+                ids &= self._data.index[("kind", kind)]
             if testing:
-                ids &= self._data.index[self.keys.calling_in_progress]
+                ids &= self._data.index[("calling",)]
             rows = [self._data.records[i] for i in sorted(ids) if i in self._data.records]
         return [decode_record(row) for row in rows]
 
@@ -188,11 +236,11 @@ class MemoryStateStore:
         after: str | None = None, limit: int = 100,
     ) -> RecordPage:
         with self._lock:
-            ids = set(self._data.index[self.keys.all_records])
+            ids = set(self._data.index[("all",)])
             if status is not None:
-                ids &= self._data.index[self.keys.by_status(int(status))]
+                ids &= self._data.index[("status", str(int(status)))]
             if kind is not None:
-                ids &= self._data.index[self.keys.by_kind(kind)]
+                ids &= self._data.index[("kind", kind)]
             ordered = sorted(i for i in ids if after is None or i > after)
             chosen = ordered[:limit]
             rows = [self._data.records[i] for i in chosen if i in self._data.records]
@@ -202,7 +250,7 @@ class MemoryStateStore:
 
     def records_linking(self, column: str, value: str) -> list[str]:
         with self._lock:
-            return sorted(self._data.index[self.keys.by_link(column, value)])
+            return sorted(self._data.index[("link", column, value)])
 
     # -- leases ----------------------------------------------------------------------------
 
@@ -304,6 +352,33 @@ class MemoryStateStore:
     def outbox_size(self) -> int:
         with self._lock:
             return len(self._data.outbox)
+
+    def deletion(self, record_id: str) -> Deletion:
+        with self._lock:
+            return Deletion(self._data.deleted.get(record_id),
+                            self._data.purged.get(record_id))
+
+    def purge_deleted(self, cutoff: float, limit: int) -> list[str]:
+        with self._lock:
+            data = self._data
+            for rid in [rid for rid, when in data.purged.items() if when < cutoff]:
+                del data.purged[rid]
+            due = sorted((when, rid) for rid, when in data.deleted.items()
+                         if when <= cutoff and rid not in data.records
+                         and not data.inbox.get(rid))[:limit]
+            now = int(self.wall())
+            for _, rid in due:
+                del data.deleted[rid]
+                for table in (data.history, data.accepted, data.applied):
+                    table.pop(rid, None)
+                data.purged[rid] = now
+            return [rid for _, rid in due]
+
+    def outbox_trim(self, keep: int) -> int:
+        with self._lock:
+            over = max(0, len(self._data.outbox) - keep)
+            del self._data.outbox[:over]
+            return over
 
     def ping(self) -> bool:
         return True

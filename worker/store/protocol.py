@@ -2,7 +2,8 @@
 
 Both run the same contract tests (tests/unit/test_store_contract.py). The guarantees:
 
-* ``accept`` appends an event to its record's inbox once per event id, in call order.
+* ``accept`` appends an event to its record's inbox once per event id within the dedupe
+  window (SPEC §3), in call order.
 * ``commit`` is one atomic step: compare the version, write (or delete) the record, append
   its history entries, mark the dedupe key applied, pop the inbox head it applied, update
   the indexes and the retry schedule. It fails as a whole (CONFLICT/DUPLICATE) or not at all.
@@ -83,6 +84,15 @@ class RecordPage:
 
     records: list[ProvisioningState]
     next_after: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Deletion:
+    """When a record was deleted and when its history was purged (epoch seconds; None:
+    not deleted / not purged, or purged longer than one retention ago)."""
+
+    deleted_at: float | None
+    purged_at: float | None
 
 
 class StateStore(Protocol):
@@ -207,5 +217,17 @@ class StateStore(Protocol):
         ...
 
     def outbox_size(self) -> int: ...
+
+    def outbox_trim(self, keep: int) -> int:
+        """Drop the oldest entries beyond ``keep`` (the mirror is off); how many went."""
+        ...
+
+    def deletion(self, record_id: str) -> Deletion: ...
+
+    def purge_deleted(self, cutoff: float, limit: int) -> list[str]:
+        """Drop the history and dedupe window of up to ``limit`` records deleted at or
+        before ``cutoff`` (epoch seconds) and still deleted, remembering when (``deletion``),
+        and forget purges older than ``cutoff``. Returns the purged record ids."""
+        ...
 
     def ping(self) -> bool: ...

@@ -1,23 +1,38 @@
-"""``RedisStateStore``: the record store on Redis, atomic through the Lua scripts in lua/."""
+"""``RedisStateStore``: the record store on Redis or a Redis Cluster (store v2), atomic
+through the Lua scripts in lua/ (worker/store/scripts.py runs them). Every script touches
+the keys of one shard (one hash tag, one cluster slot): a record's own keys and its
+shard's indexes (worker/keys.py). Batches go as one non-transactional pipeline; on a
+``RedisCluster`` redis-py splits it by node and routes each EVALSHA by its first key."""
 
 from __future__ import annotations
 
 import bisect
 import json
+import math
+import time
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
 from typing import Any, cast
 
 import redis
 
 from statemachine import HistoryEntry, ProvisioningState, StatusReason
-from worker.keys import Keys, decode_record, dumps, encode_record
-from worker.store.protocol import Claim, Commit, CommitStatus, InboxItem, RecordPage, Release
+from worker.keys import Keys, dumps
+from worker.store import codec
+from worker.store import stamp as stored_format
+from worker.store.outbox import ShardedOutbox
+from worker.store.protocol import (
+    Claim,
+    Commit,
+    CommitStatus,
+    Deletion,
+    InboxItem,
+    RecordPage,
+    Release,
+)
+from worker.store.scripts import ScriptRunner, evalsha
 from worker.store.translate import translated as _translated
 
-
-def _script(name: str) -> str:
-    return (Path(__file__).parent / "lua" / f"{name}.lua").read_text(encoding="utf-8")
+DEFAULT_DEDUPE_WINDOW = 7 * 86400.0
 
 
 def inbox_item(event_id: str, payload: str) -> str:
@@ -26,50 +41,88 @@ def inbox_item(event_id: str, payload: str) -> str:
 
 
 class RedisStateStore:
-    """The StateStore on one Redis server (or a fakeredis server in tests)."""
+    """The StateStore on one Redis server, a Redis Cluster, or a fakeredis server in tests.
 
-    def __init__(self, client: redis.Redis, *, keys: Keys | None = None,
-                 history_limit: int = 1000) -> None:
+    ``dedupe_window`` (seconds): how long an accepted event id and an applied dedupe key
+    are remembered (SPEC §3). ``wall`` gives epoch seconds (the window's clock)."""
+
+    def __init__(self, client: redis.Redis | Any, *, keys: Keys | None = None,
+                 history_limit: int = 1000, dedupe_window: float = DEFAULT_DEDUPE_WINDOW,
+                 wall: Callable[[], float] = time.time) -> None:
         self.client = client
         self.keys = keys or Keys()
         self.history_limit = history_limit
-        self._accept = client.register_script(_script("accept"))
-        self._commit = client.register_script(_script("commit"))
-        self._release = client.register_script(_script("release"))
-        self._renew = client.register_script(_script("renew"))
-        self._drop_head = client.register_script(_script("drop_head"))
-        self._claim_orphans = client.register_script(_script("claim_orphans"))
+        self.dedupe_window = dedupe_window
+        self.wall = wall
+        self._runner = ScriptRunner(client)
+        self._scripts = self._runner.scripts
+        self._accept = self._scripts["accept"]
+        self._commit = self._scripts["commit"]
+        self._release = self._scripts["release"]
+        self._outbox = ShardedOutbox(client, self.keys, self._runner)
+
+    # -- format ------------------------------------------------------------------------------
+
+    def ensure_format(self, *, stamp: bool = True) -> None:
+        """Stamp an empty store (``stamp``) or check its stamp (worker/store/stamp.py)."""
+        with _translated():
+            stored_format.ensure(self.client, self.keys, stamp=stamp)
+
+    # -- the window ----------------------------------------------------------------------------
+
+    def _window_args(self) -> tuple[int, int]:
+        """(now, cutoff) in whole epoch seconds: marks older than cutoff are forgotten."""
+        now = int(self.wall())
+        return now, now - math.ceil(self.dedupe_window)
 
     # -- inbox ---------------------------------------------------------------------------
 
-    def accept(self, record_id: str, event_id: str, payload: str, *, now: float) -> bool:
+    def _accept_call(self, record_id: str, events: Sequence[tuple[str, str]],
+                     now: float) -> tuple[list[str], list[Any]]:
+        """The accept script for one record's (event id, payload) pairs, in order."""
         k = self.keys
+        now_s, cutoff = self._window_args()
+        args: list[Any] = [now, record_id, now_s, cutoff]
+        for event_id, payload in events:
+            args.extend((codec.digest(event_id), inbox_item(event_id, payload)))
+        return ([k.record(record_id), k.window(record_id), k.inbox(record_id),
+                 k.pending(k.shard(record_id))], args)
+
+    def accept(self, record_id: str, event_id: str, payload: str, *, now: float) -> bool:
+        keys, args = self._accept_call(record_id, [(event_id, payload)], now)
         with _translated():
-            added = self._accept(
-                keys=[k.accepted(record_id), k.inbox(record_id), k.pending],
-                args=[event_id, inbox_item(event_id, payload), now, record_id],
-            )
-        return bool(added)
+            added = self._accept(keys=keys, args=args)
+        return bool(cast(list[int], added)[0])
 
     def accept_many(self, items: Sequence[tuple[str, str, str]], *, now: float,
                     claim_seconds: float = 0.0) -> list[bool]:
+        """One script call per record with all its events of the batch, so that a failure
+        never leaves a later event of a record accepted and an earlier one not."""
         k = self.keys
+        by_record: dict[str, list[int]] = {}
+        for position, (record_id, _, _) in enumerate(items):
+            by_record.setdefault(record_id, []).append(position)
 
         def fill(pipe: Any) -> None:
-            for record_id, event_id, payload in items:
-                _evalsha(pipe, self._accept,
-                         [k.accepted(record_id), k.inbox(record_id), k.pending],
-                         [event_id, inbox_item(event_id, payload), now, record_id])
+            for record_id, positions in by_record.items():
+                evalsha(pipe, self._accept, *self._accept_call(
+                    record_id, [(items[p][1], items[p][2]) for p in positions], now))
             if claim_seconds > 0:
-                for record_id in dict.fromkeys(record_id for record_id, _, _ in items):
+                for record_id in by_record:
                     pipe.set(k.claimed(record_id), "1", px=max(1, int(claim_seconds * 1000)))
 
         answers = self._pipelined(fill)
-        return [bool(added) for added in answers[:len(items)]]
+        added = [False] * len(items)
+        for positions, flags in zip(by_record.values(), answers, strict=False):
+            for position, flag in zip(positions, flags, strict=True):
+                added[position] = bool(flag)
+        return added
 
     def forget_accepted(self, record_id: str, event_id: str) -> None:
         with _translated():
-            self.client.srem(self.keys.accepted(record_id), event_id)
+            self._scripts["forget"](
+                keys=[self.keys.record(record_id), self.keys.window(record_id)],
+                args=[codec.digest(event_id), self._window_args()[1]])
 
     def head(self, record_id: str) -> InboxItem | None:
         with _translated():
@@ -80,11 +133,11 @@ class RedisStateStore:
         return InboxItem(event_id, payload)
 
     def heads(self, record_ids: Sequence[str], count: int) -> list[list[InboxItem]]:
-        with _translated():
-            pipe = self.client.pipeline(transaction=False)
+        def fill(pipe: Any) -> None:
             for record_id in record_ids:
                 pipe.lrange(self.keys.inbox(record_id), 0, count - 1)
-            rows = cast(list[list[str]], pipe.execute())
+
+        rows = cast(list[list[str]], self._pipelined(fill))
         return [[InboxItem(*json.loads(raw)) for raw in items] for items in rows]
 
     def inbox_size(self, record_id: str) -> int:
@@ -94,25 +147,37 @@ class RedisStateStore:
     def drop_head(self, record_id: str, event_id: str, owner: str) -> bool:
         k = self.keys
         with _translated():
-            return bool(self._drop_head(
-                keys=[k.inbox(record_id), k.lease(record_id), k.accepted(record_id)],
-                args=[event_id, owner],
+            return bool(self._scripts["drop_head"](
+                keys=[k.inbox(record_id), k.lease(record_id), k.record(record_id),
+                      k.window(record_id)],
+                args=[event_id, owner, codec.digest(event_id)],
             ))
 
     # -- records ---------------------------------------------------------------------------
 
     def load(self, record_id: str) -> ProvisioningState | None:
         with _translated():
-            raw = cast(str | None, self.client.hget(self.keys.record(record_id), "json"))
-        return None if raw is None else decode_record(raw)
+            head = cast(str | None, self.client.lindex(self.keys.record(record_id), 0))
+        return codec.unpack_record(record_id, head)
 
     def is_applied(self, record_id: str, key: str) -> bool:
-        with _translated():
-            return bool(self.client.sismember(self.keys.applied(record_id), key))
+        k = self.keys
+        digest = codec.digest(key)
+
+        def fill(pipe: Any) -> None:
+            pipe.lindex(k.record(record_id), 1)
+            pipe.zmscore(k.window(record_id), ["k" + digest, "b" + digest])
+
+        blob, scores = self._pipelined(fill)
+        marks = codec.window_marks(blob) if blob and blob != "*" else {}
+        seen = [marks.get("k" + digest), marks.get("b" + digest), *(scores or [])]
+        cutoff = self._window_args()[1]
+        return any(score is not None and float(score) >= cutoff for score in seen)
 
     def commit(self, commit: Commit) -> CommitStatus:
+        keys, args = self._commit_call(commit)
         with _translated():
-            return CommitStatus(self._run_commit(commit, self.client))
+            return CommitStatus(self._commit(keys=keys, args=args))
 
     def commit_many(self, commits: Sequence[Commit], *, release: Sequence[str] = (),
                     owner: str = "") -> tuple[list[CommitStatus], list[Release]]:
@@ -122,10 +187,10 @@ class RedisStateStore:
 
         def fill(pipe: Any) -> None:
             for commit in commits:
-                _evalsha(pipe, self._commit, *self._commit_call(commit))
+                evalsha(pipe, self._commit, *self._commit_call(commit))
             for record_id in release:
-                _evalsha(pipe, self._release,
-                         [k.lease(record_id), k.inbox(record_id), k.pending],
+                evalsha(pipe, self._release,
+                         [k.lease(record_id), k.inbox(record_id), k.pending(k.shard(record_id))],
                          [owner, record_id, "0"])
 
         answers = self._pipelined(fill)
@@ -133,42 +198,23 @@ class RedisStateStore:
                 [Release(int(result)) for result in answers[len(commits):]])
 
     def _pipelined(self, fill: Callable[[Any], None]) -> list[Any]:
-        """Run the commands ``fill`` queues in one non-transactional pipeline. Scripts go
-        as EVALSHA (redis-py's Script objects would add a SCRIPT EXISTS round trip to every
-        pipeline); a Redis that lost its scripts (restarted, flushed) answers NOSCRIPT to
-        every one of them, nothing of the scripts ran, so they are loaded and the pipeline
-        is sent again."""
-        with _translated():
-            for attempt in (1, 2):
-                pipe = self.client.pipeline(transaction=False)
-                fill(pipe)
-                try:
-                    answers: list[Any] = pipe.execute()
-                    return answers
-                except redis.exceptions.NoScriptError:
-                    if attempt == 2:
-                        raise
-                    for script in (self._accept, self._commit, self._release):
-                        self.client.script_load(script.script)
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _run_commit(self, commit: Commit, client: Any) -> Any:
-        """Call the commit script on ``client`` (the connection, or a pipeline)."""
-        keys, args = self._commit_call(commit)
-        return self._commit(keys=keys, args=args, client=client)
+        return self._runner.pipelined(fill)
 
     def _commit_call(self, commit: Commit) -> tuple[list[str], list[Any]]:
         """The keys and arguments of the commit script for ``commit``."""
         k = self.keys
         rid = commit.record_id
+        shard = k.shard(rid)
         old, new = k.index_keys(commit.before), k.index_keys(commit.after)
         remove, add = sorted(old - new), sorted(new - old)
+        old_links, new_links = k.link_entries(commit.before), k.link_entries(commit.after)
+        unlink, link = sorted(old_links - new_links), sorted(new_links - old_links)
         after = commit.after
+        now_s, cutoff = self._window_args()
         args: list[Any] = [
             commit.expected_version,
-            "" if after is None else encode_record(after),
-            0 if after is None else after.version,
-            commit.dedupe_key or "",
+            "" if after is None else codec.pack_record(after),
+            codec.digest(commit.dedupe_key) if commit.dedupe_key else "",
             commit.pop_event_id or "",
             commit.lease_owner or "",
             "" if commit.retry_at is None else repr(commit.retry_at),
@@ -178,73 +224,119 @@ class RedisStateStore:
             len(add),
             rid,
             commit.outbox_entry or "",
-            *(dumps(entry.to_json()) for entry in commit.entries),
+            now_s,
+            cutoff,
+            len(unlink),
+            len(link),
+            "1" if commit.dedupe_key and commit.dedupe_key == commit.pop_event_id else "0",
+            *(value for _, value in unlink),
+            *(value for _, value in link),
+            *(codec.pack_entry(entry) for entry in commit.entries),
         ]
-        return ([k.record(rid), k.history(rid), k.inbox(rid), k.applied(rid), k.lease(rid),
-                 k.retries, k.outbox, *remove, *add], args)
+        return ([k.record(rid), k.inbox(rid), k.window(rid), k.lease(rid), k.retries(shard),
+                 k.outbox(shard), k.deleted(shard), k.purged(shard), *remove, *add,
+                 *(key for key, _ in unlink), *(key for key, _ in link)], args)
 
     def history(self, record_id: str) -> list[HistoryEntry]:
         with _translated():
-            rows = cast(list[str], self.client.lrange(self.keys.history(record_id), 0, -1))
-        return [HistoryEntry.from_json(json.loads(row)) for row in rows]
+            rows = cast(list[str], self.client.lrange(self.keys.record(record_id), 2, -1))
+        return [codec.unpack_entry(record_id, row) for row in rows]
 
     def append_history(self, record_id: str, entries: Iterable[HistoryEntry]) -> None:
-        rows = [dumps(entry.to_json()) for entry in entries]
+        rows = [codec.pack_entry(entry) for entry in entries]
         if not rows:
             return
         with _translated():
-            pipe = self.client.pipeline(transaction=True)
-            pipe.rpush(self.keys.history(record_id), *rows)
-            if self.history_limit > 0:
-                pipe.ltrim(self.keys.history(record_id), -self.history_limit, -1)
-            pipe.execute()
+            self._scripts["append"](keys=[self.keys.record(record_id)],
+                                    args=[self.history_limit, *rows])
 
     def list_records(
         self, *, status: StatusReason | None = None, kind: str | None = None,
         testing: bool = False,
     ) -> list[ProvisioningState]:
         k = self.keys
-        sets = [k.all_records]
-        if status is not None:
-            sets.append(k.by_status(int(status)))
-        if kind is not None:
-            sets.append(k.by_kind(kind))
+        wanted = k.index_sets(status=status, kind=kind)
+        per_shard = len(wanted) // k.shards
+
+        def members(pipe: Any) -> None:
+            for shard in range(k.shards):
+                # SUNION by name: redis-py's cluster pipeline blocks multi-key methods,
+                # though these keys share one hash tag.
+                pipe.execute_command("SUNION", *wanted[shard * per_shard:(shard + 1) * per_shard])
+
         if testing:
-            sets.append(k.calling_in_progress)
-        with _translated():
-            ids = sorted(cast(set[str], self.client.sinter(sets)))
-            pipe = self.client.pipeline(transaction=False)
+            ids = sorted(self._testing_ids(wanted, per_shard))
+        else:
+            ids = sorted(set().union(*(set(found) for found in self._pipelined(members))))
+
+        def heads(pipe: Any) -> None:
             for record_id in ids:
-                pipe.hget(k.record(record_id), "json")
-            rows = pipe.execute()
-        return [decode_record(row) for row in rows if row is not None]
+                pipe.lindex(k.record(record_id), 0)
+
+        rows = cast(list[str | None], self._pipelined(heads)) if ids else []
+        records = (codec.unpack_record(rid, row) for rid, row in zip(ids, rows, strict=True))
+        return [record for record in records if record is not None]
+
+    def _testing_ids(self, wanted: list[str], per_shard: int) -> set[str]:
+        """Records with a calling test InProgress among the ``wanted`` index sets."""
+        k = self.keys
+
+        def fill(pipe: Any) -> None:
+            for shard in range(k.shards):
+                pipe.smembers(k.calling_in_progress(shard))
+                pipe.execute_command("SUNION", *wanted[shard * per_shard:(shard + 1) * per_shard])
+
+        answers = self._pipelined(fill)
+        found: set[str] = set()
+        for start in range(0, len(answers), 2):
+            found |= set(answers[start]) & set(answers[start + 1])
+        return found
 
     def page_records(
         self, *, status: StatusReason | None = None, kind: str | None = None,
         after: str | None = None, limit: int = 100,
     ) -> RecordPage:
         k = self.keys
-        sets = [k.all_records]
-        if status is not None:
-            sets.append(k.by_status(int(status)))
-        if kind is not None:
-            sets.append(k.by_kind(kind))
-        with _translated():
-            # The ids only (36 bytes each); the records of the page are read afterwards.
-            ids = sorted(cast(set[str], self.client.sinter(sets)))
-            start = bisect.bisect_right(ids, after) if after is not None else 0
-            chosen = ids[start:start + limit]
-            pipe = self.client.pipeline(transaction=False)
+        wanted = k.index_sets(status=status, kind=kind)
+        per_shard = len(wanted) // k.shards
+
+        def members(pipe: Any) -> None:
+            for shard in range(k.shards):
+                pipe.execute_command("SUNION", *wanted[shard * per_shard:(shard + 1) * per_shard])
+
+        # The ids only (36 bytes each); the records of the page are read afterwards.
+        ids = sorted(set().union(*(set(found) for found in self._pipelined(members))))
+        start = bisect.bisect_right(ids, after) if after is not None else 0
+        chosen = ids[start:start + limit]
+
+        def heads(pipe: Any) -> None:
             for record_id in chosen:
-                pipe.hget(k.record(record_id), "json")
-            rows = pipe.execute() if chosen else []
+                pipe.lindex(k.record(record_id), 0)
+
+        rows = cast(list[str | None], self._pipelined(heads)) if chosen else []
+        records = (codec.unpack_record(rid, row) for rid, row in zip(chosen, rows, strict=True))
         more = start + limit < len(ids)
-        return RecordPage([decode_record(row) for row in rows if row is not None],
+        return RecordPage([record for record in records if record is not None],
                           chosen[-1] if more and chosen else None)
 
     def records_linking(self, column: str, value: str) -> list[str]:
-        with _translated():
-            return sorted(cast(set[str], self.client.smembers(self.keys.by_link(column, value))))
+        k = self.keys
+
+        def fill(pipe: Any) -> None:
+            for shard in range(k.shards):
+                pipe.hget(k.links(shard, column), value)
+
+        holders = cast(list[str | None], self._pipelined(fill))
+        found = {holder for holder in holders if holder not in (None, "*")}
+        many = [shard for shard, holder in enumerate(holders) if holder == "*"]
+        if many:
+            def sets(pipe: Any) -> None:
+                for shard in many:
+                    pipe.smembers(f"{k.links(shard, column)}:{value}")
+
+            for members in cast(list[set[str]], self._pipelined(sets)):
+                found |= members
+        return sorted(found)
 
     # -- leases ----------------------------------------------------------------------------
 
@@ -256,31 +348,33 @@ class RedisStateStore:
     def acquire_many(self, record_ids: Sequence[str], owner: str, seconds: float,
                      read: int) -> list[Claim | None]:
         k = self.keys
-        with _translated():
-            pipe = self.client.pipeline(transaction=False)
+
+        def fill(pipe: Any) -> None:
             for record_id in record_ids:
                 pipe.set(k.lease(record_id), owner, nx=True, px=int(seconds * 1000))
-                pipe.hget(k.record(record_id), "json")
+                pipe.lindex(k.record(record_id), 0)
                 pipe.lrange(k.inbox(record_id), 0, read - 1)
-            answers = pipe.execute()
+
+        answers = self._pipelined(fill)
         claims: list[Claim | None] = []
-        for start in range(0, len(answers), 3):
-            got, raw, items = answers[start:start + 3]
-            claims.append(Claim(None if raw is None else decode_record(raw),
+        for n, start in enumerate(range(0, len(answers), 3)):
+            got, head, items = answers[start:start + 3]
+            claims.append(Claim(codec.unpack_record(record_ids[n], head),
                                 [InboxItem(*json.loads(item)) for item in items])
                           if got else None)
         return claims
 
     def renew_lease(self, record_id: str, owner: str, seconds: float) -> bool:
         with _translated():
-            return bool(self._renew(keys=[self.keys.lease(record_id)],
-                                    args=[owner, int(seconds * 1000)]))
+            return bool(self._scripts["renew"](keys=[self.keys.lease(record_id)],
+                                               args=[owner, int(seconds * 1000)]))
 
     def release_lease(self, record_id: str, owner: str, *, hand_over: bool = False) -> bool:
         k = self.keys
         with _translated():
-            result = self._release(keys=[k.lease(record_id), k.inbox(record_id), k.pending],
-                                   args=[owner, record_id, "1" if hand_over else "0"])
+            result = self._release(
+                keys=[k.lease(record_id), k.inbox(record_id), k.pending(k.shard(record_id))],
+                args=[owner, record_id, "1" if hand_over else "0"])
         return int(result) == 1
 
     def release_many(self, record_ids: Sequence[str], owner: str) -> list[Release]:
@@ -291,21 +385,39 @@ class RedisStateStore:
             ttl = int(self.client.pttl(self.keys.lease(record_id)))
         return None if ttl < 0 else ttl / 1000
 
+    def _scored(self, key_of: Callable[[int], str], high: float | str) -> list[tuple[str, float]]:
+        """Members of one zset per shard with score <= high, by (score, member)."""
+        def fill(pipe: Any) -> None:
+            for shard in range(self.keys.shards):
+                pipe.zrangebyscore(key_of(shard), "-inf", high, withscores=True)
+
+        rows = [(str(member), float(score)) for answer in self._pipelined(fill)
+                for member, score in cast(list[Any], answer)]
+        return sorted(rows, key=lambda row: (row[1], row[0]))
+
     def pending(self) -> list[str]:
-        with _translated():
-            return list(cast(list[str], self.client.zrange(self.keys.pending, 0, -1)))
+        return [member for member, _ in self._scored(self.keys.pending, "+inf")]
 
     def claim_orphans(self, limit: int, claim_seconds: float) -> list[str]:
-        with _translated():
-            claimed = self._claim_orphans(keys=[self.keys.pending],
-                                          args=[self.keys.prefix, limit,
-                                                max(1, int(claim_seconds * 1000))])
-        return [str(record_id) for record_id in cast(list[Any], claimed)]
+        """One script per shard (each in one slot), each looking at the oldest
+        ``ceil(limit / shards)`` pending records of its shard: a sweep examines about
+        ``limit`` records in all, as on one list, and records spread evenly over shards."""
+        k = self.keys
+        per_shard = math.ceil(limit / k.shards)
+        claim_ms = max(1, int(claim_seconds * 1000))
+
+        def fill(pipe: Any) -> None:
+            for shard in range(k.shards):
+                evalsha(pipe, self._scripts["claim_orphans"], [k.pending(shard)],
+                         [k.base(shard), per_shard, claim_ms])
+
+        # Every record claimed is returned (to be kicked), even when the shards' shares
+        # add up to a few more than ``limit``.
+        return [str(record_id) for got in self._pipelined(fill)
+                for record_id in cast(list[Any], got)]
 
     def due_retries(self, now: float) -> list[tuple[str, float]]:
-        with _translated():
-            rows = self.client.zrangebyscore(self.keys.retries, "-inf", now, withscores=True)
-        return [(str(member), float(score)) for member, score in cast(list[Any], rows)]
+        return self._scored(self.keys.retries, now)
 
     def count_deliveries(self, task_id: str, ttl_seconds: int) -> int:
         key = self.keys.deliveries(task_id)
@@ -316,24 +428,52 @@ class RedisStateStore:
             count, _ = pipe.execute()
         return int(count)
 
+    # -- the outbox: one list per shard, each in commit order (worker/store/outbox.py) --
+
     def outbox_peek(self, count: int) -> list[str]:
-        with _translated():
-            return list(cast(list[str], self.client.lrange(self.keys.outbox, 0, count - 1)))
+        return self._outbox.peek(count)
 
     def outbox_ack(self, count: int) -> None:
-        with _translated():
-            self.client.ltrim(self.keys.outbox, count, -1)
+        self._outbox.ack(count)
 
     def outbox_size(self) -> int:
-        with _translated():
-            return int(self.client.llen(self.keys.outbox))
+        return self._outbox.size()
+
+    def outbox_trim(self, keep: int) -> int:
+        return self._outbox.trim(keep)
+
+    # -- deleted records -------------------------------------------------------------------
+
+    def deletion(self, record_id: str) -> Deletion:
+        k = self.keys
+        shard = k.shard(record_id)
+
+        def fill(pipe: Any) -> None:
+            pipe.zscore(k.deleted(shard), record_id)
+            pipe.zscore(k.purged(shard), record_id)
+
+        deleted, purged = self._pipelined(fill)
+        return Deletion(None if deleted is None else float(deleted),
+                        None if purged is None else float(purged))
+
+    def purge_deleted(self, cutoff: float, limit: int) -> list[str]:
+        k = self.keys
+        due = [rid for rid, _ in self._scored(k.deleted, cutoff)][:limit]
+        now = int(self.wall())
+
+        def fill(pipe: Any) -> None:
+            for rid in due:
+                shard = k.shard(rid)
+                evalsha(pipe, self._scripts["purge"],
+                         [k.record(rid), k.window(rid), k.inbox(rid), k.deleted(shard),
+                          k.purged(shard)], [rid, cutoff, now])
+            for shard in range(k.shards):
+                pipe.zremrangebyscore(k.purged(shard), "-inf", f"({cutoff}")
+
+        answers = self._pipelined(fill)
+        return [rid for rid, done in zip(due, answers, strict=False) if int(done) == 1]
 
     def ping(self) -> bool:
         with _translated():
             return bool(self.client.ping())
-
-
-def _evalsha(pipe: Any, script: Any, keys: list[str], args: list[Any]) -> None:
-    """Queue ``script`` on ``pipe`` by its SHA1 (see ``RedisStateStore._pipelined``)."""
-    pipe.evalsha(script.sha, len(keys), *keys, *args)
 
