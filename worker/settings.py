@@ -57,7 +57,8 @@ class BackendSettings:
     read_timeout: float = field(default=10.0, metadata=setting(
         "backend read timeout, seconds", above=0))
     max_tries: int = field(default=4, metadata=setting(
-        "in-task tries of one backend call (at least 3, SPEC §4)", minimum=3))
+        "in-task tries of one backend call (at least 3: docs/contract.md#backend-calls)",
+        minimum=3))
     backoff_base: float = field(default=0.2, metadata=setting(
         "first in-task backoff, seconds (exponential, full jitter)", minimum=0))
     backoff_cap: float = field(default=5.0, metadata=setting(
@@ -197,11 +198,11 @@ class Settings:
     # History kept per record (0: unbounded).
     history_limit: int = field(default=1000, metadata=setting(
         "history entries kept per record (0: all)", minimum=0))
-    # Running it (README "Deploy"): metrics, health checks, shutdown.
+    # Running it (docs/deploy.md): metrics, health checks, shutdown.
     # 9839, not 9808: celery-exporter's default, which often runs in the same pod.
     metrics_port: int = field(default=9839, metadata=setting(  # 0: no endpoint
         "the worker's Prometheus `/metrics` and `/healthz` port (0: no endpoint); see "
-        "Deploy", minimum=0, maximum=65535,
+        "docs/deploy.md", minimum=0, maximum=65535,
         wording="must be a port number (0 turns it off)"))
     metrics_address: str = field(default="127.0.0.1", metadata=setting(
         "the address it binds; the container image sets `0.0.0.0`", nonblank=True))
