@@ -1,4 +1,4 @@
-# Shortcuts for the commands the README gives. `make bench` runs every benchmark in turn
+# Shortcuts for the commands the README and docs/ give. `make bench` runs every benchmark in turn
 # (about 45 minutes on 2 CPUs; results in bench/results/); never part of the test suite.
 PY ?= .venv/bin/python
 

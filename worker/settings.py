@@ -65,7 +65,7 @@ class BackendSettings:
         "longest in-task backoff, seconds (at least the base)", minimum=0))
     retry_after_cap: float = field(default=10.0, metadata=setting(
         "longest `Retry-After` honoured in the task, seconds", minimum=0))
-    # Per-backend protection (README "Configuration"): steps calling one backend at once
+    # Per-backend protection (docs/configuration.md): steps calling one backend at once
     # in a process, its calls per second across every process (0: no limit), and the
     # circuit breaker (0 failures: no breaker).
     provisioner_max_in_flight: int = field(default=200, metadata=setting(
@@ -114,7 +114,7 @@ class BackendSettings:
 class Settings:
     """Every setting of the worker. Build it with ``Settings.from_env()``.
 
-    Field ``foo_bar`` is read from ``PROVISIONING_FOO_BAR``; the README lists them all.
+    Field ``foo_bar`` is read from ``PROVISIONING_FOO_BAR``; docs/configuration.md lists them all.
     """
 
     redis_url: str = field(default=DEFAULT_REDIS_URL, repr=False, metadata=setting(
@@ -223,7 +223,7 @@ class Settings:
     embedded_redis: str = field(default="auto", metadata=setting(
         "demo only: the embedded Redis it starts (`auto` prefers a `redis-server` on the "
         "PATH)", choices=("auto", "redis-server", "fakeredis")))
-    # The HTTP API, `provisioning serve` (SPEC §8, README "HTTP API").
+    # The HTTP API, `provisioning serve` (docs/api.md).
     api_host: str = field(default="127.0.0.1", metadata=setting(
         "where `provisioning serve` listens (`--host`); the compose file and Kubernetes "
         "use `0.0.0.0`", nonblank=True))
@@ -307,8 +307,8 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Read every ``PROVISIONING_*`` variable and check it against its rule (README
-        "Configuration"), then the rules relating two settings; raise ConfigurationError
+        """Read every ``PROVISIONING_*`` variable and check it against its rule
+        (docs/configuration.md), then the rules relating two settings; raise ConfigurationError
         with one line per problem, each naming the variable and the rule it breaks."""
         env = os.environ if environ is None else environ
         problems: list[str] = []

@@ -3,7 +3,7 @@
 -- claimed within the last ARGV[3] ms, so recovery sweeps running on every worker at once
 -- send one drain task per orphan per interval, not one each.
 -- Lease and claim keys are derived from the prefix (ARGV[1]): this store assumes one Redis
--- server, not a cluster (see README "What is not guaranteed").
+-- server, not a cluster (see docs/contract.md, "Guarantees and limits").
 -- KEYS: pending    ARGV: prefix, limit, claim_ms
 local claimed = {}
 local members = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)
