@@ -27,8 +27,8 @@ class Rule:
     ``choices`` lists the accepted words (compared without case); ``schemes`` the URL
     schemes a URL may have (it must also name a host, or a path for ``unix``);
     ``nonblank`` refuses an empty or blank word. ``default_text`` is what
-    docs/configuration.md shows as the default when the field's own default is not the whole story (None: computed
-    elsewhere); ``wording`` replaces the generated rule text."""
+    docs/configuration.md shows as the default when the field's own default is not the
+    whole story (None: computed elsewhere); ``wording`` replaces the generated rule text."""
 
     meaning: str
     default_text: str | None = None
