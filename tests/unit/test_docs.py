@@ -159,6 +159,19 @@ def test_nothing_points_outside_the_repository(page: Path) -> None:
     assert "SPEC.md" not in text
 
 
+REPO_PATH = re.compile(r"`((?:worker|tests|scripts|bench|deploy|statemachine|docs|\.ci)/[^`\s]*)`")
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda path: path.name)
+def test_every_path_the_docs_name_exists(page: Path) -> None:
+    """`worker/http/openapi.py`, `tests/unit/test_docs.py`…: named in code spans, not linked,
+    and still each one a file or directory of the repository."""
+    named = [found.group(1) for found in REPO_PATH.finditer(page.read_text(encoding="utf-8"))]
+    paths = {re.sub(r"[#:].*$", "", name.rstrip(".,;")) for name in named
+             if not any(mark in name for mark in "*<{…")}
+    assert not sorted(path for path in paths if not (ROOT / path).exists())
+
+
 def test_the_anchor_rules_are_githubs() -> None:
     assert slug("A backend is down (circuit open)") == "a-backend-is-down-circuit-open"
     assert slug("From Python, and from any Celery client") == \
