@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib.util
+import json
 import re
 import shlex
 import subprocess
@@ -21,6 +22,7 @@ import pytest
 
 from statemachine import COLUMNS, LOOKUPS, AutomatedCallingStatus, Lookup, StatusReason
 from statemachine.diagram import mermaid
+from tests.factories import run_cli_on
 from worker.cli import main
 from worker.cli.parser import build_parser
 from worker.settings import PREFIX, setting_names
@@ -318,6 +320,31 @@ def test_the_completion_examples_run(shell: str) -> None:
         capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     assert "provisioning" in done.stdout
+
+
+def test_the_readme_command_line_tour_runs_on_a_store(
+    memory_service: Any, kicks: Any, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The tour's submit, list, show, history and failed commands, as the README gives them,
+    on an in-memory store whose records a stand-in worker drains (no server needed)."""
+    run_cli_on(monkeypatch, memory_service)
+    monkeypatch.chdir(ROOT)
+    tour = [argv for _, line in code_lines(README.read_text(encoding="utf-8"))
+            if (argv := command(line)) and argv[0] in ("submit", "list", "show", "history",
+                                                       "failed")]
+    assert [argv[0] for argv in tour] == ["submit", "list", "show", "history", "failed"]
+    for argv in tour:
+        assert main(argv) == 0, argv
+        for record_id in dict.fromkeys(kicks.records):
+            memory_service.drain(record_id)
+        kicks.records.clear()
+        out = capsys.readouterr().out
+        assert out.strip(), argv
+        if argv[0] == "show":
+            assert json.loads(out)["msdyn_ocprovisioningstateid"] == argv[1]
+        if argv[0] == "history":
+            assert "provision.requested demo-004" in out
 
 
 # -- what the code defines, documented ---------------------------------------------------------
