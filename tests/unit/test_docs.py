@@ -20,7 +20,15 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from statemachine import COLUMNS, LOOKUPS, AutomatedCallingStatus, Lookup, StatusReason
+from statemachine import (
+    COLUMNS,
+    LOOKUPS,
+    AutomatedCallingStatus,
+    Lookup,
+    ProvisioningState,
+    StatusReason,
+    parse_event,
+)
 from statemachine.diagram import mermaid
 from tests.factories import run_cli_on
 from worker.cli import main
@@ -345,6 +353,17 @@ def test_the_readme_command_line_tour_runs_on_a_store(
             assert json.loads(out)["msdyn_ocprovisioningstateid"] == argv[1]
         if argv[0] == "history":
             assert "provision.requested demo-004" in out
+
+
+def test_the_contracts_json_examples_are_what_the_code_reads_and_writes() -> None:
+    """The event example is a valid event; the record example is a record the codec reads
+    back and writes out with the same keys."""
+    blocks = re.findall(r"```json\n(.*?)```", CONTRACT, re.DOTALL)
+    event, record = (json.loads(block) for block in blocks)
+    parsed = parse_event(event)
+    assert parsed.id == event["id"]
+    state = ProvisioningState.from_dataverse(record)
+    assert set(state.to_dataverse()) == set(record)
 
 
 # -- what the code defines, documented ---------------------------------------------------------
