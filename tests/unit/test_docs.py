@@ -295,6 +295,84 @@ def test_every_cli_example_parses(where: str, argv: list[str], readers_directory
         assert code == 0, f"{where}: {error}"
 
 
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def _choices(parser: argparse.ArgumentParser) -> set[str]:
+    return {str(choice) for action in parser._actions
+            if not action.option_strings and action.choices
+            and not isinstance(action, argparse._SubParsersAction)
+            for choice in action.choices}
+
+
+def summary_problems(code: str) -> list[str]:
+    """What a syntax summary (`provisioning token create --name NAME … \\| list [--json]`)
+    names that the parser lacks: a command, an option of its command, or an alternative
+    (after `\\|` or a glued `|`) that is neither a sibling command nor a choice."""
+    words: list[str] = []
+    for word in code.replace("\\|", " \\| ").split()[1:]:
+        if word in ("|", "<", ">", "&&", ";"):
+            break  # a shell pipe or redirection ends the command
+        words.extend(part for part in re.split(r"(\\\||\|)", word) if part)
+    path = [build_parser()]
+    problems: list[str] = []
+    alternative = False
+    for raw in words:
+        word = raw.strip("[]()…,")
+        if word in ("|", "\\|"):
+            alternative = True
+            continue
+        if not word:
+            continue
+        if alternative and word.islower() and not word.startswith("-"):
+            if len(path) > 1 and word in _subcommands(path[-2]):
+                path.pop()  # `token create … | list`: a sibling command
+            elif word not in _choices(path[-1]):
+                problems.append(f"{word}: neither beside {path[-1].prog} nor a choice")
+        alternative = False
+        current = path[-1]
+        if word.startswith("--"):
+            if word.split("=")[0] not in {option for action in current._actions
+                                          for option in action.option_strings}:
+                problems.append(f"{word}: not an option of {current.prog}")
+        elif word in _subcommands(current):
+            path.append(_subcommands(current)[word])
+        elif _subcommands(current) and word.islower():
+            problems.append(f"{word}: not a command of {current.prog}")
+    return problems
+
+
+SUMMARIES = [(f"{page.name}: `{span['code'].strip()}`", span["code"].strip())
+             for page in PAGES for line in prose(page.read_text(encoding="utf-8"))
+             for span in CODE_SPAN.finditer(line)
+             if span["code"].strip().startswith("provisioning ")]
+
+
+@pytest.mark.parametrize(("where", "code"), SUMMARIES, ids=[where for where, _ in SUMMARIES])
+def test_every_inline_command_names_real_commands_and_options(where: str, code: str) -> None:
+    """Syntax summaries (`provisioning failed list [--since WHEN] [--json]`) too: what
+    they name exists in the parser."""
+    assert not summary_problems(code), where
+
+
+def test_a_summary_naming_what_the_parser_lacks_is_caught() -> None:
+    assert len(SUMMARIES) > 40
+    assert summary_problems("provisioning failed list [--since WHEN] [--bogus]") == [
+        "--bogus: not an option of provisioning failed list"]
+    assert summary_problems("provisioning tokn revoke NAME") == [
+        "tokn: not a command of provisioning", "revoke: not a command of provisioning"]
+    assert summary_problems("provisioning token create --name NAME \\| lst") == [
+        "lst: neither beside provisioning token create nor a choice"]
+    assert summary_problems("provisioning completion bash\\|zsh\\|fsh") == [
+        "fsh: neither beside provisioning completion nor a choice"]
+    assert summary_problems("provisioning dataverse status\\|check\\|import [--json]") == []
+    assert summary_problems("provisioning failed list --json | head") == []
+
+
 def test_an_example_that_does_not_parse_is_caught(capsys: pytest.CaptureFixture[str]) -> None:
     argv = command("$ provisioning failed replay --all --dry-rum")
     assert argv == ["failed", "replay", "--all", "--dry-rum"]
