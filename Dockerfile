@@ -2,7 +2,7 @@
 # The Provisioning State worker: one image for the worker, beat and the backend emulator.
 #   docker build -t provisioning-state-worker .
 #   docker run --rm -e PROVISIONING_REDIS_URL=redis://redis:6379/0 provisioning-state-worker
-# README "Deploy" says how docker-compose.yml and deploy/ use it.
+# docs/deploy.md says how docker-compose.yml and deploy/ use it.
 
 FROM python:3.11-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1

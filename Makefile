@@ -1,11 +1,17 @@
-# Shortcuts for the commands the README gives. `make bench` runs every benchmark in turn
+# Shortcuts for the commands the README and docs/ give. `make bench` runs every benchmark in turn
 # (about 45 minutes on 2 CPUs; results in bench/results/); never part of the test suite.
 PY ?= .venv/bin/python
 
-.PHONY: check bench bench-quick
+.PHONY: check docs bench bench-quick
 
 check:
 	bash scripts/check
+
+# The generated parts of the docs: the settings table (docs/configuration.md) and the
+# README's demo output (a real run of about 10 s).
+docs:
+	$(PY) scripts/settings_table.py
+	$(PY) scripts/demo_output.py
 
 bench:
 	$(PY) bench/apply.py

@@ -1,11 +1,12 @@
-"""Write README's configuration table from the settings themselves (``worker/settings.py``:
-each field's default and its ``setting(...)`` rule), between the markers in README.md.
+"""Write the configuration table of docs/configuration.md from the settings themselves
+(``worker/settings.py``: each field's default and its ``setting(...)`` rule), between the
+markers in that file.
 
     .venv/bin/python scripts/settings_table.py          # rewrite the table
-    .venv/bin/python scripts/settings_table.py --check  # exit 1 when README is stale
+    .venv/bin/python scripts/settings_table.py --check  # exit 1 when the table is stale
 
-tests/unit/test_readme.py runs the check, so a setting added without regenerating the
-table fails the tests.
+tests/unit/test_docs.py runs the check, so a setting added without regenerating the table
+fails the tests.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 from worker.settings import PREFIX, BackendSettings, Settings  # noqa: E402
 from worker.settings_rules import Rule, rule_of  # noqa: E402
 
-README = ROOT / "README.md"
+CONFIGURATION = ROOT / "docs" / "configuration.md"
 START = "<!-- settings table: written by scripts/settings_table.py, do not edit -->"
 END = "<!-- end of settings table -->"
 
@@ -57,24 +58,24 @@ def table() -> str:
 
 
 def rewritten(text: str) -> str:
-    """README's text with the table between the markers replaced."""
+    """The document's text with the table between the markers replaced."""
     head, start, rest = text.partition(START)
     _, end, tail = rest.partition(END)
     if not start or not end:
-        raise SystemExit(f"README.md lacks the markers {START!r} … {END!r}")
+        raise SystemExit(f"{CONFIGURATION.name} lacks the markers {START!r} … {END!r}")
     return f"{head}{START}\n{table()}\n{END}{tail}"
 
 
 def main(argv: list[str]) -> int:
-    text = README.read_text(encoding="utf-8")
+    text = CONFIGURATION.read_text(encoding="utf-8")
     new = rewritten(text)
     if "--check" in argv:
         if new != text:
-            print("README.md's configuration table is stale: run "
+            print("docs/configuration.md's settings table is stale: run "
                   "`.venv/bin/python scripts/settings_table.py`", file=sys.stderr)
             return 1
         return 0
-    README.write_text(new, encoding="utf-8")
+    CONFIGURATION.write_text(new, encoding="utf-8")
     return 0
 
 

@@ -1,7 +1,7 @@
 """The ``msdyn_ocprovisioningstate`` table as data (SPEC §1, seed reference).
 
 Every column, choice value, lookup and delete rule is defined here once; the
-record codec, the machines, the store's indexes and the README all read it.
+record codec, the machines, the store's indexes and the docs' tests all read it.
 """
 
 from __future__ import annotations

@@ -51,7 +51,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_time_limit": settings.task_time_limit,
         "worker_send_task_events": True,
         "task_send_sent_event": True,
-        # Shutdown (README "Deploy"): the images set REMAP_SIGTERM=SIGQUIT, so SIGTERM starts
+        # Shutdown (docs/deploy.md): the images set REMAP_SIGTERM=SIGQUIT, so SIGTERM starts
         # a soft shutdown: running tasks get this long to finish, then the rest are cancelled
         # and their unacknowledged messages go back to the queue. Idle workers exit at once
         # (a held ETA message is requeued when the broker connection closes). Kubernetes'

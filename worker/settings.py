@@ -58,14 +58,15 @@ class BackendSettings:
     read_timeout: float = field(default=10.0, metadata=setting(
         "backend read timeout, seconds", above=0))
     max_tries: int = field(default=4, metadata=setting(
-        "in-task tries of one backend call (at least 3, SPEC §4)", minimum=3))
+        "in-task tries of one backend call (at least 3: docs/contract.md#backend-calls)",
+        minimum=3))
     backoff_base: float = field(default=0.2, metadata=setting(
         "first in-task backoff, seconds (exponential, full jitter)", minimum=0))
     backoff_cap: float = field(default=5.0, metadata=setting(
         "longest in-task backoff, seconds (at least the base)", minimum=0))
     retry_after_cap: float = field(default=10.0, metadata=setting(
         "longest `Retry-After` honoured in the task, seconds", minimum=0))
-    # Per-backend protection (README "Configuration"): steps calling one backend at once
+    # Per-backend protection (docs/configuration.md): steps calling one backend at once
     # in a process, its calls per second across every process (0: no limit), and the
     # circuit breaker (0 failures: no breaker).
     provisioner_max_in_flight: int = field(default=200, metadata=setting(
@@ -114,7 +115,7 @@ class BackendSettings:
 class Settings:
     """Every setting of the worker. Build it with ``Settings.from_env()``.
 
-    Field ``foo_bar`` is read from ``PROVISIONING_FOO_BAR``; the README lists them all.
+    Field ``foo_bar`` is read from ``PROVISIONING_FOO_BAR``; docs/configuration.md lists them all.
     """
 
     redis_url: str = field(default=DEFAULT_REDIS_URL, repr=False, metadata=setting(
@@ -215,11 +216,11 @@ class Settings:
     outbox_max_entries: int = field(default=100000, metadata=setting(
         "Dataverse outbox entries kept when the mirror is off (beat drops the oldest); "
         "with it on, a fuller outbox is reported", above=0))
-    # Running it (README "Deploy"): metrics, health checks, shutdown.
+    # Running it (docs/deploy.md): metrics, health checks, shutdown.
     # 9839, not 9808: celery-exporter's default, which often runs in the same pod.
     metrics_port: int = field(default=9839, metadata=setting(  # 0: no endpoint
         "the worker's Prometheus `/metrics` and `/healthz` port (0: no endpoint); see "
-        "Deploy", minimum=0, maximum=65535,
+        "docs/deploy.md", minimum=0, maximum=65535,
         wording="must be a port number (0 turns it off)"))
     metrics_address: str = field(default="127.0.0.1", metadata=setting(
         "the address it binds; the container image sets `0.0.0.0`", nonblank=True))
@@ -240,7 +241,7 @@ class Settings:
     embedded_redis: str = field(default="auto", metadata=setting(
         "demo only: the embedded Redis it starts (`auto` prefers a `redis-server` on the "
         "PATH)", choices=("auto", "redis-server", "fakeredis")))
-    # The HTTP API, `provisioning serve` (SPEC §8, README "HTTP API").
+    # The HTTP API, `provisioning serve` (docs/api.md).
     api_host: str = field(default="127.0.0.1", metadata=setting(
         "where `provisioning serve` listens (`--host`); the compose file and Kubernetes "
         "use `0.0.0.0`", nonblank=True))
@@ -327,8 +328,8 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Read every ``PROVISIONING_*`` variable and check it against its rule (README
-        "Configuration"), then the rules relating two settings; raise ConfigurationError
+        """Read every ``PROVISIONING_*`` variable and check it against its rule
+        (docs/configuration.md), then the rules relating two settings; raise ConfigurationError
         with one line per problem, each naming the variable and the rule it breaks."""
         env = os.environ if environ is None else environ
         problems: list[str] = []

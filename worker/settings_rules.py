@@ -1,5 +1,5 @@
 """What each setting means and which values it takes: the rules ``Settings.from_env``
-checks once at start, and the text of README's configuration table
+checks once at start, and the text of docs/configuration.md's table
 (``scripts/settings_table.py`` writes it from these).
 
 A setting's rule lives in its dataclass field's metadata (``setting(...)``), so the field,
@@ -26,9 +26,9 @@ class Rule:
     ``above``/``minimum``/``maximum`` bound a number (``above`` excludes the bound);
     ``choices`` lists the accepted words (compared without case); ``schemes`` the URL
     schemes a URL may have (it must also name a host, or a path for ``unix``);
-    ``nonblank`` refuses an empty or blank word. ``default_text`` is what README shows
-    as the default when the field's own default is not the whole story (None: computed
-    elsewhere); ``wording`` replaces the generated rule text."""
+    ``nonblank`` refuses an empty or blank word. ``default_text`` is what
+    docs/configuration.md shows as the default when the field's own default is not the
+    whole story (None: computed elsewhere); ``wording`` replaces the generated rule text."""
 
     meaning: str
     default_text: str | None = None
@@ -41,7 +41,8 @@ class Rule:
     wording: str | None = None
 
     def text(self) -> str:
-        """The rule in words, as an error line and README's "allowed" column say it."""
+        """The rule in words, as an error line and docs/configuration.md's "allowed" column
+        say it."""
         if self.wording:
             return self.wording
         if self.choices:

@@ -163,7 +163,7 @@ def test_workload_identity_signs_in_through_azure_identity_over_tls(
             monkeypatch.delenv(name, raising=False)  # DefaultAzureCredential's first try
         if credential == "default":
             # DefaultAzureCredential does not hand its authority to its workload identity
-            # leg, which reads AZURE_AUTHORITY_HOST (the README says so).
+            # leg, which reads AZURE_AUTHORITY_HOST (docs/dataverse.md says so).
             monkeypatch.setenv("AZURE_AUTHORITY_HOST", url)
         env = {**mirror_settings("redis://127.0.0.1:1/0", url, url),
                "PROVISIONING_DATAVERSE_CREDENTIAL": credential}

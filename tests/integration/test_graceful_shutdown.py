@@ -1,5 +1,5 @@
 """SIGTERM in the middle of a batch: what a worker has in flight is finished or requeued,
-and nothing accepted is lost or applied twice (README "Deploy", SPEC §7).
+and nothing accepted is lost or applied twice (docs/deploy.md, docs/contract.md).
 
 The worker runs as in the container image: ``REMAP_SIGTERM=SIGQUIT``, so SIGTERM starts
 Celery's soft shutdown (PROVISIONING_SOFT_SHUTDOWN_TIMEOUT) and then a cold one that

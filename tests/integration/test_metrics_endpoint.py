@@ -1,5 +1,5 @@
 """A real worker's Prometheus endpoint, ``provisioning health`` against real processes, and
-the password of the Redis URL kept out of every log line and output (README "Deploy").
+the password of the Redis URL kept out of every log line and output (docs/deploy.md).
 
 The worker and beat reach Redis as an ACL user with a password, so the password is in every
 URL they are given.

@@ -68,7 +68,7 @@ def test_demo_names_a_database_it_cannot_reach_without_its_password() -> None:
 
 def test_demo_leaves_an_exported_redis_and_dataverse_alone(redis_url: str,
                                                            tmp_path: Path) -> None:
-    """The README's "against your Redis" exports must not lead the demo to a real system:
+    """The README's command-line tour exports must not lead the demo to a real system:
     it runs on its own embedded Redis and writes nothing where the settings point."""
     client = redis.Redis.from_url(redis_url)
     client.set("production-data", "keep")

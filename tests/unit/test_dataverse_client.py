@@ -39,7 +39,7 @@ from worker.dataverse.settings import TUNABLE_VARIABLES
 from worker.emulators import DataverseEmulator, Emulator
 from worker.errors import ConfigurationError
 
-README = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+DATAVERSE_DOC = (Path(__file__).parents[2] / "docs" / "dataverse.md").read_text(encoding="utf-8")
 
 
 def mirror_settings(**environ: str) -> MirrorSettings:
@@ -101,8 +101,8 @@ def test_mirror_settings_name_every_missing_or_bad_variable() -> None:
 
 
 @pytest.mark.parametrize("variable", TUNABLE_VARIABLES)
-def test_every_mirror_variable_is_in_the_readme(variable: str) -> None:
-    assert f"`{variable}`" in README
+def test_every_mirror_variable_is_in_the_dataverse_doc(variable: str) -> None:
+    assert f"| `{variable}` |" in DATAVERSE_DOC
 
 
 # -- tokens --------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 against the Compose Specification's schema (check-jsonschema's vendored copy), the
 Kubernetes manifests against the Kubernetes schemas (kubernetes-validate, strict), the
 systemd units with ``systemd-analyze verify`` where it exists and by their keys always,
-and the Dockerfile by its instructions. Then what README "Deploy" promises of them."""
+and the Dockerfile by its instructions. Then what docs/deploy.md promises of them."""
 
 from __future__ import annotations
 
@@ -370,9 +370,9 @@ def test_every_file_ships_the_default_metrics_port_and_not_celery_exporters(
     assert ("EXPOSE", str(METRICS_PORT)) in instructions()
     healthcheck = " ".join(compose["services"]["worker"]["healthcheck"]["test"])
     assert f"127.0.0.1:{METRICS_PORT}/healthz" in healthcheck
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert f":{METRICS_PORT}/metrics" in readme
-    assert ":9808" not in readme
+    deploy = (ROOT / "docs" / "deploy.md").read_text(encoding="utf-8")
+    assert f":{METRICS_PORT}/metrics" in deploy
+    assert ":9808" not in deploy
 
 
 def test_celery_soft_shutdown_follows_the_setting() -> None:

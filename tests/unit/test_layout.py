@@ -1,4 +1,4 @@
-"""The layout of README "Layout": each package's public surface is its ``__init__``'s
+"""The layout of docs/design.md "Layout": each package's public surface is its ``__init__``'s
 ``__all__``, and the read-only commands load neither Celery nor httpx."""
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 unit tests (``promtool test rules``); the Grafana dashboard reads its data source from the
 ``DS_PROMETHEUS`` template variable; and every metric a panel or a rule queries is one the
 worker exports (``worker/ops/metrics.py``), so renaming a metric fails here. Each alert
-links to its runbook section in README "On call".
+links to its section of docs/operations.md, "Troubleshooting by symptom".
 
 promtool comes from Debian's ``prometheus`` package (``.ci/run`` installs it); without it
 these tests skip, except under CI=true, where they fail."""
@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "provisioning-dashboard.json"
 RULES = ROOT / "deploy" / "prometheus" / "alerts.yml"
 RULE_TESTS = ROOT / "deploy" / "prometheus" / "alerts.test.yml"
-README = ROOT / "README.md"
+RUNBOOK = ROOT / "docs" / "operations.md"
 IN_CI = os.environ.get("CI", "").lower() == "true"
 DATASOURCE = {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}
 # Scraped from oliver006/redis_exporter next to the worker, not exported by it.
@@ -162,35 +162,42 @@ def test_every_alert_reads_metrics_the_worker_exports(alerts: list[dict[str, Any
         assert not unknown, f"{rule['alert']}: not exported: {sorted(unknown)}"
 
 
-def readme_anchors() -> list[str]:
-    """GitHub's anchors of README's headings (outside code blocks), in order."""
-    anchors: list[str] = []
+def runbook_headings() -> list[tuple[int, str]]:
+    """(level, GitHub's anchor) of the runbook's headings (outside code blocks), in order."""
+    headings: list[tuple[int, str]] = []
     fenced = False
-    for line in README.read_text(encoding="utf-8").splitlines():
+    for line in RUNBOOK.read_text(encoding="utf-8").splitlines():
         if line.startswith("```"):
             fenced = not fenced
-        elif not fenced and re.match(r"#{1,6} ", line):
-            title = line.lstrip("#").strip().lower()
-            anchors.append(re.sub(r"[^\w\- ]", "", title).replace(" ", "-"))
-    return anchors
+        elif not fenced and (found := re.match(r"(#{1,6}) (.*)", line)):
+            title = found.group(2).strip().lower()
+            headings.append((len(found.group(1)),
+                             re.sub(r"[^\w\- ]", "", title).replace(" ", "-")))
+    return headings
 
 
-def test_every_alert_has_a_summary_a_description_and_a_runbook_in_on_call(
+def test_every_alert_has_a_summary_a_description_and_a_runbook_by_symptom(
     alerts: list[dict[str, Any]],
 ) -> None:
-    anchors = readme_anchors()
-    on_call = anchors.index("on-call")
-    after = next(i for i in range(on_call + 1, len(anchors))
-                 if anchors[i] == "guarantees-and-limits")
+    headings = runbook_headings()
+    anchors = [anchor for _, anchor in headings]
+    start = anchors.index("troubleshooting-by-symptom")
+    end = next(i for i in range(start + 1, len(headings)) if headings[i][0] <= 2)
+    symptoms = anchors[start + 1:end]
+    linked = set()
     for rule in alerts:
         notes = rule["annotations"]
         assert notes["summary"].strip() and notes["description"].strip(), rule["alert"]
         assert rule["labels"]["severity"] in ("warning", "critical"), rule["alert"]
         link = urlsplit(notes["runbook_url"])
-        assert (RULES.parent / link.path).resolve() == README, rule["alert"]
+        assert (RULES.parent / link.path).resolve() == RUNBOOK, rule["alert"]
         assert anchors.count(link.fragment) == 1, f"{rule['alert']}: #{link.fragment}"
-        assert on_call < anchors.index(link.fragment) < after, (
-            f"{rule['alert']}: #{link.fragment} is not in README's On call section")
+        assert link.fragment in symptoms, (
+            f"{rule['alert']}: #{link.fragment} is not under docs/operations.md's "
+            "Troubleshooting by symptom")
+        assert rule["alert"] in RUNBOOK.read_text(encoding="utf-8"), rule["alert"]
+        linked.add(link.fragment)
+    assert linked == set(symptoms), "every symptom section is some alert's runbook"
 
 
 def test_every_rule_unit_test_names_an_alert_of_the_rules(alerts: list[dict[str, Any]]) -> None:

@@ -16,6 +16,7 @@ from worker.cli import console as cli
 from worker.cli import operate
 from worker.cli.common import parse_moment
 from worker.cli.progress import Progress
+from worker.cli.render import format_failed
 from worker.emulators import Emulator
 from worker.ops.operate import act, choose
 from worker.service import Service
@@ -337,3 +338,16 @@ def test_a_bulk_discard_counts_entries_on_a_terminal_and_prints_results_apart(
     assert "\r" not in out + err
     frames = [f.strip() for f in terminal.getvalue().split("\r") if f.strip()]
     assert frames == ["discard: entries: 1/3", "discard: entries: 2/3", "discard: entries: 3/3"]
+
+
+def test_failed_list_columns_line_up_under_their_headers_with_full_times() -> None:
+    entry = FailedTask(id="447de79ac467", task="provisioning.handle_event", event_id="e",
+                       event_type="deprovision.requested", record_id=new_id(),
+                       exception="UnknownRecord", message="record does not exist",
+                       last_failed_at="2026-12-07T11:39:35.386295Z")
+    header, row = format_failed([entry]).splitlines()
+    tries = header.index("TRIES")
+    assert row[tries + len("TRIES") - 1] == "1"  # right-aligned under its header
+    for column, value in (("LAST FAILED", entry.last_failed_at),
+                          ("EXCEPTION", "UnknownRecord"), ("RECORD", str(entry.record_id))):
+        assert row[header.index(column):].startswith(value), column

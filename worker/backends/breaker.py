@@ -1,4 +1,4 @@
-"""A circuit breaker per backend (README "On call": a backend is down).
+"""A circuit breaker per backend (docs/operations.md: a backend is down).
 
 Closed: calls go. After ``failures`` consecutive transient failures (connection errors,
 timeouts, 408, 425, 429, 5xx) it opens: for ``cooldown`` seconds no call goes, the steps

@@ -1,4 +1,4 @@
-"""What protects each backend from the worker (README "Configuration", "On call").
+"""What protects each backend from the worker (docs/configuration.md, docs/operations.md).
 
 Before each HTTP try of a call, the call's :class:`Gate` (one per backend per process)
 waits, in this order, for:

@@ -224,7 +224,7 @@ def _add_http(commands: Any) -> None:
     revoke.add_argument("name", metavar="NAME")
 
     serve = commands.add_parser(
-        "serve", help="run the HTTP API (SPEC §8)",
+        "serve", help="run the HTTP API (docs/api.md)",
         description="Serves until SIGTERM or Ctrl-C, then finishes the requests in flight "
                     "(at most PROVISIONING_API_SHUTDOWN_TIMEOUT seconds).")
     serve.add_argument("--host", metavar="HOST",

@@ -62,11 +62,12 @@ def format_history(entries: Sequence[HistoryEntry]) -> str:
 
 def format_failed(entries: Sequence[FailedTask]) -> str:
     # Times in full, with their zone (UTC, "Z"), as every other command prints them.
-    lines = [f"{'ENTRY':<12}  {'LAST FAILED':<24}  {'TRIES':>5}  {'EXCEPTION':<16}  "
+    # 27 characters: 2026-12-07T11:38:54.445156Z.
+    lines = [f"{'ENTRY':<12}  {'LAST FAILED':<27}  {'TRIES':>5}  {'EXCEPTION':<16}  "
              f"{'EVENT TYPE':<22}  {'RECORD':<36}  MESSAGE"]
     for e in entries:
         message = e.message.splitlines()[0] if e.message else ""
-        lines.append(f"{e.id:<12}  {e.last_failed_at:<24}  {e.attempts:>5}  "
+        lines.append(f"{e.id:<12}  {e.last_failed_at:<27}  {e.attempts:>5}  "
                      f"{e.exception:<16}  {(e.event_type or '-'):<22}  "
                      f"{(e.record_id or '-'):<36}  {message[:120]}")
     return "\n".join(lines)

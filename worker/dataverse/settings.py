@@ -1,8 +1,8 @@
 """The mirror's settings: the connection from ``Settings`` (SPEC §6) plus its own tunables.
 
 ``MirrorSettings.from_env(settings)`` is the only place the mirror reads the environment
-(``PROVISIONING_DATAVERSE_*`` beyond the five that ``Settings`` holds); the README's
-"Mirror to Dataverse" section lists them all. The client secret never appears in a repr.
+(``PROVISIONING_DATAVERSE_*`` beyond the five that ``Settings`` holds); docs/dataverse.md
+("The mirror's settings") lists them all. The client secret never appears in a repr.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Preference: a ``redis-server`` binary on the PATH (the real server, started on a free
 loopback port with no persistence), else fakeredis's TCP server in a thread (pure Python,
-installed with the package, runs the store's Lua scripts through lupa). The README says
+installed with the package, runs the store's Lua scripts through lupa). docs/configuration.md says
 what each costs.
 """
 

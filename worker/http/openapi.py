@@ -85,8 +85,9 @@ def _schemas() -> dict[str, Any]:
         },
         "CloudEvent": {
             "type": "object", "description": "A CloudEvents 1.0 event in structured form "
-                                             "(SPEC §3); any value is accepted here and "
-                                             "refused with its problems when not valid.",
+                                             "(docs/contract.md#events-in); any value is "
+                                             "accepted here and refused with its problems "
+                                             "when not valid.",
             "properties": {
                 "specversion": {"const": "1.0"}, "id": {"type": "string"},
                 "source": {"type": "string"},
@@ -111,7 +112,9 @@ def _schemas() -> dict[str, Any]:
             },
         },
         "Record": {
-            "type": "object", "description": "A record in Dataverse Web API shape (SPEC §5.1)",
+            "type": "object",
+            "description": "A record in Dataverse Web API shape "
+                           "(docs/contract.md#a-record-as-json)",
             "required": ["@odata.etag", "msdyn_ocprovisioningstateid", "msdyn_name",
                          "statecode", "statuscode", "versionnumber", *lookups],
             "properties": {
@@ -133,7 +136,7 @@ def _schemas() -> dict[str, Any]:
                            "@odata.nextLink": {"type": "string", "format": "uri"}},
         },
         "HistoryEntry": {
-            "type": "object", "description": "SPEC §5.2",
+            "type": "object", "description": "A history entry (docs/contract.md#history-entries)",
             "required": ["version", "event_id", "event_type", "trigger", "outcome", "reason",
                          "from", "to", "at", "task_id"],
             "properties": {
@@ -227,7 +230,7 @@ def document() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "Provisioning State worker", "version": "1",
                  "description": "msdyn_ocprovisioningstate records, their events and their "
-                                "failed tasks (SPEC §8). Errors are RFC 9457 problems."},
+                                "failed tasks (docs/api.md). Errors are RFC 9457 problems."},
         "components": {
             "schemas": _schemas(),
             "securitySchemes": {"bearer": {

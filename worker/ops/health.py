@@ -141,7 +141,7 @@ def _failed(counts: StoreCounts, settings: Settings) -> tuple[bool, str]:
 
 def _circuits(board: CircuitBoard) -> tuple[bool, str]:
     """Fails while any process holds a backend's circuit open (or half-open): the backend
-    is failing and the steps that call it wait (README "On call")."""
+    is failing and the steps that call it wait (docs/operations.md)."""
     entries = board.read()
     if not entries:
         return True, "every backend's circuit is closed"

@@ -1,4 +1,4 @@
-"""Prometheus metrics of the worker, served by its main process (README "Deploy").
+"""Prometheus metrics of the worker, served by its main process (docs/deploy.md).
 
 Celery's prefork pool runs tasks in child processes, so the counters and histograms use
 prometheus-client's multiprocess mode: every process writes its samples to memory-mapped
@@ -59,7 +59,7 @@ from worker.store.counts import Backlog, StoreCounts
 
 log = structlog.get_logger("worker")
 
-# Every metric family the endpoint serves (the README lists them with their labels).
+# Every metric family the endpoint serves (docs/deploy.md lists them with their labels).
 COUNTERS = (
     "provisioning_events_total",
     "provisioning_backend_failures_total",
