@@ -167,6 +167,24 @@ def process_mirror() -> Mirror | None:
         return _mirrors[pid]
 
 
+class StoreFormat(bootsteps.StartStopStep):
+    """A worker refuses, at start, a store of another format (an unmigrated v1 store: run
+    ``provisioning migrate``, docs/store.md) or of another PROVISIONING_STORE_SHARDS: it
+    logs ``store_refused`` and exits 2 instead of running with every drain failing. A
+    store that cannot be reached is left to the sweeps and tasks (Redis may come back)."""
+
+    def start(self, parent: Any) -> None:
+        settings = bootstrap.current_settings()
+        configure(settings)
+        try:
+            bootstrap.build_store(settings).ensure_format()  # stamps a new, empty store
+        except ConfigurationError as exc:
+            log.critical("store_refused", error=str(exc))
+            raise SystemExit(2) from None
+        except Exception as exc:  # noqa: BLE001 - unreachable now is not refused
+            log.warning("store_format_unchecked", error=str(exc))
+
+
 class Recovery(bootsteps.StartStopStep):
     """Every worker sweeps for orphaned inboxes on a timer, so a killed worker's events are
     applied within lease + interval seconds even when beat is not running."""
@@ -232,6 +250,7 @@ class Metrics(bootsteps.StartStopStep):
         self.stop(parent)
 
 
+app.steps["worker"].add(StoreFormat)
 app.steps["worker"].add(Recovery)
 app.steps["worker"].add(Metrics)
 

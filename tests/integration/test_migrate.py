@@ -6,6 +6,7 @@ audit line is accounted for; an interrupted migration resumes; a dry run writes 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,12 @@ import redis
 
 from statemachine import HistoryEntry, StatusReason
 from statemachine.table import LOOKUP_COLUMNS
+from tests.integration.workers import FAST_SETTINGS, CeleryProcess
 from worker.errors import ConfigurationError
 from worker.http.auth.tokens import RedisTokenStore
 from worker.keys import Keys, decode_record
+from worker.ops.health import run_checks
+from worker.settings import Settings
 from worker.store import migrate as migration
 from worker.store.failed import FailedTask, RedisFailedStore
 from worker.store.migrate import migrate
@@ -218,3 +222,31 @@ def test_the_cli_migrates(client: redis.Redis, redis_url: str,
         from worker.settings import Settings
 
         configure(Settings(log_format="console", log_level="INFO"))
+
+
+def test_a_worker_refuses_an_unmigrated_store_at_start(
+        client: redis.Redis, redis_url: str, tmp_path: Path) -> None:
+    """A v1 store stops a worker at start (exit 2, ``store_refused`` naming the migrate
+    command), and health's store check fails with the same reason, instead of a worker
+    that runs with every drain failing."""
+    restore(client)
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith("PROVISIONING_")}
+    env.update(FAST_SETTINGS)
+    env.update({"PROVISIONING_REDIS_URL": redis_url, "PROVISIONING_BROKER_URL": redis_url})
+    process = CeleryProcess("refused", ["worker", "--pool", "solo", "--without-gossip",
+                                        "--without-mingle", "--loglevel", "WARNING"],
+                            env, tmp_path / "worker.log")
+    try:
+        assert process.process.wait(timeout=60) == 2, process.tail()
+    finally:
+        process.stop()
+    log = process.log.read_text(encoding="utf-8")
+    assert "store_refused" in log and "provisioning migrate" in log, log
+    assert not client.exists(f"{P}:meta")  # nothing stamped, nothing written
+
+    settings = Settings.from_env({"PROVISIONING_REDIS_URL": redis_url})
+    checks = {check.name: check for check in run_checks(
+        settings, client, ["store", "failed_tasks"])}
+    assert not checks["store"].ok and "provisioning migrate" in checks["store"].detail
+    assert "unreachable" not in checks["failed_tasks"].detail  # it was reached

@@ -2,7 +2,7 @@
 
 Checks, one line each (for probes and for humans)::
 
-    store   the record store answers PING
+    store   the record store answers PING and holds this release's format (or none yet)
     broker  a connection to the Celery broker can be opened
     beat    beat's heartbeat is younger than PROVISIONING_HEALTH_BEAT_MAX_AGE
     failed_tasks  the failed-task store holds at most PROVISIONING_HEALTH_FAILED_MAX entries
@@ -24,12 +24,13 @@ from urllib.parse import unquote, urlsplit
 import redis
 from kombu import Connection
 
-from worker.errors import StoreError
+from worker.errors import ConfigurationError, StoreError
 from worker.keys import Keys
 from worker.ops.heartbeat import read_heartbeat
 from worker.settings import Settings, redact_url
 from worker.store.circuits import CircuitBoard, CircuitEntry
 from worker.store.counts import StoreCounts
+from worker.store.stamp import ensure as ensure_format
 
 CHECKS = ("store", "broker", "beat", "failed_tasks", "circuits", "outbox")
 
@@ -76,8 +77,7 @@ def run_checks(settings: Settings, client: redis.Redis, names: Sequence[str] = C
     ``broker_check`` replaces the real broker check (tests)."""
     counts = StoreCounts(client, Keys(settings.key_prefix, settings.store_shards))
     probes: dict[str, Callable[[], tuple[bool, str]]] = {
-        "store": lambda: (True, f"PING {counts.ping() * 1000:.1f} ms "
-                                f"({redact_url(settings.redis_url)})"),
+        "store": lambda: _store(client, counts, settings),
         "broker": lambda: (True, (broker_check or check_broker)(settings)),
         "beat": lambda: _beat(client, settings),
         "failed_tasks": lambda: _failed(counts, settings),
@@ -100,7 +100,7 @@ def run_checks(settings: Settings, client: redis.Redis, names: Sequence[str] = C
         except Exception as exc:  # noqa: BLE001 - every failure is a failing line
             ok, detail = False, f"{type(exc).__name__}: {exc}"
         detail = scrub(detail, settings)
-        if not ok and name == "store":
+        if not ok and name == "store" and not detail.startswith(FORMAT_REFUSED):
             store_error = detail
         if not ok and name in where:
             detail = f"{detail} ({where[name]})"
@@ -120,6 +120,20 @@ def check_broker(settings: Settings) -> str:
                                       timeout=math.ceil(settings.health_timeout))
     return (f"connected in {(time.perf_counter() - started) * 1000:.1f} ms "
             f"({redact_url(settings.broker)})")
+
+
+FORMAT_REFUSED = "format: "
+
+
+def _store(client: redis.Redis, counts: StoreCounts, settings: Settings) -> tuple[bool, str]:
+    """The store answers, and holds the format this release reads (an unmigrated v1 store
+    fails here: workers refuse it at start, docs/store.md)."""
+    rtt = counts.ping()
+    try:
+        ensure_format(client, Keys(settings.key_prefix, settings.store_shards), stamp=False)
+    except ConfigurationError as exc:
+        return False, FORMAT_REFUSED + str(exc)
+    return True, f"PING {rtt * 1000:.1f} ms ({redact_url(settings.redis_url)})"
 
 
 def _beat(client: redis.Redis, settings: Settings) -> tuple[bool, str]:
