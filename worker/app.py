@@ -19,6 +19,7 @@ from celery import Celery, bootsteps
 from celery.signals import celeryd_after_setup, worker_process_init, worker_process_shutdown
 
 from worker import bootstrap, task_names
+from worker.bootstrap import tracing
 from worker.bootstrap.mirror import build_mirror, mirror_settings
 from worker.bootstrap.services import build_service
 from worker.dataverse import Mirror, startup
@@ -264,6 +265,7 @@ def _process_gone(pid: int | None = None, **_: Any) -> None:
     loop's steps still running are cancelled (their records' next drain runs them again
     with the same Idempotency-Keys) and its HTTP connections closed."""
     metrics.process_exited(pid or os.getpid())
+    tracing.flush(2000)  # os._exit follows: no atexit hook exports the last spans
     with _services_lock:
         service = _services.pop(os.getpid(), None)
     if service is not None:
