@@ -130,7 +130,9 @@ def flush(timeout_millis: int = 5000) -> None:
 
 
 def reset() -> None:
-    """Forget the configuration (tests)."""
+    """Forget the configuration (tests): this process's provider is shut down."""
+    if _configured.provider is not None and _configured.pid == os.getpid():
+        _configured.provider.shutdown()
     _configured.pid = None
     _configured.provider = None
     tracing.install(None)
