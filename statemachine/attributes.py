@@ -47,6 +47,8 @@ def parse_extensions(raw: Mapping[str, Any], report: Report,
     """The extension attributes of ``raw`` (an event's JSON object), in their order; each
     problem goes to ``report(path, reason)``."""
     extensions: Extensions = {}
+    if raw.keys() <= CORE_ATTRIBUTES:
+        return extensions  # the common case: none at all
     for name, value in raw.items():
         if name in CORE_ATTRIBUTES or value is None:
             continue

@@ -24,8 +24,8 @@ ids: propagation and log correlation work, and nothing is recorded (a few µs a 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Mapping, MutableMapping
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Mapping, MutableMapping
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -104,11 +104,23 @@ def parent_of(carrier: Mapping[str, Any] | None) -> Context | None:
     value = carrier.get("traceparent")
     if not isinstance(value, str):
         return None
-    headers = {"traceparent": value}
     state = carrier.get("tracestate")
+    if len(value) == 55 and value.startswith("00-") and not isinstance(state, str):
+        # The common case, parsed here: the propagator's regex costs more than the span.
+        try:
+            trace_id, span_id = int(value[3:35], 16), int(value[36:52], 16)
+            flags = int(value[53:55], 16)
+        except ValueError:
+            return None
+        if value[35] != "-" or value[52] != "-" or not trace_id or not span_id:
+            return None
+        remote = SpanContext(trace_id, span_id, is_remote=True,
+                             trace_flags=TraceFlags(flags & TraceFlags.SAMPLED))
+        return trace.set_span_in_context(NonRecordingSpan(remote), Context())
+    headers = {"traceparent": value}
     if isinstance(state, str):
         headers["tracestate"] = state
-    found = _PROPAGATOR.extract(headers)
+    found = _PROPAGATOR.extract(headers, context=Context())
     return found if trace.get_current_span(found).get_span_context().is_valid else None
 
 
@@ -129,15 +141,35 @@ def _start(name: str, parent: Context | None, kind: SpanKind,
                                         trace_flags=TraceFlags(TraceFlags.DEFAULT)))
 
 
-@contextmanager
+class _Scope:
+    """A started span, current inside a ``with`` block and ended at its end (a class, not
+    a generator: this runs several times per event). An exception leaving the block marks
+    a recorded span failed."""
+
+    __slots__ = ("_token", "span")
+
+    def __init__(self, current: Span) -> None:
+        self.span = current
+
+    def __enter__(self) -> Span:
+        self._token = otel_context.attach(trace.set_span_in_context(self.span))
+        return self.span
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 _: object) -> None:
+        otel_context.detach(self._token)
+        if isinstance(error, Exception) and self.span.is_recording():
+            self.span.record_exception(error)
+            self.span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+        self.span.end()
+
+
 def span(name: str, *, parent: Context | None = None, kind: SpanKind = SpanKind.INTERNAL,
          attributes: Mapping[str, Any] | None = None,
-         links: list[Link] | None = None) -> Iterator[Span]:
-    """A span, current inside the block (its parent: ``parent``, else the current span);
-    an exception leaving the block marks it failed."""
-    current = _start(name, parent, kind, attributes, links)
-    with trace.use_span(current, end_on_exit=True):
-        yield current
+         links: list[Link] | None = None) -> _Scope:
+    """A span, current inside the ``with`` block (its parent: ``parent``, else the current
+    span); ``as`` gives the span."""
+    return _Scope(_start(name, parent, kind, attributes, links))
 
 
 def accept_parent(events: list[Mapping[str, Any]]) -> Context | None:
@@ -152,20 +184,30 @@ def accept_parent(events: list[Mapping[str, Any]]) -> Context | None:
     return parent_of(events[0])
 
 
-@contextmanager
+class _Applying(_Scope):
+    """The scope of one event applied; ``as`` gives the context it runs in (for its step
+    and its log lines)."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> Context:  # type: ignore[override]
+        super().__enter__()
+        return otel_context.get_current()
+
+
 def applying(event: Mapping[str, Any] | None, accepted: str | None,
-             attributes: Mapping[str, Any]) -> Iterator[Context]:
+             attributes: Mapping[str, Any]) -> _Applying:
     """The span of one event applied: its parent is the event's ``traceparent``, else the
-    accept span's (``accepted``), which it links to when that is not its parent. Yields the
-    context to run what the event started in (its step, its log lines)."""
-    accept = parent_of({"traceparent": accepted}) if accepted else None
+    accept span's (``accepted``), which it links to when that is not its parent."""
     own = parent_of(event)
+    if own is not None and not recording():
+        return _Applying(_start(APPLY, own, SpanKind.INTERNAL, None, None))  # no link kept
+    accept = parent_of({"traceparent": accepted}) if accepted else None
     links = None
     if own is not None and accept is not None:
         links = [Link(trace.get_current_span(accept).get_span_context())]
-    with span(APPLY, parent=own or accept or Context(), attributes=attributes,
-              links=links):
-        yield otel_context.get_current()
+    return _Applying(_start(APPLY, own or accept or Context(), SpanKind.INTERNAL,
+                            attributes, links))
 
 
 def attached(context: Context | None) -> AbstractContextManager[None]:
@@ -198,7 +240,12 @@ def annotate(**attributes: Any) -> None:
 
 def inject(headers: dict[str, str]) -> dict[str, str]:
     """Add the current span's ``traceparent`` (and ``tracestate``) to ``headers``."""
-    _PROPAGATOR.inject(headers)
+    found = trace.get_current_span().get_span_context()
+    if found.is_valid:
+        headers["traceparent"] = (f"00-{found.trace_id:032x}-{found.span_id:016x}-"
+                                  f"{found.trace_flags:02x}")
+        if found.trace_state:
+            headers["tracestate"] = found.trace_state.to_header()
     return headers
 
 

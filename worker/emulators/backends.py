@@ -453,7 +453,9 @@ class Emulator:
 
 
 def _trace_headers(headers: Mapping[str, str]) -> tuple[str | None, str | None]:
-    """A request's ``traceparent`` and ``tracestate`` headers (names in any case)."""
-    found = {name.lower(): value for name, value in headers.items()
-             if name.lower() in ("traceparent", "tracestate")}
-    return found.get("traceparent"), found.get("tracestate")
+    """A request's ``traceparent`` and ``tracestate`` headers (httpx's headers look names
+    up in any case; the server's keep the case sent, lowercase as the worker sends them)."""
+    if isinstance(headers, httpx.Headers):
+        return headers.get("traceparent"), headers.get("tracestate")
+    return (headers.get("traceparent") or headers.get("Traceparent"),
+            headers.get("tracestate") or headers.get("Tracestate"))
