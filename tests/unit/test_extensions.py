@@ -4,7 +4,7 @@ storage, ``failed show`` and replay."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
@@ -13,7 +13,9 @@ from statemachine import InvalidEvent, parse_event
 from statemachine.attributes import is_traceparent
 from tests.factories import deprovision, new_id, provision, run_cli_on
 from worker.cli import console as cli
+from worker.logs import configure
 from worker.service import Service, submit_events
+from worker.settings import Settings
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 EXTENSIONS = {"traceparent": TRACEPARENT, "tracestate": "congo=t61rcWkgMzE",
@@ -81,6 +83,14 @@ def test_traceparent_follows_w3c_trace_context(value: str, valid: bool) -> None:
     assert is_traceparent(value) is valid
 
 
+@pytest.fixture
+def logs_restored() -> Iterator[None]:
+    """The CLI quietens logs to warnings; put them back for the tests after this one."""
+    yield
+    configure(Settings())
+
+
+@pytest.mark.usefixtures("logs_restored")
 def test_extensions_survive_submit_store_failed_show_and_replay(
     memory_service: Service, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
