@@ -115,7 +115,7 @@ def parent_of(carrier: Mapping[str, Any] | None) -> Context | None:
         if value[35] != "-" or value[52] != "-" or not trace_id or not span_id:
             return None
         remote = SpanContext(trace_id, span_id, is_remote=True,
-                             trace_flags=TraceFlags(flags & TraceFlags.SAMPLED))
+                             trace_flags=TraceFlags(flags))
         return trace.set_span_in_context(NonRecordingSpan(remote), Context())
     headers = {"traceparent": value}
     if isinstance(state, str):
@@ -165,11 +165,29 @@ class _Scope:
 
 
 def span(name: str, *, parent: Context | None = None, kind: SpanKind = SpanKind.INTERNAL,
-         attributes: Mapping[str, Any] | None = None,
-         links: list[Link] | None = None) -> _Scope:
+         attributes: Mapping[str, Any] | None = None, links: list[Link] | None = None,
+         optional: bool = False) -> _Scope | _Current:
     """A span, current inside the ``with`` block (its parent: ``parent``, else the current
-    span); ``as`` gives the span."""
+    span); ``as`` gives the span. An ``optional`` span is made only when spans are
+    recorded (one nothing records and no header carries would only cost time)."""
+    if optional and _state.tracer is None:
+        return _CURRENT
     return _Scope(_start(name, parent, kind, attributes, links))
+
+
+class _Current:
+    """The block of an optional span not made: ``as`` gives the current span."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> Span:
+        return trace.get_current_span()
+
+    def __exit__(self, *_: object) -> None:
+        return None
+
+
+_CURRENT = _Current()
 
 
 def accept_parent(events: list[Mapping[str, Any]]) -> Context | None:
@@ -195,13 +213,34 @@ class _Applying(_Scope):
         return otel_context.get_current()
 
 
+class _Within:
+    """A block run in a context (no span of its own); ``as`` gives the context."""
+
+    __slots__ = ("_context", "_token")
+
+    def __init__(self, context: Context) -> None:
+        self._context = context
+
+    def __enter__(self) -> Context:
+        self._token = otel_context.attach(self._context)
+        return self._context
+
+    def __exit__(self, *_: object) -> None:
+        otel_context.detach(self._token)
+
+
 def applying(event: Mapping[str, Any] | None, accepted: str | None,
-             attributes: Mapping[str, Any]) -> _Applying:
+             attributes: Mapping[str, Any]) -> _Applying | _Within:
     """The span of one event applied: its parent is the event's ``traceparent``, else the
-    accept span's (``accepted``), which it links to when that is not its parent."""
+    accept span's (``accepted``), which it links to when that is not its parent.
+
+    With nothing recording, no span is made: the block runs in that parent's context (the
+    backend calls still get span ids of their own; log lines carry the parent's)."""
     own = parent_of(event)
-    if own is not None and not recording():
-        return _Applying(_start(APPLY, own, SpanKind.INTERNAL, None, None))  # no link kept
+    if not recording():
+        parent = own or (parent_of({"traceparent": accepted}) if accepted else None)
+        return _Within(parent if parent is not None else trace.set_span_in_context(
+            _start(APPLY, Context(), SpanKind.INTERNAL, None, None), Context()))
     accept = parent_of({"traceparent": accepted}) if accepted else None
     links = None
     if own is not None and accept is not None:

@@ -100,10 +100,12 @@ class StepProgress:
 
 
 def step_span(step: RunStep) -> AbstractContextManager[tracing.Span]:
-    """The span of one step's calls (a child of the apply span that started it)."""
-    return tracing.span(tracing.STEP, attributes={
+    """The span of one step's calls (a child of the apply span that started it), made when
+    spans are recorded."""
+    return tracing.span(tracing.STEP, optional=True, attributes={
         "provisioning.step": step.kind.value, "provisioning.record_id": step.record_id,
-        "provisioning.event_id": step.event_id, "provisioning.version": step.started_version})
+        "provisioning.event_id": step.event_id, "provisioning.version": step.started_version,
+    } if tracing.recording() else None)
 
 
 def call_step(backends: Backends, observer: Observer, step: RunStep) -> StepResult:
