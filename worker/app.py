@@ -125,6 +125,7 @@ def _configuration() -> dict[str, Any]:
     line that is while it parses the worker's or beat's options, before anything starts):
     the settings (and the mirror's, when it is on) are validated there, once."""
     try:
+        tracing.exporter_names(os.environ)  # a wrong OTEL_* value stops the start, named
         return celery_config(bootstrap.current_settings())
     except ConfigurationError as exc:  # the mirror's own settings included
         raise SettingsRefused(exc.problems) from None

@@ -236,7 +236,7 @@ def test_a_wrong_exporter_or_protocol_is_refused_naming_the_variable() -> None:
                              "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"})
     with pytest.raises(ConfigurationError, match="OTEL_TRACES_EXPORTER: no trace exporter "
                                                  "'jaegr' is installed; installed: otlp"):
-        otel.build_exporter("jaegr")
+        otel.exporter_names({"OTEL_TRACES_EXPORTER": "console,jaegr"})
 
 
 def test_configure_records_once_per_process_and_names_the_service(
@@ -259,3 +259,14 @@ def test_configure_records_once_per_process_and_names_the_service(
         assert otel.configure({}) is False and not tracing.recording()
     finally:
         otel.reset()
+
+
+def test_the_celery_app_refuses_a_wrong_otel_variable_at_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from worker import app
+
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "jaegr")
+    with pytest.raises(app.SettingsRefused) as refused:
+        app._configuration()
+    assert "OTEL_TRACES_EXPORTER: no trace exporter 'jaegr'" in refused.value.problems[0]

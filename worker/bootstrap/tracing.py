@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
@@ -48,7 +49,8 @@ _configured = _Configured()
 
 
 def exporter_names(env: Mapping[str, str]) -> list[str]:
-    """The entry-point names of the exporters ``env`` asks for ([]: none)."""
+    """The entry-point names of the exporters ``env`` asks for ([]: none); raises
+    ConfigurationError naming the variable when one is not installed or not known."""
     if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return []
     text = env.get(EXPORTERS, "").strip().lower()
@@ -71,18 +73,24 @@ def exporter_names(env: Mapping[str, str]) -> list[str]:
             raise ConfigurationError(
                 f"{variable}: must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")
         names.append(PROTOCOLS[protocol])
+    for name in names:
+        _entry_point(name)
     return names
 
 
-def build_exporter(name: str) -> SpanExporter:
-    """The exporter an entry point of that name makes (configured by its OTEL_* variables)."""
+def _entry_point(name: str) -> Any:
     found = list(entry_points(group=ENTRY_POINTS, name=name))
     if not found:
         known = sorted({point.name for point in entry_points(group=ENTRY_POINTS)})
         raise ConfigurationError(
             f"{EXPORTERS}: no trace exporter {name!r} is installed; installed: "
             f"otlp, none, {', '.join(known)}")
-    exporter: SpanExporter = found[0].load()()
+    return found[0]
+
+
+def build_exporter(name: str) -> SpanExporter:
+    """The exporter an entry point of that name makes (configured by its OTEL_* variables)."""
+    exporter: SpanExporter = _entry_point(name).load()()
     return exporter
 
 
