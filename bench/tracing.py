@@ -31,6 +31,9 @@ sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != _H
 
 import argparse
 import json
+import os
+import platform
+import subprocess
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -105,6 +108,15 @@ def measure(events: int, repeat: int) -> float:
     return best * 1e6
 
 
+def machine() -> dict[str, Any]:
+    """Where the figures come from: the machine, Python and the commit measured."""
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                            cwd=_HERE, check=False).stdout.strip()
+    return {"nproc": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version(), "commit": commit,
+            "load_average": os.getloadavg()}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--events", type=int, default=20000)
@@ -128,7 +140,8 @@ def main() -> int:
     if args.output:
         with open(args.output, "w", encoding="utf-8") as out:
             json.dump({"benchmark": "bench/tracing.py", "events": args.events,
-                       "repeat": args.repeat, "cpu_us_per_event": figures}, out, indent=1)
+                       "repeat": args.repeat, "machine": machine(),
+                       "cpu_us_per_event": figures}, out, indent=1)
     return 0
 
 
