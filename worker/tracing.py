@@ -17,8 +17,10 @@ The spans (docs/tracing.md lists their attributes):
 
 Only the OpenTelemetry *API* is used here. Spans are recorded once a process installs an
 SDK tracer provider (``worker.bootstrap.tracing.configure``, when an exporter is set, and
-tests with an in-memory exporter); without one, spans are bare span contexts with fresh
-ids: propagation and log correlation work, and nothing is recorded (a few µs a span).
+tests with an in-memory exporter); without one, nothing is recorded: the apply and step
+blocks run in the event's context, and only the accept span and each backend try get ids
+of their own (bare span contexts), so propagation and log correlation still work at a few
+µs a span (bench/tracing.py).
 """
 
 from __future__ import annotations
@@ -75,7 +77,9 @@ STEP = "provisioning.step"
 TRACE_KEY = "trace"  # Envelope.context: the traceparent of the span that accepted it
 
 _PROPAGATOR = TraceContextTextMapPropagator()
-_rng = random.Random()
+# Ids come from the random module's own generator, as the SDK's do: Python seeds it again
+# in a forked child (an instance of our own would give every pool child the same ids).
+_random_bits = random.getrandbits
 
 
 class _State:
@@ -131,13 +135,13 @@ def _start(name: str, parent: Context | None, kind: SpanKind,
         return tracer.start_span(name, context=parent, kind=kind, attributes=attributes,
                                  links=links)
     above = trace.get_current_span(parent).get_span_context()
-    span_id = _rng.getrandbits(64) or 1
+    span_id = _random_bits(64) or 1
     if above.is_valid:
         return NonRecordingSpan(SpanContext(above.trace_id, span_id, is_remote=False,
                                             trace_flags=above.trace_flags,
                                             trace_state=above.trace_state))
     # A new trace that nothing records: not sampled, so a backend need not keep its part.
-    return NonRecordingSpan(SpanContext(_rng.getrandbits(128) or 1, span_id, is_remote=False,
+    return NonRecordingSpan(SpanContext(_random_bits(128) or 1, span_id, is_remote=False,
                                         trace_flags=TraceFlags(TraceFlags.DEFAULT)))
 
 

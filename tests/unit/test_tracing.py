@@ -270,3 +270,23 @@ def test_the_celery_app_refuses_a_wrong_otel_variable_at_start(
     with pytest.raises(app.SettingsRefused) as refused:
         app._configuration()
     assert "OTEL_TRACES_EXPORTER: no trace exporter 'jaegr'" in refused.value.problems[0]
+
+
+def test_forked_pool_children_make_ids_of_their_own() -> None:
+    """Prefork children start from the parent's memory: their span ids must still differ."""
+    import os
+
+    def one_id() -> str:
+        with tracing.span("x", kind=SpanKind.CLIENT):
+            return tracing.traceparent() or ""
+
+    reader, writer = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child process
+        os.write(writer, one_id().encode())
+        os._exit(0)
+    os.close(writer)
+    os.waitpid(child, 0)
+    theirs = os.read(reader, 100).decode()
+    os.close(reader)
+    assert theirs and theirs != one_id()
