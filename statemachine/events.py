@@ -12,6 +12,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from statemachine.attributes import Extensions, parse_extensions
 from statemachine.errors import InvalidEvent, Problem
 from statemachine.record import canonical_uuid, format_time, parse_time
 from statemachine.table import (
@@ -73,7 +74,8 @@ Payload = ProvisionRequested | GateKeeperReported | CallingTestCompleted | Paren
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """A validated event. ``id`` is the idempotency key; ``subject`` the record id."""
+    """A validated event. ``id`` is the idempotency key; ``subject`` the record id;
+    ``extensions`` every other attribute, as it arrived (``traceparent`` among them)."""
 
     id: str
     source: str
@@ -81,6 +83,7 @@ class Event:
     subject: str | None
     data: Payload = None
     time: datetime | None = None
+    extensions: Extensions = field(default_factory=dict, hash=False)
 
     def to_cloudevent(self) -> dict[str, Any]:
         """The structured JSON form, as accepted by ``parse_event`` (round trip)."""
@@ -94,6 +97,7 @@ class Event:
             event["subject"] = self.subject
         if self.time is not None:
             event["time"] = format_time(self.time)
+        event.update(self.extensions)
         data = _data_to_json(self.data)
         if data is not None:
             event["data"] = data
@@ -238,11 +242,12 @@ def parse_event(raw: Any) -> Event:
         except (TypeError, ValueError):
             read.problem("time", f"must be an RFC 3339 timestamp, not {_show(raw['time'])}")
     data = _parse_data(read, event_type, raw.get("data"))
+    extensions = parse_extensions(raw, read.problem, _show)
     if read.problems:
         raise InvalidEvent(read.problems)
     assert event_id is not None and source is not None and event_type is not None
     return Event(id=event_id, source=source, type=event_type, subject=subject,
-                 data=data, time=moment)
+                 data=data, time=moment, extensions=extensions)
 
 
 def _parse_data(read: _Reader, event_type: EventType | None, raw: Any) -> Payload:

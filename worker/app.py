@@ -19,6 +19,7 @@ from celery import Celery, bootsteps
 from celery.signals import celeryd_after_setup, worker_process_init, worker_process_shutdown
 
 from worker import bootstrap, task_names
+from worker.bootstrap import tracing
 from worker.bootstrap.mirror import build_mirror, mirror_settings
 from worker.bootstrap.services import build_service
 from worker.dataverse import Mirror, startup
@@ -127,6 +128,7 @@ def _configuration() -> dict[str, Any]:
     line that is while it parses the worker's or beat's options, before anything starts):
     the settings (and the mirror's, when it is on) are validated there, once."""
     try:
+        tracing.exporter_names(os.environ)  # a wrong OTEL_* value stops the start, named
         return celery_config(bootstrap.current_settings())
     except ConfigurationError as exc:  # the mirror's own settings included
         raise SettingsRefused(exc.problems) from None
@@ -286,6 +288,7 @@ def _process_gone(pid: int | None = None, **_: Any) -> None:
     loop's steps still running are cancelled (their records' next drain runs them again
     with the same Idempotency-Keys) and its HTTP connections closed."""
     metrics.process_exited(pid or os.getpid())
+    tracing.flush(2000)  # os._exit follows: no atexit hook exports the last spans
     with _services_lock:
         service = _services.pop(os.getpid(), None)
     if service is not None:

@@ -1,7 +1,8 @@
 """structlog set-up: JSON lines off a terminal, readable console output on one (SPEC §6).
 
 Every line a task writes carries task_id, event_id, record_id and trigger, bound with
-``structlog.contextvars``; secrets never reach a log line (URLs are redacted where logged).
+``structlog.contextvars``, and inside a span its trace_id and span_id (``worker.tracing``);
+secrets never reach a log line (URLs are redacted where logged).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 import structlog
 
 from worker.settings import Settings
+from worker.tracing import log_ids
 
 
 def configure(settings: Settings) -> None:
@@ -26,6 +28,7 @@ def configure(settings: Settings) -> None:
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            log_ids,  # trace_id and span_id inside a span
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.StackInfoRenderer(),

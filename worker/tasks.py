@@ -8,7 +8,7 @@ from typing import Any
 import structlog
 from celery import Task
 
-from worker import task_names
+from worker import task_names, tracing
 from worker.app import app, process_mirror, process_service
 from worker.dataverse.startup import first_start
 from worker.errors import InvalidArguments, LeaseLost, PoisonMessage, StoreError
@@ -46,7 +46,12 @@ def handle_event(self: Task[Any, Any], *args: Any, **kwargs: Any) -> dict[str, A
     service = process_service()
     body = _message_body(self)
     replay_of = kwargs.pop("replay_of", None)
-    with structlog.contextvars.bound_contextvars(task_id=self.request.id):
+    # A traced sender's context, in the message's traceparent header (Celery's own
+    # OpenTelemetry instrumentation puts it there): the accept span's parent.
+    sender = tracing.parent_of({"traceparent": getattr(self.request, "traceparent", None),
+                                "tracestate": getattr(self.request, "tracestate", None)})
+    with structlog.contextvars.bound_contextvars(task_id=self.request.id), \
+            tracing.attached(sender):
         if len(args) != 1 or kwargs:
             entry = service.refuse(
                 args[0] if args else None,

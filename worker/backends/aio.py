@@ -21,10 +21,12 @@ from typing import Any
 import httpx
 
 from statemachine.effects import BackendCall
+from worker import tracing
 from worker.backends.client import (
     NO_ANSWER,
     TryOutcome,
     bind_try,
+    client_span,
     headers_for,
     http_timeout,
     judge,
@@ -142,11 +144,15 @@ class AsyncBackends:
 
     async def _try(self, call: BackendCall, request: Request, attempt: int) -> TryOutcome:
         bound = bind_try(call, request, attempt)
-        started = time.monotonic()
-        try:
-            response = await self._client.request(
-                request.method, request.url, json=request.json, headers=headers_for(call),
-                timeout=http_timeout(self._settings))
-        except NO_ANSWER as exc:
-            return transport_failure(bound, call, attempt, exc)
-        return judge(bound, call, request, attempt, response, started, self._settings)
+        with client_span(call, request, attempt) as span:
+            started = time.monotonic()
+            try:
+                response = await self._client.request(
+                    request.method, request.url, json=request.json,
+                    headers=tracing.inject(headers_for(call)),
+                    timeout=http_timeout(self._settings))
+            except NO_ANSWER as exc:
+                tracing.http_failed(span, type(exc).__name__)
+                return transport_failure(bound, call, attempt, exc)
+            tracing.http_answered(span, response.status_code)
+            return judge(bound, call, request, attempt, response, started, self._settings)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
@@ -29,6 +30,7 @@ import httpx
 import structlog
 
 from statemachine.effects import BackendCall
+from worker import tracing
 from worker.backends.errors import BackendNotConfigured, InvalidResponseError
 from worker.backends.policy import backoff_delay, is_transient, retry_after
 from worker.backends.requests import Request, body_start, request_for
@@ -122,21 +124,35 @@ class Backends:
     def _try(self, call: BackendCall, request: Request, attempt: int) -> TryOutcome:
         """One try: a final result, or a transient failure to retry."""
         bound = bind_try(call, request, attempt)
-        started = time.monotonic()
-        try:
-            response = self._client.request(
-                request.method,
-                request.url,
-                json=request.json,
-                headers=headers_for(call),
-                timeout=http_timeout(self._settings),
-            )
-        except NO_ANSWER as exc:
-            return transport_failure(bound, call, attempt, exc)
-        return judge(bound, call, request, attempt, response, started, self._settings)
+        with client_span(call, request, attempt) as span:
+            started = time.monotonic()
+            try:
+                response = self._client.request(
+                    request.method,
+                    request.url,
+                    json=request.json,
+                    headers=tracing.inject(headers_for(call)),
+                    timeout=http_timeout(self._settings),
+                )
+            except NO_ANSWER as exc:
+                tracing.http_failed(span, type(exc).__name__)
+                return transport_failure(bound, call, attempt, exc)
+            tracing.http_answered(span, response.status_code)
+            return judge(bound, call, request, attempt, response, started, self._settings)
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         return backoff_delay(attempt, retry_after, self._settings, self._rng)
+
+
+def client_span(call: BackendCall, request: Request,
+                attempt: int) -> AbstractContextManager[tracing.Span]:
+    """The span of one HTTP try (a client span: the backend's own span is its child, through
+    the ``traceparent`` header ``tracing.inject`` adds inside it)."""
+    attributes = {
+        "http.request.method": request.method, "url.full": _loggable(request.url),
+        "provisioning.backend_step": call.step.value, "http.request.resend_count": attempt - 1,
+    } if tracing.recording() else None
+    return tracing.span(request.method, kind=tracing.SpanKind.CLIENT, attributes=attributes)
 
 
 def headers_for(call: BackendCall) -> dict[str, str]:

@@ -10,6 +10,7 @@ import httpx
 from worker.backends import Backends, http_timeout
 from worker.backends.aio import AsyncBackends, ClientPool
 from worker.backends.limits import Gates, RedisRate
+from worker.bootstrap import tracing
 from worker.bootstrap.base import build_failed, build_store, redis_client
 from worker.dispatch import Dispatch, TaskSender
 from worker.keys import Keys
@@ -36,7 +37,9 @@ def build_service(
     ``kick``/``kick_many`` replace them (tools and tests that drain in-process; with
     neither, kicks go nowhere); ``observer`` sees what the service
     does (metrics in a worker that serves them; None observes nothing). Steps run on the
-    process's step loop (PROVISIONING_STEP_RUNNER=async, the default) or step threads."""
+    process's step loop (PROVISIONING_STEP_RUNNER=async, the default) or step threads.
+    Tracing is set up for the process (once per pid) from the OTEL_* variables."""
+    tracing.configure()
     client = redis_client(settings)
     http = httpx.Client(timeout=http_timeout(settings.backends), transport=transport)
     backends = Backends(settings.backends, http, owns_client=True)

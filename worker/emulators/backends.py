@@ -95,13 +95,16 @@ class RecordedRequest:
     replayed: bool = False  # answered from the idempotency store
     delay_ms: float = 0.0  # a scripted delay before the answer was sent
     at: float = 0.0  # when it was answered (time.time())
+    traceparent: str | None = None  # the W3C Trace Context headers it came with
+    tracestate: str | None = None
 
     def as_json(self) -> dict[str, object]:
         return {"method": self.method, "path": self.path,
                 "idempotency_key": self.idempotency_key, "status": self.status,
                 "step": self.step.value if self.step else None, "target": self.target,
                 "payload": self.payload, "replayed": self.replayed,
-                "delay_ms": self.delay_ms, "at": self.at}
+                "delay_ms": self.delay_ms, "at": self.at,
+                "traceparent": self.traceparent, "tracestate": self.tracestate}
 
 
 @dataclass(frozen=True)
@@ -313,7 +316,8 @@ class Emulator:
             if self.latency_ms:
                 yield self.latency_ms / 1000
             with self._lock:
-                reply, delay_ms = self._answer(method, url.path, request, idempotency_key)
+                reply, delay_ms = self._answer(method, url.path, request, idempotency_key,
+                                               _trace_headers(headers or {}))
             if delay_ms:  # decided (and acted on) already; only the answer is late
                 yield delay_ms / 1000
         finally:
@@ -323,7 +327,7 @@ class Emulator:
         return reply
 
     def _answer(self, method: str, path: str, route: Route, key: str | None,
-                ) -> tuple[Reply, float]:
+                trace: tuple[str | None, str | None] = (None, None)) -> tuple[Reply, float]:
         """Steps 2-5 of the module docstring, and the delay before the answer is sent;
         the caller holds the lock."""
         fingerprint = json.dumps([method, path, route.payload], sort_keys=True)
@@ -344,7 +348,7 @@ class Emulator:
                 self._answered[key] = (fingerprint, reply)
         self._requests.append(RecordedRequest(method, path, key, reply.status, route.step,
                                               route.targets[0], route.payload, replayed,
-                                              delay_ms, time.time()))
+                                              delay_ms, time.time(), *trace))
         return reply, delay_ms
 
     def _script_targets(self, route: Route) -> tuple[str, ...]:
@@ -446,3 +450,12 @@ class Emulator:
                 })
         return Reply.of(404, {"error": f"no admin endpoint {method} /_emulator/"
                                          f"{'/'.join(segments)}"})
+
+
+def _trace_headers(headers: Mapping[str, str]) -> tuple[str | None, str | None]:
+    """A request's ``traceparent`` and ``tracestate`` headers (httpx's headers look names
+    up in any case; the server's keep the case sent, lowercase as the worker sends them)."""
+    if isinstance(headers, httpx.Headers):
+        return headers.get("traceparent"), headers.get("tracestate")
+    return (headers.get("traceparent") or headers.get("Traceparent"),
+            headers.get("tracestate") or headers.get("Tracestate"))

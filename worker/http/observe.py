@@ -22,6 +22,7 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from worker import tracing
 from worker.http.context import IDENTITY
 from worker.http.problems import problem_response
 
@@ -73,22 +74,48 @@ class RequestObserver:
             await send(message)
 
         structlog.contextvars.bind_contextvars(request_id=request_id)
-        try:
-            await self.app(scope, receive, observed)
-        except Exception:  # a bug must answer 500, logged, never crash the server
-            log.exception("http_unhandled", path=scope.get("path"))
-            if not begun:
-                await problem_response(500, "an internal error; the request id is in the "
-                                            "logs")(scope, receive, observed)
-        finally:
-            elapsed = time.perf_counter() - started
-            route, method = route_of(scope), scope["method"]
-            self.metrics.requests.labels(method, route, str(status)).inc()
-            self.metrics.latency.labels(method, route).observe(elapsed)
-            log.info("http_request", method=method, route=route, path=scope.get("path"),
-                     status=status, ms=round(elapsed * 1000, 2),
-                     identity=scope.get(IDENTITY), request_id=request_id)
-            structlog.contextvars.unbind_contextvars("request_id", "identity")
+        with tracing.span(scope["method"], kind=tracing.SpanKind.SERVER,
+                          parent=tracing.parent_of(_trace_headers(scope))) as current:
+            try:
+                await self.app(scope, receive, observed)
+            except Exception:  # a bug must answer 500, logged, never crash the server
+                log.exception("http_unhandled", path=scope.get("path"))
+                if not begun:
+                    await problem_response(500, "an internal error; the request id is in "
+                                                "the logs")(scope, receive, observed)
+            finally:
+                elapsed = time.perf_counter() - started
+                route, method = route_of(scope), scope["method"]
+                self.metrics.requests.labels(method, route, str(status)).inc()
+                self.metrics.latency.labels(method, route).observe(elapsed)
+                _server_span(current, scope, status, request_id)
+                log.info("http_request", method=method, route=route, path=scope.get("path"),
+                         status=status, ms=round(elapsed * 1000, 2),
+                         identity=scope.get(IDENTITY), request_id=request_id)
+                structlog.contextvars.unbind_contextvars("request_id", "identity")
+
+
+def _trace_headers(scope: Scope) -> dict[str, str]:
+    """The request's W3C Trace Context headers (the transport's, not an event's)."""
+    found: dict[str, str] = {}
+    for name, value in scope.get("headers", []):
+        if name in (b"traceparent", b"tracestate"):
+            found[name.decode()] = value.decode("latin-1")
+    return found
+
+
+def _server_span(current: tracing.Span, scope: Scope, status: int, request_id: str) -> None:
+    """Name the request's span by its route template, with the HTTP semantic conventions."""
+    if not current.is_recording():
+        return
+    route, method = route_of(scope), scope["method"]
+    current.update_name(f"{method} {route}")
+    current.set_attributes({"http.request.method": method, "http.route": route,
+                            "url.path": scope.get("path", ""),
+                            "http.response.status_code": status,
+                            "http.request.id": request_id})
+    if status >= 500:
+        current.set_status(tracing.Status(tracing.StatusCode.ERROR))
 
 
 def _request_id(scope: Scope) -> str | None:

@@ -87,14 +87,19 @@ def _schemas() -> dict[str, Any]:
             "type": "object", "description": "A CloudEvents 1.0 event in structured form "
                                              "(docs/contract.md#events-in); any value is "
                                              "accepted here and refused with its problems "
-                                             "when not valid.",
+                                             "when not valid. Extension attributes "
+                                             "(traceparent, tracestate and any other: "
+                                             "lowercase a-z0-9 names, string, integer or "
+                                             "boolean values) are kept as they arrived "
+                                             "(docs/tracing.md).",
             "properties": {
                 "specversion": {"const": "1.0"}, "id": {"type": "string"},
                 "source": {"type": "string"},
                 "type": {"enum": [t.value for t in EventType]},
                 "subject": {"type": "string", "format": "uuid"},
                 "time": {"type": "string", "format": "date-time"},
-                "traceparent": {"type": "string"}, "data": {},
+                "traceparent": {"type": "string"}, "tracestate": {"type": "string"},
+                "data": {},
             },
         },
         "SubmitResult": {

@@ -44,6 +44,7 @@ from statemachine import (
     pending_step,
     trigger_of,
 )
+from worker import tracing
 from worker.dataverse.outbox import entry_for
 from worker.envelope import Envelope
 from worker.errors import StoreError
@@ -88,6 +89,7 @@ class _Lane:
     buffer: deque[InboxItem] = field(default_factory=deque)  # read, not yet applied
     inflight: InFlight | None = None
     next_step: RunStep | None = None  # started by a committed change, not yet running
+    step_trace: tracing.Context | None = None  # the apply span of the change that started it
     refill: bool = True  # read the inbox before going on
     polled: float = 0.0  # when the inbox was last read (monotonic)
     done: bool = False  # released, handed over or lost
@@ -104,6 +106,7 @@ class _Staged:
     plan: Plan
     envelope: Envelope | None  # the inbox event it pops; None for a step's result
     started: float  # perf_counter when it was computed
+    trace: tracing.Context | None  # the apply span of its event (or of its step's event)
 
 
 StartStep = Callable[[RunStep, contextvars.Context], Future[StepResult]]
@@ -227,39 +230,46 @@ class Drain:
                 log.info("step_result_for_deleted_record", step=result.kind.value,
                          record_id=lane.record_id)
             else:
-                change = self._stage(lane, record, result, self._apply(record, result), None)
+                change = self._stage(lane, record, result, self._apply(record, result), None,
+                                     lane.step_trace)
                 staged.append(change)
                 record = change.outcome.record
                 waiting = waiting or change.plan.step is not None
         while events and lane.buffer and not waiting:
             item = lane.buffer[0]
             envelope = Envelope.decode(item.payload)
-            try:
-                command = envelope.command()
-                outcome = self._apply(record, command,
-                                      replayed=bool(envelope.context.get("replay_of")))
-            except (InvalidEvent, UnknownRecord) as exc:
-                if staged:
-                    break  # refused once the commits before it have landed
-                lane.buffer.popleft()
-                reasons = ([str(p) for p in exc.problems] if isinstance(exc, InvalidEvent)
-                           else [str(exc)])
-                with structlog.contextvars.bound_contextvars(
-                        record_id=lane.record_id, event_id=envelope.event_id):
-                    if not self._fail_head(envelope, exc, reasons):
-                        self._lost(lane)
-                        return []
-                lane.report.failed += 1
-                continue
+            with tracing.applying(envelope.event, envelope.context.get(tracing.TRACE_KEY), {
+                    "provisioning.record_id": lane.record_id,
+                    "provisioning.event_id": envelope.event_id,
+                    "provisioning.kind": envelope.kind}) as applied:
+                try:
+                    command = envelope.command()
+                    outcome = self._apply(record, command,
+                                          replayed=bool(envelope.context.get("replay_of")))
+                except (InvalidEvent, UnknownRecord) as exc:
+                    if staged:
+                        break  # refused once the commits before it have landed
+                    lane.buffer.popleft()
+                    reasons = ([str(p) for p in exc.problems]
+                               if isinstance(exc, InvalidEvent) else [str(exc)])
+                    with structlog.contextvars.bound_contextvars(
+                            record_id=lane.record_id, event_id=envelope.event_id):
+                        if not self._fail_head(envelope, exc, reasons):
+                            self._lost(lane)
+                            return []
+                    lane.report.failed += 1
+                    continue
+                tracing.annotate(**{"provisioning.outcome": outcome.result.value})
             lane.buffer.popleft()
-            change = self._stage(lane, record, command, outcome, envelope)
+            change = self._stage(lane, record, command, outcome, envelope, applied)
             staged.append(change)
             record = outcome.record
             waiting = change.plan.step is not None  # the step starts, then events go on
         return staged
 
     def _stage(self, lane: _Lane, record: ProvisioningState | None, command: Command,
-               outcome: Outcome, envelope: Envelope | None) -> _Staged:
+               outcome: Outcome, envelope: Envelope | None,
+               trace: tracing.Context | None) -> _Staged:
         """The commit of ``outcome`` (popping ``envelope`` from the inbox, if any)."""
         settings = self.ctx.settings
         what = plan(outcome, settings, lambda attempt: retry_delay(settings, self.ctx.rng,
@@ -275,7 +285,8 @@ class Drain:
             lease_owner=self.owner, deleted=outcome.deleted,
             retry_at=what.retry_at, cancel_retry=what.cancel_retry, outbox_entry=outbox,
         )
-        return _Staged(lane, commit, command, outcome, what, envelope, time.perf_counter())
+        return _Staged(lane, commit, command, outcome, what, envelope, time.perf_counter(),
+                       trace)
 
     def _apply(self, record: ProvisioningState | None, command: Command, *,
                replayed: bool = False) -> Outcome:
@@ -320,7 +331,7 @@ class Drain:
                 if change.plan.deleted:
                     lane.next_step = None
                 elif change.plan.step is not None:
-                    lane.next_step = change.plan.step
+                    lane.next_step, lane.step_trace = change.plan.step, change.trace
                 self._committed(change, change.commit.entries, change.outcome)
                 if change.plan.scheduled is not None and change.commit.retry_at is not None:
                     self.ctx.observer.retry_scheduled(change.plan.scheduled.attempt)
@@ -364,9 +375,11 @@ class Drain:
                 report.applied += 1
             else:
                 report.unchanged += 1
-            log.info("history", event_id=entry.event_id, event_type=entry.event_type,
-                     trigger=entry.trigger, outcome=entry.outcome.value, version=entry.version,
-                     reason=entry.reason, record_id=entry.record_id, task_id=self.task_id)
+            with tracing.attached(change.trace):  # the line carries the event's trace id
+                log.info("history", event_id=entry.event_id, event_type=entry.event_type,
+                         trigger=entry.trigger, outcome=entry.outcome.value,
+                         version=entry.version, reason=entry.reason,
+                         record_id=entry.record_id, task_id=self.task_id)
         self.ctx.observer.transition_seconds(trigger, time.perf_counter() - change.started)
         envelope = change.envelope
         if envelope is not None and envelope.context.get("replay_of"):
@@ -392,8 +405,9 @@ class Drain:
             return False
         lane.next_step = None
         lane.report.steps += 1
-        with structlog.contextvars.bound_contextvars(record_id=lane.record_id):
-            context = contextvars.copy_context()  # the step thread logs with record_id
+        with structlog.contextvars.bound_contextvars(record_id=lane.record_id), \
+                tracing.attached(lane.step_trace):
+            context = contextvars.copy_context()  # the step logs with record_id, in the trace
         future = self.start_step(step, context)
         future.add_done_callback(self._wake)
         lane.inflight = InFlight((step.kind, step.started_version), future)

@@ -24,6 +24,7 @@ from statemachine import (
     format_time,
     parse_event,
 )
+from worker import tracing
 from worker.envelope import EVENT, Envelope
 from worker.service.context import Context
 
@@ -78,21 +79,26 @@ def accept_all(
     ``parent.deleted``) in one pipelined round trip, in the given order. The caller kicks
     a drain for the records."""
     accepted_at = format_time(ctx.now())
-    per_event = [targets(ctx, event) for event in events]
-    items = [
-        (record_id, event.id, Envelope(
-            kind=EVENT, record_id=record_id, event_id=event.id,
-            event=event.to_cloudevent(), accepted_at=accepted_at,
-            context=dict(context or {}), message=dict(message) if message else None,
-        ).encode())
-        for event, record_ids in zip(events, per_event, strict=True)
-        for record_id in record_ids
-    ]
-    # Accepting claims the records for a lease time: recovery sweeps leave them alone
-    # meanwhile (a record waiting its turn in a backlog is not an orphan).
-    added = (ctx.store.accept_many(items, now=time.time(),
-                                   claim_seconds=ctx.settings.lease_seconds)
-             if items else [])
+    with tracing.span(tracing.ACCEPT,
+                      parent=tracing.accept_parent([event.extensions for event in events]),
+                      attributes={"provisioning.events": len(events)}):
+        # Each envelope names the span that accepted it: the apply span links to it.
+        context = {**(context or {}), tracing.TRACE_KEY: tracing.traceparent()}
+        per_event = [targets(ctx, event) for event in events]
+        items = [
+            (record_id, event.id, Envelope(
+                kind=EVENT, record_id=record_id, event_id=event.id,
+                event=event.to_cloudevent(), accepted_at=accepted_at,
+                context=context, message=dict(message) if message else None,
+            ).encode())
+            for event, record_ids in zip(events, per_event, strict=True)
+            for record_id in record_ids
+        ]
+        # Accepting claims the records for a lease time: recovery sweeps leave them alone
+        # meanwhile (a record waiting its turn in a backlog is not an orphan).
+        added = (ctx.store.accept_many(items, now=time.time(),
+                                       claim_seconds=ctx.settings.lease_seconds)
+                 if items else [])
     results, start = [], 0
     for event, record_ids in zip(events, per_event, strict=True):
         flags = added[start:start + len(record_ids)]  # one per target, in order

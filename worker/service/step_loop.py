@@ -26,7 +26,7 @@ import structlog
 from statemachine import RunStep, StepResult
 from worker.backends.aio import AsyncBackends
 from worker.service.observer import Observer
-from worker.service.steps import StepProgress
+from worker.service.steps import StepProgress, step_span
 
 log = structlog.get_logger("worker")
 
@@ -35,7 +35,7 @@ async def call_step_async(backends: AsyncBackends, observer: Observer,
                           step: RunStep) -> StepResult:
     """The step's calls in order, stopping at the first failure (no store access)."""
     with structlog.contextvars.bound_contextvars(event_id=step.event_id,
-                                                 trigger=step.kind.value):
+                                                 trigger=step.kind.value), step_span(step):
         progress = StepProgress(step, observer)
         for call in step.calls:
             started = time.perf_counter()

@@ -14,12 +14,14 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
 from statemachine import BackendCall, RunStep, StepKind, StepResult
+from worker import tracing
 from worker.backends import Backends, CallResult
 from worker.service.observer import Observer
 
@@ -97,10 +99,19 @@ class StepProgress:
                           ok=True, response=self.response, test_id=self.test_id)
 
 
+def step_span(step: RunStep) -> AbstractContextManager[tracing.Span]:
+    """The span of one step's calls (a child of the apply span that started it), made when
+    spans are recorded."""
+    return tracing.span(tracing.STEP, optional=True, attributes={
+        "provisioning.step": step.kind.value, "provisioning.record_id": step.record_id,
+        "provisioning.event_id": step.event_id, "provisioning.version": step.started_version,
+    } if tracing.recording() else None)
+
+
 def call_step(backends: Backends, observer: Observer, step: RunStep) -> StepResult:
     """The step's calls in order, stopping at the first failure (no store access)."""
     with structlog.contextvars.bound_contextvars(event_id=step.event_id,
-                                                 trigger=step.kind.value):
+                                                 trigger=step.kind.value), step_span(step):
         progress = StepProgress(step, observer)
         for call in step.calls:
             started = time.perf_counter()
