@@ -20,7 +20,7 @@ from worker.console.render import page
 from worker.console.session import COOKIE, Session, Sessions
 from worker.errors import StoreError
 from worker.http.auth import Role
-from worker.http.context import ApiContext
+from worker.http.context import IDENTITY, ApiContext
 from worker.keys import Keys
 from worker.ops.health import scrub
 
@@ -86,6 +86,7 @@ async def require(request: Request, needed: Role = Role.READER) -> Session:
         raise Refused(503, store_text(request, exc)) from None
     if found is None:
         raise LoginNeeded
+    request.scope[IDENTITY] = found.name  # for the request log, as the API's routes do
     if not found.identity.may(needed):
         raise Refused(403, f"{found.name} is a {found.role.label}; this needs the "
                            f"{needed.label} role")
@@ -124,6 +125,7 @@ async def posted(request: Request, needed: Role) -> tuple[Session, FormData]:
         raise Refused(503, store_text(request, exc)) from None
     if found is None:
         raise Refused(403, "no session: log in again (the form was not sent)")
+    request.scope[IDENTITY] = found.name
     csrf = form.get("csrf")
     if not console(request).sessions.csrf_ok(found, csrf if isinstance(csrf, str) else None):
         raise Refused(403, "the form's CSRF token is missing or not this session's; reload "
