@@ -27,6 +27,9 @@ HTTP API tokens (worker/http/auth/tokens.py):
   ``<p>:api:token:<token id>``  hash {name, role, hash (SHA-256 of the secret), created,
                            expires, last_used}; never the token itself
   ``<p>:api:tokens``       hash token name -> token id
+The operator console (worker/console/once.py):
+  ``<p>:console:once:<sha256 of the code>``  string: a one-time login (JSON name, role);
+                           expires; deleted by its first use
 Dataverse mirror (worker/dataverse/):
   ``<p>:dataverse:lock``   string: the one mirror consumer sending the outbox; expires (PX)
   ``<p>:dataverse:etags``  hash record id -> the row's etag in Dataverse (for If-Match)
@@ -119,6 +122,10 @@ class Keys:
     @property
     def api_tokens(self) -> str:
         return f"{self.prefix}:api:tokens"
+
+    def console_once(self, digest: str) -> str:
+        """A one-time console login (worker/console/once.py), by the SHA-256 of its code."""
+        return f"{self.prefix}:console:once:{digest}"
 
     @property
     def beat_heartbeat(self) -> str:

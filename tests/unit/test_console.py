@@ -15,6 +15,7 @@ from statemachine import ProvisioningState, StatusReason
 from statemachine.machines import LIFECYCLE_MACHINE
 from tests.factories import event, new_id, provision
 from tests.unit.console_support import ConsoleHarness, csrf_of
+from worker.console import OneTimeLogins
 from worker.console.diagram import machine_svg
 from worker.console.render import ago, duration, moment
 from worker.console.session import COOKIE, Sessions, Signer
@@ -431,3 +432,16 @@ def test_times_are_utc_with_the_zone_and_relative() -> None:
     assert "UTC" in str(moment(time.time()))
     assert ago(5) == "5 s ago" and ago(90000) == "1 d ago"
     assert duration(None) == "—" and duration(300) == "5 min"
+
+
+def test_a_one_time_login_link_works_once(console: ConsoleHarness) -> None:
+    code = OneTimeLogins(console.redis, Keys("test")).issue("demo", Role.OPERATOR)
+    assert not any(code in key for key in console.redis.keys("*"))  # only its hash is kept
+    client = console.client()
+    first = client.get(f"/ui/login/once?code={code}")
+    assert first.status_code == 303 and first.headers["location"] == "/ui/"
+    assert "demo" in client.get("/ui/").text
+    again = console.client().get(f"/ui/login/once?code={code}")
+    assert again.status_code == 401 and "used already or has expired" in again.text
+    assert console.client().get("/ui/login/once?code=" + "x" * 300).status_code == 401
+    assert console.client().get("/ui/login/once").status_code == 401

@@ -5,6 +5,7 @@ same service functions as the HTTP API and the CLI (docs/console.md).
     context.py   what pages share: the session of a request, CSRF, roles, errors
     session.py   signed, expiring session cookies;  security.py  the response headers
     login.py     token login and logout;  oidc.py  Entra ID (authorization code + PKCE)
+    once.py      one-time login links (``provisioning demo --console``)
     overview.py  the overview tiles and the Dataverse mirror page
     records.py   records and one record;  diagram.py  the machines as SVG
     failed.py    failed tasks: filters, confirm, replay, discard; the audit log
@@ -16,5 +17,6 @@ from __future__ import annotations
 
 from worker.console.app import build_console, console_mount, create_console
 from worker.console.context import Console
+from worker.console.once import OneTimeLogins
 
-__all__ = ["Console", "build_console", "console_mount", "create_console"]
+__all__ = ["Console", "OneTimeLogins", "build_console", "console_mount", "create_console"]

@@ -43,6 +43,7 @@ def routes() -> list[BaseRoute]:
         Route("/login", login.login_form, methods=["GET"]),
         Route("/login", login.login, methods=["POST"]),
         Route("/logout", login.logout, methods=["POST"]),
+        Route("/login/once", login.once, methods=["GET"]),
         Route("/login/oidc", oidc.start, methods=["GET"]),
         Route("/auth/callback", oidc.callback, methods=["GET"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),

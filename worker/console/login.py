@@ -27,6 +27,7 @@ from worker.console.context import (
     read_form,
     show,
 )
+from worker.console.once import OneTimeLogins
 from worker.console.session import COOKIE, LOGIN_COOKIE
 from worker.http.auth import Identity, Role
 
@@ -99,6 +100,18 @@ async def login(request: Request) -> Response:
                                          "or expired)")
     identity = Identity(name=entry.name, role=entry.role, via="token")
     response, _ = start_session(request, identity, target, entry.token_id, entry.expires_at)
+    return response
+
+
+async def once(request: Request) -> Response:
+    """A one-time login link (``provisioning demo --console``): its first use logs in."""
+    con = console(request)
+    code = request.query_params.get("code", "")
+    identity = await blocking(request, OneTimeLogins(con.client, con.keys).redeem, code)
+    if identity is None:
+        return _login_page(request, 401, "code: this one-time login link was used already "
+                                         "or has expired; log in with a token")
+    response, _ = start_session(request, identity, base(request) + "/")
     return response
 
 
