@@ -136,6 +136,12 @@ class Keys:
         """A backend's shared rate limit (worker/backends/limits.py)."""
         return f"{self.prefix}:rate:{backend}"
 
+    @property
+    def circuits(self) -> str:
+        """Every circuit key's ``<backend>:<holder>`` by when it expires, so the circuits
+        are read without a SCAN of the keyspace (worker/store/circuits.py)."""
+        return f"{self.prefix}:circuits"
+
     def circuit(self, backend: str, holder: str) -> str:
         """A process's circuit of a backend while it is not closed (worker/store/circuits.py)."""
         return f"{self.prefix}:circuit:{backend}:{holder}"

@@ -445,3 +445,15 @@ def test_a_one_time_login_link_works_once(console: ConsoleHarness) -> None:
     assert again.status_code == 401 and "used already or has expired" in again.text
     assert console.client().get("/ui/login/once?code=" + "x" * 300).status_code == 401
     assert console.client().get("/ui/login/once").status_code == 401
+
+
+def test_past_many_failed_entries_a_record_page_links_instead_of_matching(
+    console: ConsoleHarness, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("worker.console.records.FAILED_SCAN", 0)
+    record_id = new_id()
+    console.service.handle_message(provision(record_id))
+    failed_unknown(console)
+    page = console.logged_in(Role.READER).get(f"/ui/records/{record_id}").text
+    assert f'href="/ui/failed?record={record_id}"' in page
+    assert "more than 0 entries are stored" in page

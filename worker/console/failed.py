@@ -40,13 +40,18 @@ def _filters(request: Request) -> tuple[dict[str, str], FailedFilter, list[str]]
 async def failed_list(request: Request) -> Response:
     session = await require(request)
     given, flt, errors = _filters(request)
-    entries: list[Any] = []
-    if not errors:
-        entries, _ = await blocking(request, choose, console(request).api.service.failed,
-                                    flt=flt)
-    newest = list(reversed(entries))[:SHOWN]
+    failed = console(request).api.service.failed
+    newest: list[Any] = []
+    total = 0
+    if errors:
+        pass
+    elif given:  # the CLI's filters: every entry is read and matched (as `failed list`)
+        entries, _ = await blocking(request, choose, failed, flt=flt)
+        newest, total = list(reversed(entries))[:SHOWN], len(entries)
+    else:  # no filter: one page from the store's time index, no scan
+        newest, total = await blocking(request, lambda: (failed.newest(SHOWN), failed.count()))
     return show(request, "failed.html", session, filters=given, errors=errors,
-                entries=newest, total=len(entries), shown=SHOWN,
+                entries=newest, total=total, shown=SHOWN,
                 status_code=400 if errors else 200)
 
 

@@ -19,6 +19,7 @@ from worker.store.failed_filter import FailedFilter, select
 
 PAGE = 50
 NAME_SCAN_SHOWN = 200  # a name search lists this many matches at most
+FAILED_SCAN = 1000  # a record page matches the failed entries only while there are this few
 
 
 def _status(text: str) -> StatusReason | None:
@@ -102,9 +103,12 @@ def load(con: Console, record_id: str) -> dict[str, Any] | None:
     if record is None:
         return None
     history = store.history(record_id)
-    failed = select(con.api.service.failed.all(), FailedFilter(record_id=record_id))
+    failed_store = con.api.service.failed
+    # The store has no index by record: its entries are matched only while they are few.
+    failed = (select(failed_store.all(), FailedFilter(record_id=record_id))
+              if failed_store.count() <= FAILED_SCAN else None)
     return {"record": record, "columns": columns(record), "history": list(reversed(history)),
-            "machines": machines_svg(record), "failed": failed,
+            "machines": machines_svg(record), "failed": failed, "failed_scan": FAILED_SCAN,
             "step": pending_step(record), "tracking": record.tracking.to_json()}
 
 

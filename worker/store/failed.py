@@ -81,6 +81,10 @@ class FailedStore(Protocol):
         """Every entry, oldest last failure first."""
         ...
 
+    def newest(self, limit: int) -> list[FailedTask]:
+        """The ``limit`` entries that failed last, newest first (one page, no scan)."""
+        ...
+
     def remove(self, entry_id: str) -> bool: ...
 
     def count(self) -> int: ...
@@ -121,6 +125,9 @@ class MemoryFailedStore:
         with self._lock:
             return sorted(self._entries.values(),
                           key=lambda e: (_score(e.last_failed_at), e.id))
+
+    def newest(self, limit: int) -> list[FailedTask]:
+        return list(reversed(self.all()))[:max(0, limit)]
 
     def remove(self, entry_id: str) -> bool:
         with self._lock:
@@ -173,6 +180,17 @@ class RedisFailedStore:
     def all(self) -> list[FailedTask]:
         with translated():
             ids = cast(list[str], self.client.zrange(self.keys.failed, 0, -1))
+            if not ids:
+                return []
+            rows = cast(list[str | None], self.client.mget(
+                [self.keys.failed_entry(i) for i in ids]))
+        return [FailedTask.from_json(json.loads(row)) for row in rows if row]
+
+    def newest(self, limit: int) -> list[FailedTask]:
+        if limit <= 0:
+            return []
+        with translated():
+            ids = cast(list[str], self.client.zrevrange(self.keys.failed, 0, limit - 1))
             if not ids:
                 return []
             rows = cast(list[str | None], self.client.mget(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import bisect
+import heapq
 import json
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -231,14 +231,21 @@ class RedisStateStore:
             sets.append(k.by_kind(kind))
         with _translated():
             # The ids only (36 bytes each); the records of the page are read afterwards.
-            ids = sorted(cast(set[str], self.client.sinter(sets)))
-            start = bisect.bisect_right(ids, after) if after is not None else 0
-            chosen = ids[start:start + limit]
+            # The page's ids are the smallest past ``after``: a heap of limit + 1 finds
+            # them without sorting every id (sorted() of 100,000 ids cost as much as
+            # fetching them; bench/console.py).
+            # SMEMBERS when there is no filter: Redis answers it in a third less time than
+            # a SINTER of the one set.
+            ids = cast(set[str], self.client.smembers(sets[0]) if len(sets) == 1
+                       else self.client.sinter(sets))
+            past = ids if after is None else [i for i in ids if i > after]
+            chosen = heapq.nsmallest(limit + 1, past)
+            more = len(chosen) > limit
+            chosen = chosen[:limit]
             pipe = self.client.pipeline(transaction=False)
             for record_id in chosen:
                 pipe.hget(k.record(record_id), "json")
             rows = pipe.execute() if chosen else []
-        more = start + limit < len(ids)
         return RecordPage([decode_record(row) for row in rows if row is not None],
                           chosen[-1] if more and chosen else None)
 
