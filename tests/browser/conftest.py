@@ -59,9 +59,15 @@ class Watched:
         page.on("console", lambda msg: self.problems.append(f"console {msg.type}: {msg.text}")
                 if msg.type == "error" else None)
         page.on("pageerror", lambda exc: self.problems.append(f"page error: {exc}"))
-        page.on("requestfailed", lambda req: self.problems.append(
-            f"request failed: {req.url} ({req.failure})"))
+        page.on("requestfailed", self._failed)
         page.on("response", self._response)
+
+    def _failed(self, request: Any) -> None:
+        # ERR_ABORTED: the browser dropped the request because the page navigated away
+        # (the favicon of a page left at once); a missing or broken asset is an error
+        # response, caught below, or another failure.
+        if request.failure != "net::ERR_ABORTED":
+            self.problems.append(f"request failed: {request.url} ({request.failure})")
 
     def _response(self, response: Any) -> None:
         kind = response.request.resource_type

@@ -91,6 +91,16 @@ def test_an_operator_replays_and_discards_from_the_browser(
             tile.click()
             page.wait_for_url(re.compile(r"/ui/failed$"))
             assert page.locator("table.failed tbody tr").count() == 2
+            # The package's stylesheet and script are applied: "select all" (console.js)
+            # ticks every box, and ticking one back leaves it indeterminate.
+            assert page.locator("a.tile").count() == 0
+            page.get_by_label("Select every entry shown").check()
+            assert page.locator("input[name=id]:checked").count() == 2
+            page.get_by_label(f"Select entry {unknown.id}").uncheck()
+            assert page.locator("#select-all").evaluate("box => box.indeterminate")
+            page.get_by_label(f"Select entry {retry.id}").uncheck()
+            assert page.locator("thead th").first.evaluate(
+                "cell => getComputedStyle(cell).fontWeight") == "600"
             screenshots(page, "failed")
             page.get_by_role("link", name=retry.id).click()
             page.wait_for_url(re.compile(f"/ui/failed/{retry.id}$"))
@@ -99,10 +109,12 @@ def test_an_operator_replays_and_discards_from_the_browser(
             # The backend works again: replay; the confirmation lists exactly that entry.
             emulator.clear_scripts(channel_id)
             page.get_by_role("button", name="Replay…").click()
+            page.wait_for_url(re.compile(r"/ui/failed/confirm$"))
             snapshot = page.locator("table.snapshot tbody tr td:first-child code")
             assert [cell.inner_text() for cell in snapshot.all()] == [retry.id]
             screenshots(page, "confirm")
             page.get_by_role("button", name="Replay 1 entry").click()
+            page.wait_for_url(re.compile(r"/ui/failed/act$"))
             assert "Replayed 1 of 1" in page.locator("h1").inner_text()
             assert "retry queued" in page.locator("table.results").inner_text()
 
@@ -118,14 +130,17 @@ def test_an_operator_replays_and_discards_from_the_browser(
             wait_text(page, "main h1", "1 matching")  # the replayed entry was resolved
             page.get_by_label(f"Select entry {unknown.id}").check()
             page.get_by_role("button", name="Discard selected…").click()
+            page.wait_for_url(re.compile(r"/ui/failed/confirm$"))
             assert page.locator("table.snapshot tbody tr").count() == 1
             page.get_by_label("Reason (required; it is audited)").fill(
                 "a deprovision for a record that never existed")
             page.get_by_role("button", name="Discard 1 entry").click()
+            page.wait_for_url(re.compile(r"/ui/failed/act$"))
             assert "Discarded 1 of 1" in page.locator("h1").inner_text()
 
             # Both in the audit log, under the token's name.
             page.get_by_role("link", name="Audit", exact=True).click()
+            page.wait_for_url(re.compile(r"/ui/audit$"))
             rows = page.locator("table.audit tbody tr")
             actions = [(rows.nth(i).locator("td").nth(1).inner_text(),
                         rows.nth(i).locator("td").nth(2).inner_text())
@@ -134,8 +149,10 @@ def test_an_operator_replays_and_discards_from_the_browser(
             assert "never existed" in page.locator("table.audit").inner_text()
             screenshots(page, "audit")
             page.get_by_role("link", name="Records", exact=True).click()
+            page.wait_for_url(re.compile(r"/ui/records$"))
             screenshots(page, "records")
             page.get_by_role("link", name="Dataverse").click()
+            page.wait_for_url(re.compile(r"/ui/mirror$"))
             screenshots(page, "mirror")
 
             # A POST without the session's CSRF token is refused.
