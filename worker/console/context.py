@@ -4,8 +4,8 @@ action needs (403 when a reader forges an operator's POST)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, quote
 
@@ -41,8 +41,9 @@ class Console:
     templates: Environment
     secure_cookie: bool = True
     same_site: str = "lax"
-    oidc: Any = None  # worker.console.oidc.OidcLogin when configured
-    extra: Mapping[str, Any] = field(default_factory=dict)
+    # Entra ID sign-in when configured: a worker.console.oidc.OidcLogin (which imports
+    # this module, so it is not named here: no import cycle, not even for the checker).
+    oidc: Any = None
 
 
 class Refused(Exception):
