@@ -457,3 +457,30 @@ def test_past_many_failed_entries_a_record_page_links_instead_of_matching(
     page = console.logged_in(Role.READER).get(f"/ui/records/{record_id}").text
     assert f'href="/ui/failed?record={record_id}"' in page
     assert "more than 0 entries are stored" in page
+
+
+def _with_mirror(**settings: Any) -> ConsoleHarness:
+    return ConsoleHarness(settings=Settings(
+        key_prefix="test", dataverse_url="https://contoso.crm.dynamics.com", **settings))
+
+
+def test_the_mirror_page_shows_the_last_error_and_the_overview_its_lag() -> None:
+    console = _with_mirror(dataverse_tenant_id="t", dataverse_client_id="c",
+                           dataverse_client_secret="s")
+    console.redis.hset(Keys("test").dataverse_status, mapping={
+        "last_success_at": "2026-12-07T10:00:00Z",
+        "last_error_at": "2026-12-07T11:00:00Z",
+        "last_error": '{"code": "0x80040220", "status": 403, "kind": "permanent", '
+                      '"message": "no privilege", "op": "upsert", "record_id": "r1"}'})
+    client = console.logged_in(Role.READER)
+    page = client.get("/ui/mirror").text
+    assert "on, to <code>https://contoso.crm.dynamics.com</code>" in page
+    assert "0x80040220" in page and "(HTTP 403)" in page and "no privilege" in page
+    assert "2026-12-07 11:00:00 UTC" in page
+    overview = client.get("/ui/").text
+    assert "Dataverse mirror lag, 0 waiting; last error 0x80040220" in overview
+
+
+def test_a_misconfigured_mirror_is_named_on_its_page() -> None:
+    page = _with_mirror().logged_in(Role.READER).get("/ui/mirror").text
+    assert "PROVISIONING_DATAVERSE_TENANT_ID: is required" in page

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from statemachine import BackendStep
-from tests.browser.conftest import Watched
+from tests.browser.watch import Watched
 from tests.factories import event, new_id, provision
 from tests.integration.http_server import serving
 from tests.integration.test_http_serve import create_token
