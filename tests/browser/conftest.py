@@ -32,8 +32,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """A headless Chromium for the module's tests. Module-scoped, not session-scoped:
+    Playwright's sync API keeps an event loop running in the main thread while it is
+    open, and every later test that runs a loop of its own (anyio.run) would fail."""
     if not (os.path.exists(CHROMIUM) or shutil.which(CHROMIUM)):
         message = f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium)"
         if IN_CI:
