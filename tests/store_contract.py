@@ -951,6 +951,13 @@ class StoreContract:
         failed_store.record(whole)
         assert [e.event_id for e in failed_store.all()] == ["evt-whole", "evt-fraction"]
 
+    def test_newest_is_one_page_newest_first(self, failed_store: FailedStore) -> None:
+        for n in range(5):
+            failed_store.record(failure(f"evt-{n}", NOW + timedelta(seconds=n)))
+        assert [e.event_id for e in failed_store.newest(3)] == ["evt-4", "evt-3", "evt-2"]
+        assert len(failed_store.newest(10)) == 5
+        assert failed_store.newest(0) == []
+
     def test_remove_deletes_one_entry(self, failed_store: FailedStore) -> None:
         one, two = failure("evt-1", NOW), failure("evt-2", NOW + timedelta(seconds=1))
         failed_store.record(one)

@@ -38,10 +38,15 @@ Per backend, per process (they expire; tagged so a script or MGET touches one sl
   ``<p>:{rate:<backend>}``  string: the backend's shared rate limit (GCRA tat)
   ``<p>:{circuit}:<backend>:<host:pid>``  string: a process's open circuit (JSON); every
                      circuit in one slot, so ``provisioning health`` reads them in one MGET
+  ``<p>:{circuit}:index``  zset ``<backend>:<host:pid>`` -> when that key expires: the
+                     circuits are read without a SCAN
 HTTP API tokens (worker/http/auth/tokens.py), one slot (revoking is one transaction):
   ``<p>:{api}:token:<token id>``  hash {name, role, hash (SHA-256 of the secret), created,
                      expires, last_used}; never the token itself
   ``<p>:{api}:tokens``  hash token name -> token id
+The operator console (worker/console/once.py):
+  ``<p>:console:once:<sha256 of the code>``  string: a one-time login (JSON name, role);
+                     expires; deleted by its first use
 """
 
 from __future__ import annotations
@@ -197,6 +202,10 @@ class Keys:
     def api_tokens(self) -> str:
         return f"{self.prefix}:{{api}}:tokens"
 
+    def console_once(self, digest: str) -> str:
+        """A one-time console login (worker/console/once.py), by the SHA-256 of its code."""
+        return f"{self.prefix}:console:once:{digest}"
+
     @property
     def beat_heartbeat(self) -> str:
         """Written by beat on its ticks, with a time to live (worker/ops/heartbeat.py)."""
@@ -205,6 +214,12 @@ class Keys:
     def rate(self, backend: str) -> str:
         """A backend's shared rate limit (worker/backends/limits.py)."""
         return f"{self.prefix}:{{rate:{backend}}}"
+
+    @property
+    def circuits(self) -> str:
+        """Every circuit key's ``<backend>:<holder>`` by when it expires, so the circuits
+        are read without a SCAN of the keyspace (worker/store/circuits.py)."""
+        return f"{self.prefix}:{{circuit}}:index"
 
     def circuit(self, backend: str, holder: str) -> str:
         """A process's circuit of a backend while it is not closed (worker/store/circuits.py)."""

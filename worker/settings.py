@@ -267,6 +267,26 @@ class Settings:
         "clock skew allowed on a JWT's `exp` and `nbf`, seconds", minimum=0))
     oidc_jwks_cache_seconds: float = field(default=300.0, metadata=setting(
         "how long fetched signing keys are used before fetching again, seconds", above=0))
+    # The operator console at /ui/ (worker/console, docs/console.md).
+    console_session_secret: str | None = field(default=None, repr=False, metadata=setting(
+        "the key that signs the console's session cookies (at least 32 characters); "
+        "every `serve` process behind one address needs the same one",
+        default_text="random per process (sessions end when it restarts)",
+        wording="must be at least 32 characters"))
+    console_session_seconds: float = field(default=28800.0, metadata=setting(
+        "how long a console session lasts after logging in, seconds", above=0))
+    console_secure_cookie: str = field(default="on", metadata=setting(
+        "`off` drops the Secure flag of the console's cookies, for plain-HTTP local runs "
+        "only (browsers keep Secure cookies for HTTPS)", choices=("on", "off")))
+    console_same_site: str = field(default="lax", metadata=setting(
+        "the SameSite attribute of the console's session cookie", choices=("lax", "strict")))
+    console_oidc_client_id: str | None = field(default=None, metadata=setting(
+        "the console's OIDC client (Entra application) id: the console offers "
+        "\"Sign in with Microsoft\" (authorization code with PKCE) when it and "
+        "PROVISIONING_OIDC_ISSUER are set", default_text="— (token login only)"))
+    console_oidc_client_secret: str | None = field(default=None, repr=False, metadata=setting(
+        "the console client's secret, for an Entra \"Web\" platform registration; "
+        "unset for a public client (PKCE alone)", default_text="—"))
 
     @property
     def broker(self) -> str:
@@ -321,6 +341,11 @@ class Settings:
         if "+cluster://" in self.redis_url and not self.broker_url:
             problems.append(f"{PREFIX}BROKER_URL: must be set when {PREFIX}REDIS_URL names "
                             "a Redis Cluster (Celery's broker is a plain Redis or RabbitMQ)")
+        if self.console_session_secret is not None and len(self.console_session_secret) < 32:
+            problems.append(f"{PREFIX}CONSOLE_SESSION_SECRET: must be at least 32 characters")
+        if self.console_oidc_client_id and not self.oidc_issuer:
+            problems.append(f"{PREFIX}CONSOLE_OIDC_CLIENT_ID: needs {PREFIX}OIDC_ISSUER "
+                            "(the issuer the console signs in with)")
         if bool(self.oidc_issuer) != bool(self.oidc_audience):
             problems.append(f"{PREFIX}OIDC_ISSUER and {PREFIX}OIDC_AUDIENCE: set both "
                             "(OIDC on) or neither (OIDC off)")

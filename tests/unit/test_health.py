@@ -263,6 +263,23 @@ def test_an_open_circuit_fails_the_circuits_check_until_it_closes(
     board.clear("provisioner", "host-a:11")
     board.clear("provisioner", "host-b:12")
     assert check(Settings(), client, "circuits")["circuits"].ok
+    assert client.zcard(KEYS.circuits) == 0
+
+
+def test_circuits_are_read_from_their_index_and_expired_ones_leave_it(
+    client: fakeredis.FakeRedis,
+) -> None:
+    from worker.store.circuits import CircuitBoard
+
+    board = CircuitBoard(client, KEYS)
+    board.publish("gatekeeper", "host-a:1", "open", 5, "timeout", ttl=25)
+    board.publish("provisioner", "host-b:2", "open", 5, "HTTP 503", ttl=25)
+    client.delete(KEYS.circuit("provisioner", "host-b:2"))  # expired: its key went first
+    client.zadd(KEYS.circuits, {"calling_test:host-c:3": time.time() - 1})  # past its expiry
+    [entry] = board.read()
+    assert (entry.backend, entry.holder, entry.state) == ("gatekeeper", "host-a:1", "open")
+    assert client.zrange(KEYS.circuits, 0, -1) == ["gatekeeper:host-a:1",
+                                                   "provisioner:host-b:2"]
 
 
 def test_cli_health_names_unknown_checks_as_a_usage_error(

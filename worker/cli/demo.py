@@ -20,10 +20,12 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import redis
 from celery import Celery
 
@@ -34,7 +36,11 @@ from worker.bootstrap.services import build_service
 from worker.cli.common import OK, CommandFailed, UsageError
 from worker.cli.logs import quiet_logs
 from worker.cli.render import describe_record, format_history, format_records
+from worker.console import OneTimeLogins
 from worker.emulators import Emulator, embedded, serve
+from worker.emulators.embedded import free_port
+from worker.http.auth import Role
+from worker.keys import Keys
 from worker.service import submit_events
 from worker.settings import Settings, redact_url
 
@@ -57,7 +63,10 @@ DEMO_SETTINGS = {
     "PROVISIONING_BACKOFF_CAP": "0.2",
     "PROVISIONING_RECOVERY_INTERVAL": "2",
     "PROVISIONING_METRICS_PORT": "0",  # a worker already running here may hold 9839
+    # `--console` serves the console on plain HTTP on loopback: cookies without Secure.
+    "PROVISIONING_CONSOLE_SECURE_COOKIE": "off",
 }
+CONSOLE_WAIT = 30.0  # seconds `serve` may take to answer /healthz
 
 
 def _example(name: str) -> Path:
@@ -65,9 +74,12 @@ def _example(name: str) -> Path:
 
 
 def run_demo(*, workers: int = 2, as_json: bool = False, timeout: float = 90.0,
-             redis_url: str | None = None) -> int:
+             redis_url: str | None = None, console: bool = False,
+             port: int | None = None) -> int:
     """Run the example; ``redis_url`` (``--redis-url``) replaces the embedded Redis and
-    must name an empty database (UsageError, nothing written, otherwise)."""
+    must name an empty database (UsageError, nothing written, otherwise). ``console``
+    (``--console``): then serve the operator console on ``port`` (a free one by
+    default), print a one-time login link, and keep everything running until Ctrl-C."""
     out = sys.stdout
     say: Callable[[str], None] = (lambda text: print(text, file=sys.stderr)) if as_json \
         else (lambda text: print(text, file=out, flush=True))
@@ -118,6 +130,8 @@ def run_demo(*, workers: int = 2, as_json: bool = False, timeout: float = 90.0,
             env, Path(logdir, "beat.log")))
         say(f"celery worker ({workers} processes) and beat started; logs in {logdir}")
         code = _play(settings, say, as_json, timeout, processes, logdir)
+        if console and code == OK:
+            _console(env, settings, say, processes, logdir, port)
         ok = True
         return code
     finally:
@@ -241,7 +255,62 @@ def _play(settings: Settings, say: Callable[[str], None], as_json: bool, timeout
 
 
 
+def _console(env: dict[str, str], settings: Settings, say: Callable[[str], None],
+             processes: list[subprocess.Popen[bytes]], logdir: str, port: int | None) -> None:
+    """``provisioning serve`` over the demo's Redis (stopped with the other processes),
+    a one-time login link printed, then wait for Ctrl-C (or a process to end)."""
+    port = port or free_port()
+    log = Path(logdir, "serve.log")
+    with open(log, "wb") as stream:
+        server = subprocess.Popen(  # noqa: S603 - our own argument list, no shell
+            [sys.executable, "-c", "import sys; from worker.cli import main; sys.exit(main())",
+             "serve", "--host", "127.0.0.1", "--port", str(port)],
+            env=env, stdout=stream, stderr=subprocess.STDOUT)
+    processes.append(server)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + CONSOLE_WAIT
+    while not _answers(f"{url}/healthz"):
+        if server.poll() is not None or time.monotonic() > deadline:
+            raise CommandFailed(f"demo: the console's server did not start on port {port}; "
+                                f"its log: {log}")
+        time.sleep(0.2)
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    try:
+        code = OneTimeLogins(client, Keys(settings.key_prefix)).issue("demo", Role.OPERATOR)
+    finally:
+        client.close()
+    say(f"\nthe operator console is at {url}/ui/ ; log in once with this link (an operator "
+        f"session named demo; the link works once, within 10 minutes):\n"
+        f"  {url}/ui/login/once?code={code}\n"
+        f"or with a token: PROVISIONING_REDIS_URL={redact_url(settings.redis_url)} "
+        f"provisioning token create --name you --role operator\n"
+        "everything keeps running; Ctrl-C stops it all")
+    # Ctrl-C or SIGTERM ends the wait (also where SIGINT was ignored: a shell's `&`); the
+    # caller then stops every process by its pid.
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set())
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while all(process.poll() is None for process in processes):
+            if stop.wait(0.5):
+                say("stopping")
+                return
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    ended = next(p for p in processes if p.poll() is not None)
+    raise CommandFailed(f"demo: a process it started (pid {ended.pid}) exited with "
+                        f"{ended.returncode}; the logs are in {logdir}")
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     quiet_logs()
     return run_demo(workers=args.workers, as_json=args.json, timeout=args.timeout,
-                    redis_url=args.redis_url)
+                    redis_url=args.redis_url, console=args.console, port=args.port)

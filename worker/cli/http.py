@@ -20,6 +20,7 @@ import uvicorn
 from worker import bootstrap
 from worker.cli.common import FAILED, OK
 from worker.cli.logs import quiet_logs
+from worker.console import console_mount
 from worker.http.app import build_context, create_app
 from worker.http.auth import RedisTokenStore, Role, TokenExists
 from worker.keys import Keys
@@ -77,7 +78,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     configure(settings)  # the CLI quietens logs to warnings; a server logs its requests
     host = args.host or settings.api_host
     port = settings.api_port if args.port is None else args.port
-    app = create_app(build_context(settings))
+    api = build_context(settings)
+    app = create_app(api, mounts=[console_mount(api)])
     config = uvicorn.Config(
         app, host=host, port=port, proxy_headers=args.proxy_headers,
         forwarded_allow_ips=args.forwarded_allow_ips if args.proxy_headers else None,

@@ -82,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--timeout", type=seconds, default=90.0, metavar="SECONDS",
                       help="how long each phase may take before the demo gives up "
                            "(default 90)")
+    demo.add_argument("--console", action="store_true",
+                      help="then serve the operator console (/ui/), print a one-time login "
+                           "link, and keep everything running until Ctrl-C")
+    demo.add_argument("--port", type=port, metavar="PORT",
+                      help="the console's port with --console (default: a free one)")
 
     commands.add_parser("diagram", help="print the three state machines as Mermaid")
     _add_completion(commands)

@@ -122,8 +122,11 @@ class AsyncReplyServer:
         if not self._loop.is_running() and not self._loop.is_closed():
             for task in asyncio.all_tasks(self._loop):
                 task.cancel()
-            with contextlib.suppress(RuntimeError):
-                self._loop.run_until_complete(asyncio.sleep(0))
+            settle = asyncio.sleep(0)
+            try:
+                self._loop.run_until_complete(settle)
+            except RuntimeError:  # another loop runs in this thread (e.g. Playwright's)
+                settle.close()  # never awaited: closed, so no "never awaited" warning
             self._loop.close()
         self._socket.close()
 

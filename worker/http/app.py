@@ -10,7 +10,7 @@ against the app by a schemathesis run.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from worker import bootstrap
 from worker.app import app as celery_app
@@ -37,8 +37,11 @@ from worker.ops.health import run_checks, summary
 from worker.settings import Settings
 
 
-def create_app(api: ApiContext, metrics: HttpMetrics | None = None) -> Starlette:
-    """The API over ``api``'s service; ``metrics`` a registry of its own by default."""
+def create_app(api: ApiContext, metrics: HttpMetrics | None = None, *,
+               mounts: Sequence[BaseRoute] = ()) -> Starlette:
+    """The API over ``api``'s service; ``metrics`` a registry of its own by default.
+    ``mounts``: more routes after the API's (``provisioning serve`` mounts the operator
+    console at ``/ui``, worker/console, which sits a layer above this package)."""
     metrics = metrics or HttpMetrics()
     spec = document()
 
@@ -64,6 +67,7 @@ def create_app(api: ApiContext, metrics: HttpMetrics | None = None) -> Starlette
         Route("/api/v1/failed/{entry}/discard", failed.discard_one, methods=["POST"]),
         Route("/api/v1/audit", failed.get_audit, methods=["GET"]),
         Route("/api/v1/health", health.health, methods=["GET"]),
+        *mounts,
     ]
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -72,6 +72,14 @@ class StoreCounts:
                 pipe.zcard(self.keys.failed(shard))
             return sum(int(size) for size in pipe.execute())
 
+    def failed_tasks_since(self, since: float) -> int:
+        """Entries whose last failure is at or after ``since`` (epoch s), every shard's."""
+        with translated():
+            pipe = self.client.pipeline(transaction=False)
+            for shard in range(self.keys.shards):
+                pipe.zcount(self.keys.failed(shard), since, "+inf")
+            return sum(int(size) for size in pipe.execute())
+
     def backlog(self) -> Backlog:
         """Every shard's pending zset and outbox, in one pipelined round trip. A record's
         pending score is the time it got work and stays until its inbox is drained, so the

@@ -84,6 +84,10 @@ class FailedStore(Protocol):
         """Every entry, oldest last failure first."""
         ...
 
+    def newest(self, limit: int) -> list[FailedTask]:
+        """The ``limit`` entries that failed last, newest first (one page, no scan)."""
+        ...
+
     def remove(self, entry_id: str) -> bool: ...
 
     def count(self) -> int: ...
@@ -129,6 +133,9 @@ class MemoryFailedStore:
         with self._lock:
             return sorted(self._entries.values(),
                           key=lambda e: (_score(e.last_failed_at), e.id))
+
+    def newest(self, limit: int) -> list[FailedTask]:
+        return list(reversed(self.all()))[:max(0, limit)]
 
     def remove(self, entry_id: str) -> bool:
         with self._lock:
@@ -193,6 +200,24 @@ class RedisFailedStore:
                 pipe.zrange(self.keys.failed(shard), 0, -1, withscores=True)
             scored = sorted(((float(score), str(member)) for answer in pipe.execute()
                              for member, score in answer))
+            if not scored:
+                return []
+            pipe = self.client.pipeline(transaction=False)
+            for _, entry_id in scored:
+                pipe.get(self.keys.failed_entry(entry_id))
+            rows = cast(list[str | None], pipe.execute())
+        return [FailedTask.from_json(json.loads(row)) for row in rows if row]
+
+    def newest(self, limit: int) -> list[FailedTask]:
+        if limit <= 0:
+            return []
+        with translated():
+            # Each shard's ``limit`` newest, merged: the ``limit`` newest of all.
+            pipe = self.client.pipeline(transaction=False)
+            for shard in range(self.keys.shards):
+                pipe.zrevrange(self.keys.failed(shard), 0, limit - 1, withscores=True)
+            scored = sorted(((float(score), str(member)) for answer in pipe.execute()
+                             for member, score in answer), reverse=True)[:limit]
             if not scored:
                 return []
             pipe = self.client.pipeline(transaction=False)

@@ -139,6 +139,14 @@ class RedisTokenStore:
             raise StoreError(f"{type(exc).__name__}: {exc}") from exc
         return True
 
+    def exists(self, token_id: str) -> bool:
+        """Whether the token with this id is still there (not revoked); one EXISTS. The
+        console checks it on each request of a session started with the token."""
+        try:
+            return bool(self.client.exists(self.keys.api_token(token_id)))
+        except redis.RedisError as exc:
+            raise StoreError(f"{type(exc).__name__}: {exc}") from exc
+
     def verify(self, presented: str) -> ApiToken | None:
         """The entry of a valid, unexpired token; None for anything else."""
         match = _TOKEN.match(presented)
