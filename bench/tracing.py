@@ -72,9 +72,7 @@ def one_event(call: BackendCall, step: RunStep, request: Any) -> None:
 
     parse_extensions(EVENT, ignore, repr)  # accept
     parse_extensions(EVENT, ignore, repr)  # apply
-    with tracing.applying(EVENT, ACCEPTED, {"provisioning.record_id": call.record_id,
-                                            "provisioning.event_id": "evt-1",
-                                            "provisioning.kind": "event"}) as context:
+    with tracing.applying(EVENT, ACCEPTED, call.record_id, "evt-1", "event") as context:
         tracing.annotate(**{"provisioning.outcome": "applied"})
         tracing.log_ids(None, "info", {})
     for _ in range(2):  # the history lines of create and provision

@@ -233,10 +233,11 @@ class _Within:
         otel_context.detach(self._token)
 
 
-def applying(event: Mapping[str, Any] | None, accepted: str | None,
-             attributes: Mapping[str, Any]) -> _Applying | _Within:
-    """The span of one event applied: its parent is the event's ``traceparent``, else the
-    accept span's (``accepted``), which it links to when that is not its parent.
+def applying(event: Mapping[str, Any] | None, accepted: str | None, record_id: str,
+             event_id: str, kind: str) -> _Applying | _Within:
+    """The span of one event (or command, ``kind``) applied: its parent is the event's
+    ``traceparent``, else the accept span's (``accepted``), which it links to when that is
+    not its parent.
 
     With nothing recording, no span is made: the block runs in that parent's context (the
     backend calls still get span ids of their own; log lines carry the parent's)."""
@@ -249,6 +250,8 @@ def applying(event: Mapping[str, Any] | None, accepted: str | None,
     links = None
     if own is not None and accept is not None:
         links = [Link(trace.get_current_span(accept).get_span_context())]
+    attributes = {"provisioning.record_id": record_id, "provisioning.event_id": event_id,
+                  "provisioning.kind": kind}
     return _Applying(_start(APPLY, own or accept or Context(), SpanKind.INTERNAL,
                             attributes, links))
 

@@ -103,6 +103,7 @@ class Garbage:
             (3, self._bad_specversion), (3, self._empty_text), (3, self._oversized_id),
             (8, self._bad_subject), (6, self._unknown_type), (4, self._bad_time),
             (20, self._bad_data), (8, self._nested_garbage), (4, self._not_an_object),
+            (4, self._bad_extension),
         ]
         self._mutations = [m for _, m in weighted]
         self._weights = [w for w, _ in weighted]
@@ -215,6 +216,29 @@ class Garbage:
             ["2026-11-27T10:00:00Z"], {"at": "now"}])
         return event, "time"
 
+    def _extension_value(self) -> Any:
+        """A valid extension attribute value (CloudEvents: a string, a 32-bit integer, a
+        boolean; null means absent), from the junk pool when it holds one."""
+        def valid(value: Any) -> bool:
+            if isinstance(value, str):
+                return len(value) <= 2048 and not any(0xD800 <= ord(c) <= 0xDFFF
+                                                      for c in value)
+            return value is None or isinstance(value, bool) or (
+                isinstance(value, int) and -(2**31) <= value < 2**31)
+        value = self._junk(allow=valid)
+        return value if valid(value) else "contoso"
+
+    def _bad_extension(self, event: dict[str, Any]) -> tuple[Any, str]:
+        """An extension attribute CloudEvents does not allow: a bad name or value."""
+        if self.rng.random() < 0.5:
+            name = self.rng.choice(["Tenant", "ten_ant", "TENANT2", "x" * 21, "data_base64"])
+            event[name] = "contoso"
+            return event, name
+        name = f"ext{self.rng.randrange(9)}"
+        event[name] = self._junk(allow=lambda v: isinstance(v, float | list | dict) or (
+            isinstance(v, int) and not isinstance(v, bool) and not -(2**31) <= v < 2**31))
+        return event, name
+
     def _not_an_object(self, event: dict[str, Any]) -> tuple[Any, str]:
         value = self._junk(allow=lambda v: not isinstance(v, dict))
         return self.rng.choice([value, [event], json.dumps(event)]), ""
@@ -321,8 +345,8 @@ class Garbage:
         draw = self.rng.random()
         if draw < valid_share:
             event = self.provision()
-            if self.rng.random() < 0.2:  # unknown extension attributes are not an error
-                event[f"ext{self.rng.randrange(9)}"] = self.rng.choice(self.pool)
+            if self.rng.random() < 0.2:  # extension attributes are kept, not an error
+                event[f"ext{self.rng.randrange(9)}"] = self._extension_value()
             return Input(number, "valid", VALID, event)
         if draw < valid_share + unknown_share:
             event = self.any_valid()

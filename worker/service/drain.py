@@ -238,10 +238,8 @@ class Drain:
         while events and lane.buffer and not waiting:
             item = lane.buffer[0]
             envelope = Envelope.decode(item.payload)
-            with tracing.applying(envelope.event, envelope.context.get(tracing.TRACE_KEY), {
-                    "provisioning.record_id": lane.record_id,
-                    "provisioning.event_id": envelope.event_id,
-                    "provisioning.kind": envelope.kind}) as applied:
+            with tracing.applying(envelope.event, envelope.context.get(tracing.TRACE_KEY),
+                                  lane.record_id, envelope.event_id, envelope.kind) as applied:
                 try:
                     command = envelope.command()
                     outcome = self._apply(record, command,
