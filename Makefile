@@ -15,7 +15,7 @@ docs:
 
 bench:
 	$(PY) bench/apply.py
-	-$(PY) bench/http.py
+	-$(PY) bench/api.py
 	$(PY) bench/throughput.py -n 4000 --concurrency 1,2,4 --paced --output bench/results/throughput-provisioning-$$(date +%F).json
 	$(PY) bench/throughput.py -n 20000 --mix reports --records 500 --concurrency 1,2,4 --paced --paths submit_events,per_record --output bench/results/throughput-reports-$$(date +%F).json
 	$(PY) bench/scaling.py

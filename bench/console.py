@@ -195,10 +195,6 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args(argv)
-    # Run as a script, bench/ comes first on sys.path, and bench/http.py would shadow the
-    # standard library's http package (httpx imports http.client): take it off.
-    here = Path(__file__).resolve().parent
-    sys.path[:] = [str(ROOT)] + [e for e in sys.path if Path(e or ".").resolve() != here]
     os.environ.setdefault("PROVISIONING_LOG_LEVEL", "WARNING")
     from worker.emulators import embedded
 

@@ -31,8 +31,6 @@ Prints tables and writes JSON to bench/results/memory-<date>.json.
 
 from __future__ import annotations
 
-import stdlib_http  # noqa: F401 - first: bench/http.py shadows the standard library's http
-
 # isort: split
 import argparse
 import json

@@ -39,8 +39,6 @@ bench/results/scaling-<date>.png (needs matplotlib: ``pip install -e '.[bench]'`
 
 from __future__ import annotations
 
-import stdlib_http  # noqa: F401 - first: bench/http.py shadows the standard library's http
-
 # isort: split
 import argparse
 import contextlib

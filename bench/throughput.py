@@ -38,8 +38,6 @@ no-op worker (``celery -A bench.throughput:noop_app worker``, run from the proje
 
 from __future__ import annotations
 
-import stdlib_http  # noqa: F401 - first: bench/http.py shadows the standard library's http
-
 # isort: split
 import argparse
 import contextlib

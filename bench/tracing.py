@@ -21,14 +21,6 @@ Times are the process's CPU time (``time.process_time``); each figure is the bes
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# Run as a script, this folder comes first on sys.path, and bench/http.py would shadow the
-# standard library's http package (the exporters import it): take the folder off first.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != _HERE]
-
 import argparse
 import json
 import os
@@ -36,6 +28,7 @@ import platform
 import subprocess
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -49,6 +42,8 @@ from worker.backends.client import client_span, headers_for
 from worker.backends.requests import request_for
 from worker.service.steps import step_span
 from worker.settings import BackendSettings
+
+_HERE = Path(__file__).resolve().parent
 
 EVENT = {"specversion": "1.0", "id": "evt-1", "source": "bench", "type": "provision.requested",
          "subject": "6f9619ff-8b86-d011-b42d-00cf4fc964ff",

@@ -2,8 +2,8 @@
 
 Run it from the project root::
 
-    .venv/bin/python bench/http.py                  # 10 s per phase, 16 connections
-    .venv/bin/python bench/http.py --seconds 5 --connections 8 --profile /tmp/api.prof
+    .venv/bin/python bench/api.py                  # 10 s per phase, 16 connections
+    .venv/bin/python bench/api.py --seconds 5 --connections 8 --profile /tmp/api.prof
 
 What it does:
 
@@ -35,14 +35,6 @@ with it). Every process started here is stopped by its pid.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# This file is named for what it measures; run as a script, its folder comes first on
-# sys.path and would shadow the standard library's http package: take it off first.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != _HERE]
-
 import argparse
 import asyncio
 import contextlib
@@ -52,12 +44,14 @@ import platform
 import signal
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
