@@ -10,8 +10,9 @@ every record; a scrape every 15 s must not.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import redis
 
@@ -58,26 +59,23 @@ class StoreCounts:
 
     def outbox_entries(self) -> int:
         """Entries in the Dataverse outbox, every shard (LLEN)."""
-        with translated():
-            pipe = self.client.pipeline(transaction=False)
-            for shard in range(self.keys.shards):
-                pipe.llen(self.keys.outbox(shard))
-            return sum(int(size) for size in pipe.execute())
+        return self._sum_shards(lambda pipe, shard: pipe.llen(self.keys.outbox(shard)))
 
     def failed_tasks(self) -> int:
         """Entries in the failed-task store (ZCARD of each shard's)."""
-        with translated():
-            pipe = self.client.pipeline(transaction=False)
-            for shard in range(self.keys.shards):
-                pipe.zcard(self.keys.failed(shard))
-            return sum(int(size) for size in pipe.execute())
+        return self._sum_shards(lambda pipe, shard: pipe.zcard(self.keys.failed(shard)))
 
     def failed_tasks_since(self, since: float) -> int:
         """Entries whose last failure is at or after ``since`` (epoch s), every shard's."""
+        return self._sum_shards(
+            lambda pipe, shard: pipe.zcount(self.keys.failed(shard), since, "+inf"))
+
+    def _sum_shards(self, ask: Callable[[Any, int], object]) -> int:
+        """The sum of one integer answer per shard, in one pipelined round trip."""
         with translated():
             pipe = self.client.pipeline(transaction=False)
             for shard in range(self.keys.shards):
-                pipe.zcount(self.keys.failed(shard), since, "+inf")
+                ask(pipe, shard)
             return sum(int(size) for size in pipe.execute())
 
     def backlog(self) -> Backlog:

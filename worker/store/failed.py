@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from typing import Any, Protocol, cast
@@ -194,30 +194,25 @@ class RedisFailedStore:
         return FailedTask.from_json(json.loads(raw)) if raw else None
 
     def all(self) -> list[FailedTask]:
-        with translated():
-            pipe = self.client.pipeline(transaction=False)
-            for shard in range(self.keys.shards):
-                pipe.zrange(self.keys.failed(shard), 0, -1, withscores=True)
-            scored = sorted(((float(score), str(member)) for answer in pipe.execute()
-                             for member, score in answer))
-            if not scored:
-                return []
-            pipe = self.client.pipeline(transaction=False)
-            for _, entry_id in scored:
-                pipe.get(self.keys.failed_entry(entry_id))
-            rows = cast(list[str | None], pipe.execute())
-        return [FailedTask.from_json(json.loads(row)) for row in rows if row]
+        return self._ranked(lambda pipe, key: pipe.zrange(key, 0, -1, withscores=True))
 
     def newest(self, limit: int) -> list[FailedTask]:
         if limit <= 0:
             return []
+        # Each shard's ``limit`` newest, merged: the ``limit`` newest of all.
+        return self._ranked(
+            lambda pipe, key: pipe.zrevrange(key, 0, limit - 1, withscores=True),
+            newest_first=True, limit=limit)
+
+    def _ranked(self, ask: Callable[[Any, str], object], *, newest_first: bool = False,
+                limit: int | None = None) -> list[FailedTask]:
+        """The entries ``ask`` names in each shard's time index, merged by last failure."""
         with translated():
-            # Each shard's ``limit`` newest, merged: the ``limit`` newest of all.
             pipe = self.client.pipeline(transaction=False)
             for shard in range(self.keys.shards):
-                pipe.zrevrange(self.keys.failed(shard), 0, limit - 1, withscores=True)
+                ask(pipe, self.keys.failed(shard))
             scored = sorted(((float(score), str(member)) for answer in pipe.execute()
-                             for member, score in answer), reverse=True)[:limit]
+                             for member, score in answer), reverse=newest_first)[:limit]
             if not scored:
                 return []
             pipe = self.client.pipeline(transaction=False)
