@@ -47,7 +47,7 @@ def start_step(change: Change, kind: StepKind) -> Tracking:
     record = change.record
     assert record is not None
     return replace(record.tracking, step=kind.value, step_version=record.version + 1,
-                   step_event_id=change.event_id)
+                   step_event_id=change.event_id, step_trace=change.trace)
 
 
 def run_step(change: Change, kind: StepKind) -> None:

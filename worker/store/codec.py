@@ -141,7 +141,8 @@ def pack_record(record: ProvisioningState) -> str:
     tracking: list[Any] = [
         _opt(_KINDS, t.channel_kind) or None, t.step, t.step_version, t.step_event_id,
         t.failed_call, t.retry_attempt or None, t.calling_test_id, t.calling_test_version,
-        None if t.calling_test_started_at is None else micros(t.calling_test_started_at)]
+        None if t.calling_test_started_at is None else micros(t.calling_test_started_at),
+        t.step_trace]
     while tracking and tracking[-1] is None:
         tracking.pop()
     body: list[Any] = [
@@ -176,7 +177,8 @@ def unpack_record(record_id: str, head: str | None) -> ProvisioningState | None:
         return None
     (name, status, created, modified, gks, gkr, calling, exception_details, error_message,
      response, links, tracking) = json.loads(packed)
-    tracking = list(tracking) + [None] * (9 - len(tracking))
+    # Trailing Nones are not stored; a record stored before step_trace has 9 at most.
+    tracking = list(tracking) + [None] * (10 - len(tracking))
     started = tracking[8]
     pairs = _ids(record_id, links) + _BY_LENGTH
     return ProvisioningState(
@@ -193,7 +195,8 @@ def unpack_record(record_id: str, head: str | None) -> ProvisioningState | None:
             step_version=tracking[2], step_event_id=tracking[3], failed_call=tracking[4],
             retry_attempt=int(tracking[5] or 0), calling_test_id=tracking[6],
             calling_test_version=tracking[7],
-            calling_test_started_at=None if started is None else from_micros(started)))
+            calling_test_started_at=None if started is None else from_micros(started),
+            step_trace=tracking[9]))
 
 
 def _pack_snapshot(snapshot: Snapshot | None) -> int:
