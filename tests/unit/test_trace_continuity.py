@@ -17,13 +17,14 @@ from opentelemetry.trace import SpanKind
 
 from statemachine import (
     BackendStep,
+    RetryDue,
     StatusReason,
     StepResult,
     apply,
     parse_event,
     pending_step,
 )
-from tests.factories import event, new_id, provision
+from tests.factories import event, gatekeeper, new_id, provision
 from tests.unit.http_support import make_api
 from worker import tracing
 from worker.backends import Backends
@@ -93,15 +94,32 @@ def crash_during_the_step(service: Service, raw: dict[str, Any]) -> None:
 # -- the pure core keeps what it is given ------------------------------------------------------
 
 
-def test_apply_keeps_the_trace_of_the_change_that_starts_a_step_until_another_starts() -> None:
+def test_apply_keeps_a_steps_trace_while_something_may_continue_it() -> None:
     record_id, channel = new_id(), new_id()
     started = apply(None, _parsed(provision(record_id, channel)),
                     now=_now(), trace=TRACEPARENT).record
     assert started is not None and started.tracking.step_trace == TRACEPARENT
-    done = apply(started, StepResult(record_id, "evt", _step(started), 2, ok=True),
-                 now=_now(), trace="00-" + "1" * 32 + "-" + "2" * 16 + "-01").record
-    assert done is not None and done.tracking.step is None
-    assert done.tracking.step_trace == TRACEPARENT  # kept: a retry or timeout continues it
+    other = "00-" + "1" * 32 + "-" + "2" * 16 + "-01"
+    failed = apply(started, StepResult(record_id, "evt", _step(started), 2, ok=False),
+                   now=_now(), trace=other).record
+    assert failed is not None and failed.status is StatusReason.ERROR
+    assert failed.tracking.step_trace == TRACEPARENT  # kept: beat's retry continues it
+    retried = apply(failed, RetryDue(record_id, failed.version),
+                    now=_now(), trace=TRACEPARENT).record
+    assert retried is not None and retried.tracking.step_trace == TRACEPARENT
+    done = apply(retried, StepResult(record_id, "evt", _step(retried), retried.version,
+                                     ok=True), now=_now(), trace=TRACEPARENT).record
+    assert done is not None and done.status is StatusReason.RUNNING
+    assert done.tracking.step_trace is None  # settled: nothing left to continue it
+    # A GateKeeper error schedules a retry itself: the retry continues the report's trace.
+    broken = apply(done, _parsed(gatekeeper(record_id, "Inactive", "Error")), now=_now(),
+                   trace=other).record
+    assert broken is not None and broken.status is StatusReason.ERROR
+    assert broken.tracking.step_trace == other
+    recovered = apply(broken, _parsed(gatekeeper(record_id, "Active", "Running")),
+                      now=_now(), trace=TRACEPARENT).record
+    assert recovered is not None and recovered.status is StatusReason.RUNNING
+    assert recovered.tracking.step_trace is None
     untraced = apply(None, _parsed(provision(new_id(), new_id())), now=_now()).record
     assert untraced is not None and untraced.tracking.step_trace is None
 
