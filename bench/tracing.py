@@ -4,9 +4,10 @@
 
 It runs, per event, exactly the tracing calls the worker makes for one ``provision.requested``
 (docs/tracing.md): the extension attributes parsed (at accept and at apply), the apply scope
-with its outcome, the three history lines' context, the step span, and two backend tries
-(each a client span, its ``traceparent`` and ``tracestate`` written into the headers, its
-status), plus the ``trace_id``/``span_id`` log processor on the five log lines. Modes:
+with its outcome, the traceparent each apply gives the core (kept by a step it starts), the
+three history lines' context, the step span, and two backend tries (each a client span,
+its ``traceparent`` and ``tracestate`` written into the headers, its status), plus the
+``trace_id``/``span_id`` log processor on the five log lines. Modes:
 
 * ``propagate``: no exporter configured (the default): bare span contexts, nothing recorded;
 * ``record``: an SDK tracer provider whose spans go to a batch processor and an exporter
@@ -68,6 +69,7 @@ def one_event(call: BackendCall, step: RunStep, request: Any) -> None:
     parse_extensions(EVENT, ignore, repr)  # accept
     parse_extensions(EVENT, ignore, repr)  # apply
     with tracing.applying(EVENT, ACCEPTED, call.record_id, "evt-1", "event") as context:
+        tracing.traceparent()  # the trace the step it starts keeps (Tracking.step_trace)
         tracing.annotate(**{"provisioning.outcome": "applied"})
         tracing.log_ids(None, "info", {})
     for _ in range(2):  # the history lines of create and provision
@@ -79,6 +81,7 @@ def one_event(call: BackendCall, step: RunStep, request: Any) -> None:
                 tracing.inject(headers_for(call))
                 tracing.log_ids(None, "info", {})
                 tracing.http_answered(span, 200)
+    tracing.traceparent(context)  # the step result's apply
     with tracing.attached(context):  # the step result's history line
         tracing.log_ids(None, "info", {})
 

@@ -43,15 +43,18 @@ __all__ = ["apply"]
 
 def apply(
     record: ProvisioningState | None, command: Command, *, now: datetime,
-    duplicate: bool = False,
+    duplicate: bool = False, trace: str | None = None,
 ) -> Outcome:
     """Apply ``command`` to ``record`` (None when no record has that id).
 
     ``duplicate`` says the store has already processed this command's dedupe key: the
     outcome is a ``duplicate`` entry that changes nothing (invariant 8).
+    ``trace`` is the caller's W3C ``traceparent`` (an opaque string here): a step this
+    command starts keeps it in ``tracking.step_trace``, so the worker can continue that
+    trace when it runs the step again after a crash, or retries it.
     Raises UnknownRecord for a command other than ``provision.requested`` on no record.
     """
-    change = Change(record, command, now)
+    change = Change(record, command, now, trace)
     if record is None and not (
         isinstance(command, Event) and command.type is EventType.PROVISION_REQUESTED
     ):

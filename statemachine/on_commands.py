@@ -13,7 +13,14 @@ from statemachine.effects import BackendStep, CancelRetry, ScheduleRetry, StepKi
 from statemachine.history import Result
 from statemachine.machines import Trigger
 from statemachine.outcome import Change, Outcome, trigger_of
-from statemachine.steps import finish_test, fire_gate, fire_lifecycle, run_step, start_step
+from statemachine.steps import (
+    finish_test,
+    fire_gate,
+    fire_lifecycle,
+    kept_trace,
+    run_step,
+    start_step,
+)
 from statemachine.table import (
     ERROR_MESSAGE_MAX,
     EXCEPTION_DETAILS_MAX,
@@ -58,6 +65,8 @@ def step_result(change: Change, result: StepResult) -> Outcome:
         return finish_test(change, Trigger.TEST_FAILED, result.details)
     if not result.ok:
         return _step_failed(change, result)
+    settled = replace(tracking, step=None, retry_attempt=0, failed_call=None)
+    settled = replace(settled, step_trace=kept_trace(settled))
     if result.kind is StepKind.PROVISION:
         response = result.response if result.response is not None else record.provisioning_response
         change.apply(
@@ -65,15 +74,13 @@ def step_result(change: Change, result: StepResult) -> Outcome:
             status=StatusReason.RUNNING, exception_details="", error_message=None,
             provisioning_response=None if response is None
             else truncate(response, PROVISIONING_RESPONSE_MAX),
-            tracking=replace(tracking, step=None, retry_attempt=0, failed_call=None),
-            **fire_gate(record, Trigger.ACTIVATE),
+            tracking=settled, **fire_gate(record, Trigger.ACTIVATE),
         )
     else:
         change.apply(
             Trigger.DEPROVISIONED, "GateKeeper deactivated and channel deleted",
             status=StatusReason.DEPROVISIONED, exception_details="", error_message=None,
-            tracking=replace(tracking, step=None, retry_attempt=0, failed_call=None),
-            **fire_gate(record, Trigger.CLOSE_GATE),
+            tracking=settled, **fire_gate(record, Trigger.CLOSE_GATE),
         )
     change.effects.append(CancelRetry(record.id))
     return change.done()

@@ -25,6 +25,7 @@ from statemachine.steps import (
     fire_gate,
     fire_lifecycle,
     gate_of,
+    kept_trace,
     run_step,
     start_step,
 )
@@ -121,7 +122,8 @@ def gatekeeper_report(change: Change, data: GateKeeperReported) -> Outcome:
                 Trigger.REPORT_ERROR, said, status=StatusReason.ERROR,
                 exception_details=details,
                 error_message=truncate("gatekeeper reported Error", ERROR_MESSAGE_MAX),
-                tracking=replace(record.tracking, retry_attempt=attempt, failed_call="gatekeeper"),
+                tracking=replace(record.tracking, retry_attempt=attempt, failed_call="gatekeeper",
+                                 step_trace=kept_trace(record.tracking, change.trace)),
                 **fire_gate(record, Trigger.REPORT_ERROR),
             )
             change.effects.append(ScheduleRetry(record.id, attempt))
@@ -143,7 +145,8 @@ def gatekeeper_report(change: Change, data: GateKeeperReported) -> Outcome:
             change.apply(
                 Trigger.RECOVER, said, status=StatusReason.RUNNING, exception_details="",
                 error_message=None,
-                tracking=replace(record.tracking, retry_attempt=0, failed_call=None),
+                tracking=replace(record.tracking, retry_attempt=0, failed_call=None,
+                                 step_trace=kept_trace(record.tracking)),
                 **fire_gate(record, Trigger.RECOVER),
             )
             change.effects.append(CancelRetry(record.id))

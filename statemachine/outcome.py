@@ -63,8 +63,10 @@ class Outcome:
 class Change:
     """Accumulates the versions, entries and effects of one ``apply``."""
 
-    def __init__(self, record: ProvisioningState | None, command: Command, now: datetime) -> None:
+    def __init__(self, record: ProvisioningState | None, command: Command, now: datetime,
+                 trace: str | None = None) -> None:
         self.before = record
+        self.trace = trace  # the caller's traceparent: kept by a step this change starts
         self.record = record
         self.command = command
         self.now = now

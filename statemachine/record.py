@@ -71,6 +71,7 @@ class Tracking:
     calling_test_id: str | None = None
     calling_test_version: int | None = None
     calling_test_started_at: datetime | None = None
+    step_trace: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -87,6 +88,7 @@ class Tracking:
                 if self.calling_test_started_at
                 else None
             ),
+            "step_trace": self.step_trace,
         }
 
     @classmethod
@@ -103,6 +105,7 @@ class Tracking:
             calling_test_id=data.get("calling_test_id"),
             calling_test_version=data.get("calling_test_version"),
             calling_test_started_at=parse_time(started) if started else None,
+            step_trace=data.get("step_trace"),
         )
 
 

@@ -34,6 +34,7 @@ __all__ = [
     "fire_gate",
     "fire_lifecycle",
     "gate_of",
+    "kept_trace",
     "pending_step",
     "run_step",
     "start_step",
@@ -47,7 +48,16 @@ def start_step(change: Change, kind: StepKind) -> Tracking:
     record = change.record
     assert record is not None
     return replace(record.tracking, step=kind.value, step_version=record.version + 1,
-                   step_event_id=change.event_id)
+                   step_event_id=change.event_id, step_trace=change.trace)
+
+
+def kept_trace(tracking: Tracking, trace: str | None = None) -> str | None:
+    """The ``step_trace`` a change that leaves no step in flight keeps: only while something
+    may still continue it (a calling test's timeout; ``trace``: the change schedules a beat
+    retry itself), so a settled record does not store it."""
+    if tracking.step is not None or tracking.calling_test_version is not None:
+        return tracking.step_trace
+    return trace
 
 
 def run_step(change: Change, kind: StepKind) -> None:
@@ -119,12 +129,13 @@ def finish_test(change: Change, trigger: Trigger, details: str) -> Outcome:
     assert record is not None
     target = CALLING_MACHINE.fire(record.calling_status, trigger)
     assert target is not None
+    tracking = replace(record.tracking, calling_test_id=None, calling_test_started_at=None,
+                       calling_test_version=None,
+                       step=None if record.tracking.step == StepKind.CALLING_TEST.value
+                       else record.tracking.step)
     changes: dict[str, Any] = {
         "calling_status": target,
-        "tracking": replace(record.tracking, calling_test_id=None, calling_test_started_at=None,
-                            calling_test_version=None,
-                            step=None if record.tracking.step == StepKind.CALLING_TEST.value
-                            else record.tracking.step),
+        "tracking": replace(tracking, step_trace=kept_trace(tracking)),
     }
     if target is AutomatedCallingStatus.FAILURE:
         changes["exception_details"] = truncate(

@@ -59,11 +59,14 @@ __all__ = [
     "annotate",
     "applying",
     "attached",
+    "carrier",
+    "context_of",
     "http_answered",
     "http_failed",
     "inject",
     "install",
     "log_ids",
+    "no_span",
     "parent_of",
     "recording",
     "span",
@@ -295,9 +298,32 @@ def inject(headers: dict[str, str]) -> dict[str, str]:
     return headers
 
 
-def traceparent() -> str | None:
-    """The current span's ``traceparent``, or None outside any span."""
-    return inject({}).get("traceparent")
+def traceparent(context: Context | None = None) -> str | None:
+    """The ``traceparent`` of ``context``'s span (the current span when None), or None
+    outside any span. Not ``tracestate``: what a record keeps is the trace and span id."""
+    found = trace.get_current_span(context).get_span_context()
+    if not found.is_valid:
+        return None
+    return f"00-{found.trace_id:032x}-{found.span_id:016x}-{found.trace_flags:02x}"
+
+
+def context_of(value: str | None) -> Context | None:
+    """The remote context of a stored ``traceparent`` (a record's ``step_trace``); None
+    when there is none or it is not valid."""
+    return parent_of(carrier(value))
+
+
+def carrier(value: str | None) -> dict[str, str] | None:
+    """A carrier (for ``applying``) of a stored ``traceparent``; None for none. Beat's
+    commands (a failed step's retry, a calling test's timeout) are consequences of the
+    change that started the record's last step: their apply span continues its trace."""
+    return {"traceparent": value} if value else None
+
+
+def no_span() -> _Current:
+    """A block with no span of its own (``as`` gives the current span): a request that is
+    not traced (the probes)."""
+    return _CURRENT
 
 
 def http_answered(current: Span, status: int) -> None:

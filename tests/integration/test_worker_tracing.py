@@ -1,7 +1,8 @@
 """Tracing end to end (SPEC §3): real ``celery worker`` processes export their spans over
 OTLP (http/protobuf) to a collector of this test's own, and the backend emulator records
 the ``traceparent`` each backend call carried. An event's trace is continuous from its
-sender, through the queue, to the backend calls; an event without one starts a new trace."""
+sender, through the queue, to the backend calls, and on through beat's retries; an event
+without one starts a new trace."""
 
 from __future__ import annotations
 
@@ -19,8 +20,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
+from statemachine import BackendStep
 from tests.factories import new_id, provision
-from tests.integration.workers import Cluster, running_cluster
+from tests.integration.workers import MAX_TRIES, Cluster, running_cluster
+from worker.emulators import Emulator
 
 pytestmark = pytest.mark.integration
 
@@ -174,3 +177,30 @@ def test_an_event_without_traceparent_starts_a_new_trace_that_crosses_the_queue(
               for line in process.log.read_text().splitlines() if line.startswith("{")]
     assert any(line.get("event") == "backend.try" and line.get("trace_id") == trace_id
                for line in logged)
+
+
+def test_a_beat_retry_of_a_failed_step_continues_the_events_trace(
+    redis_url: str, tmp_path: Path, request: pytest.FixtureRequest, collector: Collector
+) -> None:
+    emulator = Emulator()
+    record_id, channel_id = new_id(), new_id()
+    emulator.script(channel_id, BackendStep.PROVISION_CHANNEL, [503] * MAX_TRIES)
+    settings = {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.url, "OTEL_BSP_SCHEDULE_DELAY": "100"}
+    with running_cluster(redis_url, tmp_path, request, emulator=emulator,
+                         settings=settings) as cluster:
+        cluster.start_worker(concurrency=2)
+        cluster.send({**provision(record_id, channel_id), "traceparent": TRACEPARENT})
+        cluster.wait_status(record_id, "Error")
+        cluster.start_beat()
+        cluster.wait_status(record_id, "Running")
+        calls = backend_calls(cluster, record_id)
+        retried = [call for call in calls if call["idempotency_key"].split(":")[1] == "4"]
+        assert [call["step"] for call in retried] == ["provision_channel", "activate_gate"]
+        assert {call["traceparent"].split("-")[1] for call in calls} == {TRACE_ID}
+        applies = cluster.wait_for(
+            lambda: (found if len(found := collector.named("provisioning.apply", TRACE_ID))
+                     == 2 else None), "the exported apply spans of the event and the retry")
+        [first] = [span for span in applies if span.parent_id == PARENT_ID]
+        [retry] = [span for span in applies if span.attributes["provisioning.kind"] == "retry"]
+        assert retry.parent_id == first.span_id  # a child of the change that began the step
+

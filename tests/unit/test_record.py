@@ -251,6 +251,8 @@ def trackings(draw: st.DrawFn) -> Tracking:
         calling_test_id=draw(maybe_text),
         calling_test_version=draw(maybe_version),
         calling_test_started_at=draw(st.none() | utc_times),
+        step_trace=draw(st.none() | st.from_regex(
+            r"\A00-[0-9a-f]{32}-[0-9a-f]{16}-0[01]\Z")),
     )
 
 

@@ -28,6 +28,9 @@ from worker.http.problems import problem_response
 
 log = structlog.get_logger("worker.http")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+# Probes and scrapes get no span (every few seconds, per process: noise in a trace store);
+# they are still counted and logged.
+UNTRACED = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 class HttpMetrics:
@@ -74,8 +77,9 @@ class RequestObserver:
             await send(message)
 
         structlog.contextvars.bind_contextvars(request_id=request_id)
-        with tracing.span(scope["method"], kind=tracing.SpanKind.SERVER,
-                          parent=tracing.parent_of(_trace_headers(scope))) as current:
+        with (tracing.no_span() if scope.get("path") in UNTRACED else
+              tracing.span(scope["method"], kind=tracing.SpanKind.SERVER,
+                           parent=tracing.parent_of(_trace_headers(scope)))) as current:
             try:
                 await self.app(scope, receive, observed)
             except Exception:  # a bug must answer 500, logged, never crash the server

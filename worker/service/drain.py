@@ -153,10 +153,12 @@ class Drain:
         claims = self.ctx.store.acquire_many(ids, self.owner, self.ctx.settings.lease_seconds,
                                              INBOX_READ)
         now = time.monotonic()
-        # A step a record is in when its lease is taken (a crash, or a handed-over drain)
-        # is run again, with the same Idempotency-Keys: the only time it is recomputed.
+        # A step a record is in when its lease is taken (a crash, a handed-over drain) is run
+        # again, with the same Idempotency-Keys, in the trace the record kept for it.
         lanes = [_Lane(report.record_id, claim.record, report, deque(claim.inbox),
                        next_step=pending_step(claim.record) if claim.record else None,
+                       step_trace=tracing.context_of(
+                           claim.record.tracking.step_trace if claim.record else None),
                        refill=False, polled=now)
                  for report, claim in zip(reports, claims, strict=True) if claim is not None]
         if not lanes:
@@ -230,20 +232,24 @@ class Drain:
                 log.info("step_result_for_deleted_record", step=result.kind.value,
                          record_id=lane.record_id)
             else:
-                change = self._stage(lane, record, result, self._apply(record, result), None,
-                                     lane.step_trace)
+                outcome = self._apply(record, result,
+                                      trace=tracing.traceparent(lane.step_trace))
+                change = self._stage(lane, record, result, outcome, None, lane.step_trace)
                 staged.append(change)
                 record = change.outcome.record
                 waiting = waiting or change.plan.step is not None
         while events and lane.buffer and not waiting:
             item = lane.buffer[0]
             envelope = Envelope.decode(item.payload)
-            with tracing.applying(envelope.event, envelope.context.get(tracing.TRACE_KEY),
+            stored = record.tracking.step_trace if record is not None else None
+            with tracing.applying(envelope.event or tracing.carrier(stored),
+                                  envelope.context.get(tracing.TRACE_KEY),
                                   lane.record_id, envelope.event_id, envelope.kind) as applied:
                 try:
                     command = envelope.command()
                     outcome = self._apply(record, command,
-                                          replayed=bool(envelope.context.get("replay_of")))
+                                          replayed=bool(envelope.context.get("replay_of")),
+                                          trace=tracing.traceparent())
                 except (InvalidEvent, UnknownRecord) as exc:
                     if staged:
                         break  # refused once the commits before it have landed
@@ -287,14 +293,12 @@ class Drain:
                        trace)
 
     def _apply(self, record: ProvisioningState | None, command: Command, *,
-               replayed: bool = False) -> Outcome:
-        """Apply ``command``. Only a replay looks its dedupe key up first (so that an event
-        already applied is recorded as ``duplicate`` whatever the record's state now); on
-        the normal path the accepted-event dedupe keeps duplicates out of the inbox, and the
-        commit refuses an applied key anyway (saving a round trip per command)."""
+               replayed: bool = False, trace: str | None = None) -> Outcome:
+        """Apply ``command`` (a step it starts keeps ``trace``). Only a replay looks its
+        dedupe key up first (to record ``duplicate``); else the commit refuses an applied key."""
         duplicate = replayed and record is not None and self.ctx.store.is_applied(
             record.id, dedupe_key(command))
-        return apply(record, command, now=self.ctx.now(), duplicate=duplicate)
+        return apply(record, command, now=self.ctx.now(), duplicate=duplicate, trace=trace)
 
     @staticmethod
     def _finished_with(lane: _Lane, chain: list[_Staged]) -> bool:
@@ -407,12 +411,9 @@ class Drain:
                 tracing.attached(lane.step_trace):
             context = contextvars.copy_context()  # the step logs with record_id, in the trace
         future = self.start_step(step, context)
-        future.add_done_callback(self._wake)
+        future.add_done_callback(lambda _: self._woken.set())
         lane.inflight = InFlight((step.kind, step.started_version), future)
         return True
-
-    def _wake(self, _: Future[StepResult]) -> None:
-        self._woken.set()
 
     def _wait_for_steps(self, lanes: list[_Lane]) -> None:
         """Nothing to do but wait: for a step to end, or for the next look at the inboxes
@@ -496,3 +497,4 @@ class Drain:
         log.warning("lease_lost", record_id=lane.record_id)
         lane.report.lost = True
         self._finish_lane(lane)
+

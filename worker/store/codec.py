@@ -4,7 +4,8 @@ dedupe marks, each as small as it can be while staying exact.
 * A record is stored as ``<version>|<packed>``: the version first (the commit script
   compares it without decoding anything), then a compact JSON array of the columns that
   are set, each once, by position. The record id is not stored (it is in the key); enum
-  columns are stored by position in their enum; times as integer epoch microseconds.
+  columns are stored by position in their enum; times as integer epoch microseconds; the
+  step's ``traceparent`` as the base64 of its 25 bytes.
   ``0|`` is "no record"; ``0|x<epoch seconds>`` a record deleted at that time (its history
   stays until the deleted-record retention has passed).
 * A history entry is a compact JSON array; ``HistoryEntry`` objects round-trip exactly, so
@@ -20,6 +21,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -52,6 +54,7 @@ _EVENT_TYPES = ("provision.requested", "deprovision.requested", "gatekeeper.repo
                 "step.provision", "step.deprovision", "step.calling_test", "retry.due",
                 "calling_test.timed_out")
 NO_RECORD = "0|"
+_TRACEPARENT = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 # Texts of history reasons stored as "~A", "~B", ... (longest first; "~" itself doubled).
 # Part of format 2: append only (a new phrase gets the next letter).
 _PHRASES = ("provisioner and GateKeeper succeeded", "GateKeeper deactivated and channel deleted",
@@ -132,6 +135,24 @@ def _expand_reason(text: str) -> str:
     return _expand(text, list(zip(_PHRASE_TOKENS, _PHRASES, strict=True))) or ""
 
 
+def _pack_trace(value: str | None) -> str | None:
+    """A W3C ``traceparent`` (version 00) as the base64 of its 25 bytes (34 characters, not
+    55); any other text after a "-" (which base64 has not)."""
+    if value is None:
+        return None
+    if _TRACEPARENT.fullmatch(value):
+        raw = bytes.fromhex(value[3:35] + value[36:52] + value[53:55])
+        return base64.b64encode(raw).decode("ascii").rstrip("=")
+    return f"-{value}"
+
+
+def _unpack_trace(value: str | None) -> str | None:
+    if value is None or value.startswith("-"):
+        return value and value[1:]
+    raw = base64.b64decode(value + "=" * (-len(value) % 4)).hex()
+    return f"00-{raw[:32]}-{raw[32:48]}-{raw[48:]}"
+
+
 def pack_record(record: ProvisioningState) -> str:
     """``<version>|<packed columns>`` (see the module docstring)."""
     t = record.tracking
@@ -141,7 +162,8 @@ def pack_record(record: ProvisioningState) -> str:
     tracking: list[Any] = [
         _opt(_KINDS, t.channel_kind) or None, t.step, t.step_version, t.step_event_id,
         t.failed_call, t.retry_attempt or None, t.calling_test_id, t.calling_test_version,
-        None if t.calling_test_started_at is None else micros(t.calling_test_started_at)]
+        None if t.calling_test_started_at is None else micros(t.calling_test_started_at),
+        _pack_trace(t.step_trace)]
     while tracking and tracking[-1] is None:
         tracking.pop()
     body: list[Any] = [
@@ -176,7 +198,8 @@ def unpack_record(record_id: str, head: str | None) -> ProvisioningState | None:
         return None
     (name, status, created, modified, gks, gkr, calling, exception_details, error_message,
      response, links, tracking) = json.loads(packed)
-    tracking = list(tracking) + [None] * (9 - len(tracking))
+    # Trailing Nones are not stored; a record stored before step_trace has 9 at most.
+    tracking = list(tracking) + [None] * (10 - len(tracking))
     started = tracking[8]
     pairs = _ids(record_id, links) + _BY_LENGTH
     return ProvisioningState(
@@ -193,7 +216,8 @@ def unpack_record(record_id: str, head: str | None) -> ProvisioningState | None:
             step_version=tracking[2], step_event_id=tracking[3], failed_call=tracking[4],
             retry_attempt=int(tracking[5] or 0), calling_test_id=tracking[6],
             calling_test_version=tracking[7],
-            calling_test_started_at=None if started is None else from_micros(started)))
+            calling_test_started_at=None if started is None else from_micros(started),
+            step_trace=_unpack_trace(tracking[9])))
 
 
 def _pack_snapshot(snapshot: Snapshot | None) -> int:
