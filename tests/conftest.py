@@ -10,7 +10,11 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from worker import tracing
 from worker.emulators import embedded
 from worker.settings import BackendSettings
 
@@ -127,3 +131,17 @@ def memory_service(emulator: object, kicks: Kicks) -> object:
     client = httpx.Client(transport=emulator.transport())
     backends = Backends(settings.backends, client, sleep=lambda _: None)
     return Service(settings, MemoryStateStore(), MemoryFailedStore(), backends, kick=kicks)
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    """Spans recorded in memory for the test (the SDK provider installed, then removed)."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.install(provider)
+    try:
+        yield exporter
+    finally:
+        tracing.install(None)
+        provider.shutdown()

@@ -178,13 +178,16 @@ class StoreFormat(bootsteps.StartStopStep):
     def start(self, parent: Any) -> None:
         settings = bootstrap.current_settings()
         configure(settings)
+        store = bootstrap.build_store(settings)
         try:
-            bootstrap.build_store(settings).ensure_format()  # stamps a new, empty store
+            store.ensure_format()  # stamps a new, empty store
         except ConfigurationError as exc:
             log.critical("store_refused", error=str(exc))
             raise SystemExit(2) from None
         except Exception as exc:  # noqa: BLE001 - unreachable now is not refused
             log.warning("store_format_unchecked", error=str(exc))
+        finally:
+            store.client.close()
 
 
 class Recovery(bootsteps.StartStopStep):

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from statemachine import AutomatedCallingStatus, HistoryEntry, ProvisioningState, StatusReason
 from worker.keys import Keys, decode_record, encode_record
 from worker.store.protocol import (
+    DEFAULT_DEDUPE_WINDOW,
     Claim,
     Commit,
     CommitStatus,
@@ -26,8 +27,6 @@ from worker.store.protocol import (
     RecordPage,
     Release,
 )
-
-DEFAULT_DEDUPE_WINDOW = 7 * 86400.0
 
 
 @dataclass
@@ -221,11 +220,7 @@ class MemoryStateStore:
         testing: bool = False,
     ) -> list[ProvisioningState]:
         with self._lock:
-            ids = set(self._data.index[("all",)])
-            if status is not None:
-                ids &= self._data.index[("status", str(int(status)))]
-            if kind is not None:
-                ids &= self._data.index[("kind", kind)]
+            ids = self._matching(status, kind)
             if testing:
                 ids &= self._data.index[("calling",)]
             rows = [self._data.records[i] for i in sorted(ids) if i in self._data.records]
@@ -236,17 +231,22 @@ class MemoryStateStore:
         after: str | None = None, limit: int = 100,
     ) -> RecordPage:
         with self._lock:
-            ids = set(self._data.index[("all",)])
-            if status is not None:
-                ids &= self._data.index[("status", str(int(status)))]
-            if kind is not None:
-                ids &= self._data.index[("kind", kind)]
-            ordered = sorted(i for i in ids if after is None or i > after)
+            ordered = sorted(i for i in self._matching(status, kind)
+                             if after is None or i > after)
             chosen = ordered[:limit]
             rows = [self._data.records[i] for i in chosen if i in self._data.records]
         more = len(ordered) > limit
         return RecordPage([decode_record(row) for row in rows],
                           chosen[-1] if more and chosen else None)
+
+    def _matching(self, status: StatusReason | None, kind: str | None) -> set[str]:
+        """The ids in the status and kind indexes (the caller holds the lock)."""
+        ids = set(self._data.index[("all",)])
+        if status is not None:
+            ids &= self._data.index[("status", str(int(status)))]
+        if kind is not None:
+            ids &= self._data.index[("kind", kind)]
+        return ids
 
     def records_linking(self, column: str, value: str) -> list[str]:
         with self._lock:

@@ -20,6 +20,10 @@ from typing import Protocol
 
 from statemachine import HistoryEntry, ProvisioningState, StatusReason
 
+# The stores' duplicate-detection window when none is given (PROVISIONING_DEDUPE_WINDOW_SECONDS
+# sets it in the worker; the same 7 days).
+DEFAULT_DEDUPE_WINDOW = 7 * 86400.0
+
 
 @dataclass(frozen=True, slots=True)
 class InboxItem:

@@ -21,6 +21,7 @@ from worker.store import codec
 from worker.store import stamp as stored_format
 from worker.store.outbox import ShardedOutbox
 from worker.store.protocol import (
+    DEFAULT_DEDUPE_WINDOW,
     Claim,
     Commit,
     CommitStatus,
@@ -31,8 +32,6 @@ from worker.store.protocol import (
 )
 from worker.store.scripts import ScriptRunner, evalsha
 from worker.store.translate import translated as _translated
-
-DEFAULT_DEDUPE_WINDOW = 7 * 86400.0
 
 
 def inbox_item(event_id: str, payload: str) -> str:
@@ -254,74 +253,59 @@ class RedisStateStore:
         self, *, status: StatusReason | None = None, kind: str | None = None,
         testing: bool = False,
     ) -> list[ProvisioningState]:
-        k = self.keys
-        wanted = k.index_sets(status=status, kind=kind)
-        per_shard = len(wanted) // k.shards
-
-        def members(pipe: Any) -> None:
-            for shard in range(k.shards):
-                # SUNION by name: redis-py's cluster pipeline blocks multi-key methods,
-                # though these keys share one hash tag.
-                pipe.execute_command("SUNION", *wanted[shard * per_shard:(shard + 1) * per_shard])
-
-        if testing:
-            ids = sorted(self._testing_ids(wanted, per_shard))
-        else:
-            ids = sorted(set().union(*(set(found) for found in self._pipelined(members))))
-
-        def heads(pipe: Any) -> None:
-            for record_id in ids:
-                pipe.lindex(k.record(record_id), 0)
-
-        rows = cast(list[str | None], self._pipelined(heads)) if ids else []
-        records = (codec.unpack_record(rid, row) for rid, row in zip(ids, rows, strict=True))
-        return [record for record in records if record is not None]
-
-    def _testing_ids(self, wanted: list[str], per_shard: int) -> set[str]:
-        """Records with a calling test InProgress among the ``wanted`` index sets."""
-        k = self.keys
-
-        def fill(pipe: Any) -> None:
-            for shard in range(k.shards):
-                pipe.smembers(k.calling_in_progress(shard))
-                pipe.execute_command("SUNION", *wanted[shard * per_shard:(shard + 1) * per_shard])
-
-        answers = self._pipelined(fill)
-        found: set[str] = set()
-        for start in range(0, len(answers), 2):
-            found |= set(answers[start]) & set(answers[start + 1])
-        return found
+        return self._records(sorted(self._matching(status, kind, testing=testing)))
 
     def page_records(
         self, *, status: StatusReason | None = None, kind: str | None = None,
         after: str | None = None, limit: int = 100,
     ) -> RecordPage:
-        k = self.keys
-        wanted = k.index_sets(status=status, kind=kind)
-        per_shard = len(wanted) // k.shards
-
-        def members(pipe: Any) -> None:
-            for shard in range(k.shards):
-                pipe.execute_command("SUNION", *wanted[shard * per_shard:(shard + 1) * per_shard])
-
-        # The ids only (36 bytes each); the records of the page are read afterwards. The
-        # page's ids are the smallest past ``after``: a heap of limit + 1 finds them without
-        # sorting every id (sorted() of 100,000 ids cost as much as fetching them;
+        # The page's ids are the smallest past ``after``: a heap of limit + 1 finds them
+        # without sorting every id (sorted() of 100,000 ids cost as much as fetching them;
         # bench/console.py).
-        ids: set[str] = set().union(*(set(found) for found in self._pipelined(members)))
+        ids = self._matching(status, kind)
         past = ids if after is None else [i for i in ids if i > after]
         chosen = heapq.nsmallest(limit + 1, past)
         more = len(chosen) > limit
         chosen = chosen[:limit]
+        return RecordPage(self._records(chosen), chosen[-1] if more and chosen else None)
+
+    def _matching(self, status: StatusReason | None, kind: str | None, *,
+                  testing: bool = False) -> set[str]:
+        """The ids in the status x kind index sets (with ``testing``, only those with a
+        calling test InProgress): one pipelined SUNION per shard, ids only (36 bytes each)."""
+        k = self.keys
+        wanted = k.index_sets(status=status, kind=kind)
+        per_shard = len(wanted) // k.shards
+
+        def fill(pipe: Any) -> None:
+            for shard in range(k.shards):
+                if testing:
+                    pipe.smembers(k.calling_in_progress(shard))
+                # SUNION by name: redis-py's cluster pipeline blocks multi-key methods,
+                # though these keys share one hash tag.
+                pipe.execute_command("SUNION", *wanted[shard * per_shard:(shard + 1) * per_shard])
+
+        answers = self._pipelined(fill)
+        if not testing:
+            return set().union(*(set(found) for found in answers))
+        found: set[str] = set()
+        for start in range(0, len(answers), 2):
+            found |= set(answers[start]) & set(answers[start + 1])
+        return found
+
+    def _records(self, ids: list[str]) -> list[ProvisioningState]:
+        """The live records of ``ids``, in that order (one pipelined LINDEX each)."""
+        if not ids:
+            return []
+        k = self.keys
 
         def heads(pipe: Any) -> None:
-            for record_id in chosen:
+            for record_id in ids:
                 pipe.lindex(k.record(record_id), 0)
 
-        rows = cast(list[str | None], self._pipelined(heads)) if chosen else []
-        records = (codec.unpack_record(rid, row) for rid, row in zip(chosen, rows, strict=True))
-        return RecordPage([record for record in records if record is not None],
-                          chosen[-1] if more and chosen else None)
+        rows = cast(list[str | None], self._pipelined(heads))
+        records = (codec.unpack_record(rid, row) for rid, row in zip(ids, rows, strict=True))
+        return [record for record in records if record is not None]
 
     def records_linking(self, column: str, value: str) -> list[str]:
         k = self.keys
